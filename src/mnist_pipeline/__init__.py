@@ -1,0 +1,1 @@
+"""MNIST CNN pipeline: the library behind the DVC stages in `stages/`."""

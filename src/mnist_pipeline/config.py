@@ -1,0 +1,212 @@
+"""params.yaml, parsed once into frozen, typed, validated config.
+
+Every stage calls `load_config()` first, so that a typo, a wrong type or an
+out-of-range value stops the run with one line before any data is touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from mnist_pipeline.errors import PipelineError
+
+PARAMS_FILE = "params.yaml"
+
+
+class ConfigError(PipelineError):
+    """params.yaml is missing, malformed, or holds a value that is not allowed."""
+
+
+def _spec(*, low=None, high=None, low_open=False, choices=None, doc=""):
+    """Field metadata: the allowed range or choices, checked on load."""
+    return {"low": low, "high": high, "low_open": low_open, "choices": choices, "doc": doc}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where MNIST lives, how it is normalised, and how much of it a run uses."""
+
+    dir: str = "data/mnist"
+    mean: float = field(default=0.1307, metadata=_spec(low=0.0, high=1.0))
+    std: float = field(default=0.3081, metadata=_spec(low=0.0, high=1.0, low_open=True))
+    max_train_images: Optional[int] = field(default=None, metadata=_spec(low=1, high=60000))
+    max_test_images: Optional[int] = field(default=None, metadata=_spec(low=1, high=10000))
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    """Every file the stages hand to each other; dvc.yaml reads the same values."""
+
+    checkpoint: str = "models/model.pt"
+    train_metrics: str = "metrics/train.json"
+    history: str = "metrics/history.csv"
+    eval_metrics: str = "metrics/eval.json"
+    confusion: str = "metrics/confusion.csv"
+    mlflow_run: str = "metrics/mlflow_run.json"
+    plots_dir: str = "plots"
+
+
+@dataclass(frozen=True)
+class PlotsConfig:
+    """How the PNG plots look; changing these reruns only the plot stage."""
+
+    dpi: int = field(default=100, metadata=_spec(low=20, high=600))
+    width: float = field(default=6.0, metadata=_spec(low=1.0, high=40.0))
+    height: float = field(default=4.0, metadata=_spec(low=1.0, high=40.0))
+    cmap: str = "Blues"
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """MLflow: which experiment the runs go to, and whether the model is logged."""
+
+    experiment: str = "mnist-cnn"
+    log_model: bool = True
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The knobs of one training run (the top level of params.yaml)."""
+
+    lr: float = field(default=0.01, metadata=_spec(low=0.0, low_open=True, high=10.0))
+    momentum: float = field(default=0.5, metadata=_spec(low=0.0, high=1.0))
+    batch_size: int = field(default=64, metadata=_spec(low=1, high=60000))
+    epochs: int = field(default=10, metadata=_spec(low=1, high=1000))
+    seed: int = field(default=1, metadata=_spec(low=0, high=2**32 - 1))
+    device: str = field(default="auto", metadata=_spec(choices=("auto", "cpu", "cuda")))
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole of params.yaml."""
+
+    train: TrainConfig
+    data: DataConfig = DataConfig()
+    paths: PathsConfig = PathsConfig()
+    plots: PlotsConfig = PlotsConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain data, shaped like params.yaml (for checkpoints and MLflow)."""
+        sections = {f.name: dataclasses.asdict(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return {**sections.pop("train"), **sections}
+
+
+# Sections of params.yaml besides the top-level training knobs.
+_SECTIONS = {"data": DataConfig, "paths": PathsConfig, "plots": PlotsConfig, "tracking": TrackingConfig}
+
+
+def _type_name(tp) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    return names[tp]
+
+
+def _check_value(key: str, value: Any, f: dataclasses.Field, hints: dict) -> Any:
+    """Return `value` converted to the field's type, or raise ConfigError naming `key`."""
+    tp = hints[f.name]
+    optional = False
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        tp, optional = args[0], True
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{key}: got null; expected {_type_name(tp)}")
+    # bool is a subclass of int in Python; `epochs: true` must not pass as 1.
+    if tp is bool:
+        ok = isinstance(value, bool)
+    elif tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if ok:
+            value = float(value)
+    else:
+        ok = isinstance(value, tp)
+    if not ok:
+        allowed = _type_name(tp) + (" or null" if optional else "")
+        raise ConfigError(f"{key}: got {value!r}; expected {allowed}")
+
+    spec = f.metadata or {}
+    choices = spec.get("choices")
+    if choices and value not in choices:
+        raise ConfigError(f"{key}: got {value!r}; allowed: {', '.join(choices)}")
+    low, high = spec.get("low"), spec.get("high")
+    too_low = low is not None and (value <= low if spec.get("low_open") else value < low)
+    too_high = high is not None and value > high
+    if too_low or too_high:
+        lower = f"> {low}" if spec.get("low_open") else f">= {low}"
+        bounds = " and ".join(b for b in (lower if low is not None else "", f"<= {high}" if high is not None else "") if b)
+        raise ConfigError(f"{key}: got {value!r}; must be {bounds}")
+    return value
+
+
+def _build(cls, raw: Any, prefix: str):
+    """Build dataclass `cls` from mapping `raw`, rejecting unknown keys and bad values."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'params.yaml'}: expected a mapping of keys to values, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = [k for k in raw if k not in fields]
+    if unknown:
+        raise ConfigError(
+            f"{prefix}{unknown[0]}: unknown key; allowed here: {', '.join(fields)}"
+        )
+    values = {name: _check_value(prefix + name, raw[name], fields[name], hints) for name in fields if name in raw}
+    return cls(**values)
+
+
+def parse_config(raw: Any) -> Config:
+    """Validate a params mapping (as loaded from YAML) and return the typed Config."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"params.yaml: expected a mapping of keys to values, got {type(raw).__name__}")
+    top_level = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = [k for k in raw if k not in top_level and k not in _SECTIONS]
+    if unknown:
+        allowed = ", ".join([*top_level, *_SECTIONS])
+        raise ConfigError(f"{unknown[0]}: unknown key; allowed at the top level: {allowed}")
+    train = _build(TrainConfig, {k: v for k, v in raw.items() if k in top_level}, "")
+    sections = {
+        name: _build(cls, raw[name] if raw.get(name) is not None else {}, name + ".")
+        for name, cls in _SECTIONS.items()
+    }
+    return Config(train=train, **sections)
+
+
+def load_config(path: str | Path = PARAMS_FILE) -> Config:
+    """Read and validate params.yaml; raise ConfigError (one line) when it is missing or wrong."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found; run from the repository root, where params.yaml lives") from None
+    # Imported here so that the training core runs where only torch is installed.
+    import yaml
+
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+    return parse_config(raw)
+
+
+def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"data": {"mean": 0.1}}` -> `{"data.mean": 0.1}`, the way DVC and MLflow name params."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

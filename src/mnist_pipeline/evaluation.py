@@ -1,0 +1,52 @@
+"""Test-set metrics: accuracy, loss, per-class accuracy, confusion matrix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from mnist_pipeline.data import Split
+
+EVAL_BATCH_SIZE = 1000  # images per forward pass; only memory and speed depend on it
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Metrics of a model on one split."""
+
+    accuracy: float  # fraction correct, 0..1
+    loss: float  # mean cross-entropy per image
+    confusion_matrix: list[list[int]]  # [true][predicted] counts
+
+    @property
+    def per_class_accuracy(self) -> list[float]:
+        """Recall of each class: correct / images of that class (0.0 for a class with no images)."""
+        return [row[i] / sum(row) if sum(row) else 0.0 for i, row in enumerate(self.confusion_matrix)]
+
+
+def confusion_matrix(labels: torch.Tensor, predictions: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Counts [true, predicted] as a (num_classes, num_classes) int64 tensor."""
+    flat = labels.to(torch.int64) * num_classes + predictions.to(torch.int64)
+    return torch.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE) -> torch.Tensor:
+    """Logits (N, classes) for images already on the model's device, in batches."""
+    model.eval()
+    return torch.cat([model(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, num_classes: int = 10, batch_size: int = EVAL_BATCH_SIZE) -> EvalResult:
+    """Accuracy, mean loss and confusion matrix of `model` on `split` (on the model's device)."""
+    logits = predict(model, split.images, batch_size)
+    loss = F.cross_entropy(logits, split.labels, reduction="sum")
+    matrix = confusion_matrix(split.labels, logits.argmax(dim=1), num_classes)
+    correct = matrix.diagonal().sum()
+    # One host sync for the whole pass, not one per batch.
+    loss, correct, matrix = loss.item(), correct.item(), matrix.cpu().tolist()
+    return EvalResult(accuracy=correct / len(split), loss=loss / len(split), confusion_matrix=matrix)

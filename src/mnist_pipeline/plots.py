@@ -1,0 +1,82 @@
+"""PNG plots with matplotlib: accuracy and loss against epoch, the confusion matrix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on servers or in CI
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from mnist_pipeline.config import PlotsConfig  # noqa: E402
+from mnist_pipeline.training import EpochResult  # noqa: E402
+
+
+def _figure(config: PlotsConfig) -> tuple[Figure, plt.Axes]:
+    fig, ax = plt.subplots(figsize=(config.width, config.height), dpi=config.dpi)
+    return fig, ax
+
+
+def accuracy_figure(history: list[EpochResult], config: PlotsConfig) -> Figure:
+    """Test accuracy (%) against epoch: the reference tutorial's plot."""
+    fig, ax = _figure(config)
+    epochs = [r.epoch for r in history]
+    ax.plot(epochs, [100 * r.test_accuracy for r in history], marker="o")
+    ax.set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy after each epoch")
+    ax.set_xticks(epochs)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def loss_figure(history: list[EpochResult], config: PlotsConfig) -> Figure:
+    """Mean training loss and test loss against epoch."""
+    fig, ax = _figure(config)
+    epochs = [r.epoch for r in history]
+    ax.plot(epochs, [r.train_loss for r in history], marker="o", label="train")
+    ax.plot(epochs, [r.test_loss for r in history], marker="s", label="test")
+    ax.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss per epoch")
+    ax.set_xticks(epochs)
+    ax.legend()
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_figure(confusion_matrix: list[list[int]], config: PlotsConfig) -> Figure:
+    """The confusion matrix as a heat map with counts in each cell."""
+    size = max(config.width, config.height)
+    fig, ax = plt.subplots(figsize=(size, size), dpi=config.dpi)
+    classes = range(len(confusion_matrix))
+    image = ax.imshow(confusion_matrix, cmap=config.cmap)
+    peak = max(max(row) for row in confusion_matrix) or 1
+    for actual in classes:
+        for predicted in classes:
+            count = confusion_matrix[actual][predicted]
+            # Light text on dark cells so every count stays readable.
+            color = "white" if count > peak / 2 else "black"
+            ax.text(predicted, actual, str(count), ha="center", va="center", fontsize=7, color=color)
+    ax.set(xlabel="predicted digit", ylabel="true digit", title="Confusion matrix (test set)",
+           xticks=list(classes), yticks=list(classes))
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Write `fig` as PNG to `path` and free it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def check_colormap(name: str) -> None:
+    """Raise ConfigError unless matplotlib knows colormap `name` (checked before any work)."""
+    from mnist_pipeline.config import ConfigError
+
+    if name not in matplotlib.colormaps:
+        raise ConfigError(f"plots.cmap: got {name!r}; expected a matplotlib colormap name such as Blues or viridis")

@@ -1,0 +1,179 @@
+"""All MLflow code: where the store is, one run per training, what each stage logs to it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from mnist_pipeline.errors import PipelineError
+
+STORE_FILE = "mlflow.db"
+ARTIFACTS_DIR = "mlartifacts"
+# Servers that do not answer should fail the run in seconds, not after minutes of retries.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+
+class TrackingError(PipelineError):
+    """The MLflow store cannot be reached or used."""
+
+
+def repo_root() -> Path:
+    """The repository the run belongs to.
+
+    DVC sets DVC_ROOT for every stage, and under `dvc exp run --queue` or
+    `--temp` it points at the user's repository, not the temporary copy the
+    stage runs in: that keeps every experiment in the one store.
+    """
+    return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
+
+
+def tracking_uri(root: Optional[Path] = None) -> str:
+    """MLFLOW_TRACKING_URI when set, else the SQLite store at the repository root."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root or repo_root()) / STORE_FILE}"
+
+
+def _artifact_location(uri: str, root: Path) -> Optional[str]:
+    """Artifacts of the local store live beside mlflow.db; a server decides for itself."""
+    if uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri:
+        return (root / ARTIFACTS_DIR).as_uri()
+    return None
+
+
+def connect(experiment: str) -> tuple[MlflowClient, str]:
+    """Point MLflow at the store and return a client and the experiment's id.
+
+    This talks to the store, so an unreachable server fails here, before any
+    training.
+    """
+    root = repo_root()
+    uri = tracking_uri(root)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    try:
+        found = client.get_experiment_by_name(experiment)
+        if found is not None:
+            return client, found.experiment_id
+        try:
+            return client, client.create_experiment(experiment, artifact_location=_artifact_location(uri, root))
+        except mlflow.exceptions.MlflowException:
+            # Another process (a parallel queue worker) created it first.
+            found = client.get_experiment_by_name(experiment)
+            if found is None:
+                raise
+            return client, found.experiment_id
+    except mlflow.exceptions.MlflowException as exc:
+        raise TrackingError(f"MLflow store {uri}: {str(exc).splitlines()[0]}; check MLFLOW_TRACKING_URI") from None
+    except OSError as exc:  # connection refused and friends, when retries are exhausted
+        raise TrackingError(f"MLflow store {uri} unreachable ({exc}); check MLFLOW_TRACKING_URI") from None
+
+
+def git_commit(root: Path) -> Optional[str]:
+    """The commit the run was made from: DVC's baseline under `dvc exp run`, else git HEAD."""
+    baseline = os.environ.get("DVC_EXP_BASELINE_REV")
+    if baseline:
+        return baseline
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def run_tags() -> dict[str, str]:
+    """Tags that tie a run to its code and its DVC experiment."""
+    tags = {"mlflow.source.type": "PROJECT", "dvc.stage": os.environ.get("DVC_STAGE", "")}
+    commit = git_commit(Path.cwd())
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    exp_name = os.environ.get("DVC_EXP_NAME")
+    if exp_name:
+        tags["dvc.exp_name"] = exp_name
+    return {k: v for k, v in tags.items() if v}
+
+
+def run_name() -> Optional[str]:
+    """The DVC experiment's name under `dvc exp run`; MLflow picks one otherwise."""
+    return os.environ.get("DVC_EXP_NAME") or None
+
+
+def log_params(params: dict[str, Any]) -> None:
+    """Log flattened params of the active run; MLflow stores them as strings ("None" for null)."""
+    mlflow.log_params({k: str(v) for k, v in params.items()})
+
+
+def log_epoch(metrics: dict[str, float], epoch: int) -> None:
+    """One batched call per epoch, so logging never slows the training steps."""
+    mlflow.log_metrics(metrics, step=epoch)
+
+
+def log_model(model, example_pixels) -> str:
+    """Log the digit classifier (raw 0-255 pixels in, class probabilities out); return its URI."""
+    import numpy as np
+    import torch
+
+    import mnist_pipeline
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1, 28, 28))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 10))]),
+    )
+    info = mlflow.pytorch.log_model(
+        model,
+        name="model",
+        signature=signature,
+        input_example=example_pixels,
+        # Listed, not inferred: inference loads the model in a subprocess and takes seconds.
+        pip_requirements=[
+            f"torch=={torch.__version__.split('+')[0]}",
+            f"mlflow=={mlflow.__version__}",
+            f"numpy=={np.__version__}",
+        ],
+        # The pickled model refers to our classes; ship the package with it.
+        code_paths=[str(Path(mnist_pipeline.__file__).parent)],
+    )
+    return info.model_uri
+
+
+def log_results(experiment: str, run_id: str, *, metrics: Optional[dict[str, float]] = None,
+                files: tuple[str | Path, ...] = (), artifact_path: Optional[str] = None) -> bool:
+    """Add metrics and files to a finished training run (evaluate and plot run after it).
+
+    Returns False, logging nothing, when the store no longer holds the run
+    (mlflow.db deleted since training): the stage's own outputs still count.
+    """
+    import time
+
+    from mlflow.entities import Metric
+
+    client, _ = connect(experiment)
+    try:
+        client.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        return False
+    if metrics:
+        now = int(time.time() * 1000)
+        client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+    for path in files:
+        client.log_artifact(run_id, str(path), artifact_path)
+    return True
+
+
+@contextlib.contextmanager
+def training_run(experiment_id: str, params: dict[str, Any]) -> Iterator[str]:
+    """Start the one MLflow run of a training, log its params and tags, and yield its id.
+
+    A crash or Ctrl-C inside marks the run FAILED or KILLED, so half-finished
+    runs are never mistaken for results.
+    """
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name(), tags=run_tags()) as run:
+        log_params(params)
+        yield run.info.run_id

@@ -1,0 +1,18 @@
+"""Stage download: the four MNIST files into data.dir, MD5-verified.
+
+Offline, MNIST_MIRROR=<folder or file:// URL> points it at a local copy.
+"""
+
+from mnist_pipeline.cli import run_stage
+from mnist_pipeline.config import load_config
+from mnist_pipeline.data import download_mnist
+
+
+def main() -> None:
+    config = load_config()
+    for path in download_mnist(config.data.dir):
+        print(f"download: {path} (MD5 verified)")
+
+
+if __name__ == "__main__":
+    run_stage(main)

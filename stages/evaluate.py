@@ -1,0 +1,44 @@
+"""Stage evaluate: rebuild the model from its checkpoint and measure it on the test set."""
+
+from mnist_pipeline import tracking
+from mnist_pipeline.checkpoint import load_checkpoint, model_from_checkpoint
+from mnist_pipeline.cli import run_stage
+from mnist_pipeline.config import load_config, parse_config
+from mnist_pipeline.data import load_split
+from mnist_pipeline.device import resolve_device
+from mnist_pipeline.evaluation import evaluate
+from mnist_pipeline.reports import read_json, write_confusion, write_json
+
+
+def main() -> None:
+    config = load_config()
+    device = resolve_device(config.train.device)
+    checkpoint = load_checkpoint(config.paths.checkpoint)
+    # Normalisation and the test slice come from the run that made the
+    # checkpoint, not from today's params.yaml.
+    trained = parse_config(checkpoint["config"]).data
+    model = model_from_checkpoint(checkpoint).to(device)
+    test_split = load_split(config.data.dir, False, trained.mean, trained.std, trained.max_test_images).to(device)
+
+    result = evaluate(model, test_split)
+    per_class = {str(digit): round(acc, 6) for digit, acc in enumerate(result.per_class_accuracy)}
+    write_json(config.paths.eval_metrics, {
+        "test_accuracy": result.accuracy,
+        "test_loss": result.loss,
+        "test_images": len(test_split),
+        "per_class_accuracy": per_class,
+    })
+    write_confusion(config.paths.confusion, result.confusion_matrix)
+    print(f"evaluate: test accuracy {result.accuracy:.2%}, test loss {result.loss:.4f} on {len(test_split)} images")
+    print("evaluate: per digit " + "  ".join(f"{d}:{acc:.1%}" for d, acc in enumerate(result.per_class_accuracy)))
+
+    run_id = read_json(config.paths.mlflow_run)["run_id"]
+    metrics = {"eval_accuracy": result.accuracy, "eval_loss": result.loss}
+    metrics.update({f"eval_accuracy_digit_{d}": acc for d, acc in enumerate(result.per_class_accuracy)})
+    if not tracking.log_results(config.tracking.experiment, run_id, metrics=metrics,
+                                files=(config.paths.eval_metrics,), artifact_path="metrics"):
+        print(f"evaluate: warning: MLflow run {run_id} is not in the store; nothing logged (dvc repro -f train makes a new run)")
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,33 @@
+"""Stage plot: PNGs of accuracy and loss against epoch and of the confusion matrix."""
+
+from pathlib import Path
+
+from mnist_pipeline import tracking
+from mnist_pipeline.cli import run_stage
+from mnist_pipeline.config import load_config
+from mnist_pipeline.plots import accuracy_figure, check_colormap, confusion_figure, loss_figure, save_figure
+from mnist_pipeline.reports import read_confusion, read_history, read_json
+
+
+def main() -> None:
+    config = load_config()
+    check_colormap(config.plots.cmap)
+    history = read_history(config.paths.history)
+    confusion = read_confusion(config.paths.confusion)
+
+    out = Path(config.paths.plots_dir)
+    written = [
+        save_figure(accuracy_figure(history, config.plots), out / "accuracy.png"),
+        save_figure(loss_figure(history, config.plots), out / "loss.png"),
+        save_figure(confusion_figure(confusion, config.plots), out / "confusion.png"),
+    ]
+    for path in written:
+        print(f"plot: {path}")
+
+    run_id = read_json(config.paths.mlflow_run)["run_id"]
+    if not tracking.log_results(config.tracking.experiment, run_id, files=tuple(written), artifact_path="plots"):
+        print(f"plot: warning: MLflow run {run_id} is not in the store; nothing logged (dvc repro -f train makes a new run)")
+
+
+if __name__ == "__main__":
+    run_stage(main)
