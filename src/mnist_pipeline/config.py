@@ -168,7 +168,7 @@ def parse_config(raw: Any) -> Config:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"params.yaml: expected a mapping of keys to values, got {type(raw).__name__}")
-    top_level = {f.name for f in dataclasses.fields(TrainConfig)}
+    top_level = [f.name for f in dataclasses.fields(TrainConfig)]
     unknown = [k for k in raw if k not in top_level and k not in _SECTIONS]
     if unknown:
         allowed = ", ".join([*top_level, *_SECTIONS])

@@ -63,6 +63,18 @@ def _local_mirror_dir(mirror: str) -> Path | None:
     return None
 
 
+def _check_local_mirror(mirror: str) -> None:
+    """Fail before copying anything when a local mirror is not a folder with all four files."""
+    local = _local_mirror_dir(mirror)
+    if local is None:
+        return
+    if not local.is_dir():
+        raise DataError(f"{MIRROR_ENV}={mirror}: no such folder; point it at a folder holding the four MNIST .gz files")
+    for name in MNIST_FILES:
+        if not (local / name).is_file():
+            raise DataError(f"{name}: not found in {local}; the mirror must hold all four MNIST .gz files")
+
+
 def _fetch_remote(url: str, dest: Path) -> None:
     """Download url to dest with bounded retries; raise DataError with the last failure."""
     last_error: Exception | None = None
@@ -83,10 +95,6 @@ def _fetch(name: str, sources: list[str], dest: Path) -> None:
     for source in sources:
         local = _local_mirror_dir(source)
         if local is not None:
-            if not local.is_dir():
-                raise DataError(f"{MIRROR_ENV}={source}: no such folder; point it at a folder holding the four MNIST .gz files")
-            if not (local / name).is_file():
-                raise DataError(f"{name}: not found in {local}; the mirror must hold all four MNIST .gz files")
             shutil.copyfile(local / name, dest)
             return
         try:
@@ -109,6 +117,8 @@ def download_mnist(target_dir: str | Path, mirror: str | None = None) -> list[Pa
     """
     mirror = mirror if mirror is not None else os.environ.get(MIRROR_ENV) or None
     sources = [mirror] if mirror else list(OFFICIAL_MIRRORS)
+    if mirror:
+        _check_local_mirror(mirror)
     target = Path(target_dir)
     target.mkdir(parents=True, exist_ok=True)
     written = []

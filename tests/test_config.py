@@ -1,0 +1,88 @@
+import dataclasses
+
+import pytest
+
+from conftest import REPO_ROOT
+from mnist_pipeline.config import Config, ConfigError, TrainConfig, flatten, load_config, parse_config
+
+
+def test_repo_params_are_the_reference_defaults():
+    config = load_config(REPO_ROOT / "params.yaml")
+    assert config.train == TrainConfig(lr=0.01, momentum=0.5, batch_size=64, epochs=10, seed=1, device="auto")
+    assert (config.data.mean, config.data.std) == (0.1307, 0.3081)
+    assert config.data.max_train_images is None and config.data.max_test_images is None
+
+
+def test_config_is_frozen():
+    config = parse_config({})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.train.lr = 1.0
+
+
+def test_to_dict_round_trips_and_has_top_level_knobs():
+    config = parse_config({"lr": 0.05, "data": {"max_train_images": 100}})
+    as_dict = config.to_dict()
+    assert as_dict["lr"] == 0.05 and as_dict["data"]["max_train_images"] == 100
+    assert parse_config(as_dict) == config
+
+
+def test_int_given_for_float_is_accepted_as_float():
+    config = parse_config({"lr": 1})
+    assert config.train.lr == 1.0 and isinstance(config.train.lr, float)
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"lrr": 0.1}, "lrr: unknown key; allowed at the top level: lr, momentum"),
+        ({"data": {"meen": 0.1}}, "data.meen: unknown key; allowed here: dir, mean, std"),
+        ({"lr": "fast"}, "lr: got 'fast'; expected a number"),
+        ({"epochs": 2.5}, "epochs: got 2.5; expected an integer"),
+        ({"epochs": True}, "epochs: got True; expected an integer"),
+        ({"lr": -1}, "lr: got -1.0; must be > 0.0"),
+        ({"lr": 0}, "lr: got 0.0; must be > 0.0"),
+        ({"batch_size": 0}, "batch_size: got 0; must be >= 1"),
+        ({"epochs": 0}, "epochs: got 0; must be >= 1"),
+        ({"momentum": 1.5}, "momentum: got 1.5; must be >= 0.0 and <= 1.0"),
+        ({"device": "tpu"}, "device: got 'tpu'; allowed: auto, cpu, cuda"),
+        ({"lr": None}, "lr: got null; expected a number"),
+        ({"lr": float("nan")}, "lr: got nan; expected a number"),
+        ({"data": {"max_train_images": 0}}, "data.max_train_images: got 0; must be >= 1"),
+        ({"data": {"max_train_images": "all"}}, "data.max_train_images: got 'all'; expected an integer or null"),
+        ({"data": [1, 2]}, "data: expected a mapping"),
+        ({"tracking": {"log_model": "yes"}}, "tracking.log_model: got 'yes'; expected true or false"),
+        ([1, 2], "params.yaml: expected a mapping of keys to values, got list"),
+    ],
+)
+def test_bad_values_fail_with_one_line_naming_the_key(raw, message):
+    with pytest.raises(ConfigError) as caught:
+        parse_config(raw)
+    text = str(caught.value)
+    assert text.startswith(message)
+    assert "\n" not in text
+
+
+def test_missing_params_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"params.yaml: not found"):
+        load_config(tmp_path / "params.yaml")
+
+
+def test_invalid_yaml_names_the_line(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("lr: 0.01\nepochs: [10\n")
+    with pytest.raises(ConfigError, match=r"params.yaml: invalid YAML at line \d+, column \d+"):
+        load_config(path)
+
+
+def test_empty_params_file_gives_defaults(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("")
+    assert load_config(path) == parse_config({})
+
+
+def test_flatten_names_params_as_dvc_does():
+    assert flatten({"lr": 0.1, "data": {"mean": 0.5, "dir": "d"}}) == {"lr": 0.1, "data.mean": 0.5, "data.dir": "d"}
+
+
+def test_config_type_covers_every_section():
+    assert {f.name for f in dataclasses.fields(Config)} == {"train", "data", "paths", "plots", "tracking"}

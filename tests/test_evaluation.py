@@ -1,0 +1,40 @@
+import pytest
+import torch
+from torch import nn
+
+from mnist_pipeline.data import Split
+from mnist_pipeline.evaluation import EvalResult, confusion_matrix, evaluate
+
+
+def test_confusion_matrix_by_hand():
+    labels = torch.tensor([0, 0, 1, 2, 2, 2])
+    predictions = torch.tensor([0, 1, 1, 2, 0, 2])
+    assert confusion_matrix(labels, predictions, 3).tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]
+
+
+class FixedLogits(nn.Module):
+    """Returns the logits stored for each image, indexed by the image's first pixel."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, x):
+        return self.logits[x[:, 0, 0, 0].long()]
+
+
+def test_evaluate_against_a_hand_computed_case():
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 2.0], [2.0, 0.0, 0.0]])
+    images = torch.arange(4, dtype=torch.float32).reshape(4, 1, 1, 1).expand(4, 1, 2, 2).contiguous()
+    labels = torch.tensor([0, 1, 2, 2])  # the last image is predicted 0: 3 of 4 right
+    result = evaluate(FixedLogits(logits), Split(images, labels), num_classes=3, batch_size=3)
+    assert result.accuracy == 0.75
+    expected_loss = nn.functional.cross_entropy(logits, labels).item()
+    assert result.loss == pytest.approx(expected_loss)
+    assert result.confusion_matrix == [[1, 0, 0], [0, 1, 0], [1, 0, 1]]
+    assert result.per_class_accuracy == [1.0, 1.0, 0.5]
+
+
+def test_per_class_accuracy_of_an_absent_class_is_zero():
+    result = EvalResult(accuracy=1.0, loss=0.0, confusion_matrix=[[2, 0], [0, 0]])
+    assert result.per_class_accuracy == [1.0, 0.0]

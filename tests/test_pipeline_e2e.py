@@ -1,0 +1,189 @@
+"""The real `dvc repro` and `dvc exp run` on a copy of the repository, with a real MLflow store.
+
+The tests in this module are steps of one story and run in file order on one
+copy: first repro, a no-op repro, a plot-only change, then an experiment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import MNIST_MIRROR, REPO_ROOT, requires_mnist_mirror
+
+pytestmark = [pytest.mark.e2e, requires_mnist_mirror()]
+
+SMALL = {"epochs": 2, "data": {"max_train_images": 2000, "max_test_images": 500}}
+
+
+def _environment() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["MNIST_MIRROR"] = str(MNIST_MIRROR)
+    env["DVC_NO_ANALYTICS"] = "1"
+    for role in ("AUTHOR", "COMMITTER"):
+        env[f"GIT_{role}_NAME"] = "pipeline tests"
+        env[f"GIT_{role}_EMAIL"] = "tests@example.invalid"
+    return env
+
+
+def run(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command in the project as a user would, and fail with its output if it fails."""
+    done = subprocess.run(args, cwd=project, env=_environment(), capture_output=True, text=True, timeout=900)
+    if check and done.returncode != 0:
+        pytest.fail(f"{' '.join(args)} exited {done.returncode}\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
+    return done
+
+
+def stages_run(output: str) -> list[str]:
+    """The stages DVC says it ran, in order."""
+    return re.findall(r"Running stage '([\w-]+)'", output)
+
+
+def update_params(project: Path, changes: dict) -> None:
+    path = project / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for key, value in changes.items():
+        if isinstance(value, dict):
+            params[key].update(value)
+        else:
+            params[key] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def make_project(destination: Path) -> Path:
+    """A git repository holding the files this repository tracks (as a fresh clone would)."""
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    for name in filter(None, tracked.stdout.split("\0")):
+        source = REPO_ROOT / name
+        if source.is_file():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination / name)
+    update_params(destination, SMALL)
+    run(destination, "git", "init", "-q")
+    run(destination, "git", "add", "-A")
+    run(destination, "git", "commit", "-qm", "baseline")
+    return destination
+
+
+def mlflow_client(project: Path):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+
+
+def all_runs(project: Path):
+    client = mlflow_client(project)
+    experiment = client.get_experiment_by_name("mnist-cnn")
+    return client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+FIRST_REPRO: dict[Path, subprocess.CompletedProcess] = {}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """The copy, after a first `dvc repro` (whose output FIRST_REPRO keeps for the first test)."""
+    project = make_project(tmp_path_factory.mktemp("project"))
+    FIRST_REPRO[project] = run(project, "dvc", "repro")
+    return project
+
+
+def test_first_repro_runs_every_stage_and_writes_every_output(project):
+    first = FIRST_REPRO[project]
+    assert stages_run(first.stdout) == ["download", "train", "evaluate", "plot"]
+    for name in ("train-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        assert (project / "data" / "mnist" / name).stat().st_size > 0
+    assert (project / "models" / "model.pt").is_file()
+    history = (project / "metrics" / "history.csv").read_text().splitlines()
+    assert history[0] == "epoch,train_loss,test_loss,test_accuracy" and len(history) == 3
+    evaluation = json.loads((project / "metrics" / "eval.json").read_text())
+    assert 0.5 < evaluation["test_accuracy"] <= 1.0 and evaluation["test_images"] == 500
+    assert evaluation["test_loss"] > 0 and set(evaluation["per_class_accuracy"]) == set("0123456789")
+    assert len((project / "metrics" / "confusion.csv").read_text().splitlines()) == 1 + 500
+    for png in ("accuracy.png", "loss.png", "confusion.png"):
+        assert (project / "plots" / png).read_bytes()[:4] == b"\x89PNG"
+    # The user sees progress, the evaluation, and where the plots are.
+    assert "epoch 2/2" in first.stderr + first.stdout
+    assert "evaluate: test accuracy" in first.stdout
+    assert "plot: plots/accuracy.png" in first.stdout
+    assert run(project, "dvc", "status").stdout.strip() == "Data and pipelines are up to date."
+
+
+def test_first_repro_made_one_mlflow_run_with_params_metrics_plots_and_model(project):
+    runs = all_runs(project)
+    assert len(runs) == 1
+    mlflow_run = runs[0]
+    assert json.loads((project / "metrics" / "mlflow_run.json").read_text())["run_id"] == mlflow_run.info.run_id
+    assert mlflow_run.info.status == "FINISHED"
+    params = mlflow_run.data.params
+    assert (params["lr"], params["epochs"], params["data.max_train_images"], params["plots.dpi"]) == ("0.01", "2", "2000", "100")
+    head = run(project, "git", "rev-parse", "HEAD").stdout.strip()
+    assert mlflow_run.data.tags["mlflow.source.git.commit"] == head
+
+    client = mlflow_client(project)
+    accuracy_history = client.get_metric_history(mlflow_run.info.run_id, "test_accuracy")
+    assert [m.step for m in accuracy_history] == [1, 2]
+    assert [m.step for m in client.get_metric_history(mlflow_run.info.run_id, "train_loss")] == [1, 2]
+    evaluation = json.loads((project / "metrics" / "eval.json").read_text())
+    assert mlflow_run.data.metrics["eval_accuracy"] == pytest.approx(evaluation["test_accuracy"])
+    plots = {a.path for a in client.list_artifacts(mlflow_run.info.run_id, "plots")}
+    assert plots == {"plots/accuracy.png", "plots/loss.png", "plots/confusion.png"}
+
+
+def test_logged_model_predicts_digits_like_the_evaluate_stage(project):
+    import mlflow.pyfunc
+
+    from mnist_pipeline.data import IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, read_idx
+
+    run_id = all_runs(project)[0].info.run_id
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    pixels = read_idx(MNIST_MIRROR / "t10k-images-idx3-ubyte.gz", IDX_IMAGES_MAGIC)[:500]
+    labels = read_idx(MNIST_MIRROR / "t10k-labels-idx1-ubyte.gz", IDX_LABELS_MAGIC)[:500]
+    probabilities = model.predict(pixels.reshape(-1, 1, 28, 28).astype(np.float32))
+    assert probabilities.shape == (500, 10)
+    accuracy = float((probabilities.argmax(axis=1) == labels).mean())
+    evaluation = json.loads((project / "metrics" / "eval.json").read_text())
+    assert accuracy == pytest.approx(evaluation["test_accuracy"], abs=1e-9)
+
+
+def test_second_repro_runs_nothing(project):
+    checkpoint_mtime = (project / "models" / "model.pt").stat().st_mtime_ns
+    again = run(project, "dvc", "repro")
+    assert stages_run(again.stdout) == []
+    assert (project / "models" / "model.pt").stat().st_mtime_ns == checkpoint_mtime
+    assert len(all_runs(project)) == 1
+
+
+def test_changing_a_plot_param_reruns_only_plot(project):
+    before = (project / "plots" / "accuracy.png").read_bytes()
+    update_params(project, {"plots": {"dpi": 60}})
+    rerun = run(project, "dvc", "repro")
+    assert stages_run(rerun.stdout) == ["plot"]
+    assert (project / "plots" / "accuracy.png").read_bytes() != before
+    assert len(all_runs(project)) == 1
+    run(project, "git", "commit", "-qam", "smaller plots")
+
+
+def test_exp_run_with_a_new_lr_is_a_second_mlflow_run_named_after_the_experiment(project):
+    experiment = run(project, "dvc", "exp", "run", "-S", "lr=0.05")
+    assert stages_run(experiment.stdout) == ["train", "evaluate", "plot"]  # not download
+    names = run(project, "dvc", "exp", "list", "--name-only").stdout.split()
+    assert len(names) == 1
+    runs = all_runs(project)
+    assert len(runs) == 2
+    newest = runs[-1]
+    assert newest.data.params["lr"] == "0.05"
+    assert newest.info.run_name == names[0]
+    assert newest.data.tags["dvc.exp_name"] == names[0]
+    assert json.loads((project / "metrics" / "mlflow_run.json").read_text())["run_id"] == newest.info.run_id

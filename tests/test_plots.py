@@ -1,0 +1,37 @@
+import pytest
+from PIL import Image
+
+from mnist_pipeline.config import ConfigError, PlotsConfig
+from mnist_pipeline.plots import accuracy_figure, check_colormap, confusion_figure, loss_figure, save_figure
+from mnist_pipeline.training import EpochResult
+
+HISTORY = [EpochResult(1, 0.3, 0.1, 0.97), EpochResult(2, 0.1, 0.07, 0.98)]
+
+
+def test_accuracy_plot_shows_percent_against_epoch(tmp_path):
+    config = PlotsConfig(dpi=50, width=4.0, height=3.0)
+    fig = accuracy_figure(HISTORY, config)
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "epoch" and "accuracy" in ax.get_ylabel()
+    assert list(ax.lines[0].get_ydata()) == pytest.approx([97.0, 98.0])
+    path = save_figure(fig, tmp_path / "plots" / "accuracy.png")
+    assert Image.open(path).size == (200, 150)
+
+
+def test_loss_plot_has_train_and_test_curves():
+    ax = loss_figure(HISTORY, PlotsConfig()).axes[0]
+    assert [line.get_label() for line in ax.lines] == ["train", "test"]
+    assert list(ax.lines[0].get_ydata()) == [0.3, 0.1]
+
+
+def test_confusion_plot_writes_every_count(tmp_path):
+    fig = confusion_figure([[5, 1], [0, 7]], PlotsConfig(dpi=40))
+    texts = sorted(t.get_text() for t in fig.axes[0].texts)
+    assert texts == ["0", "1", "5", "7"]
+    assert save_figure(fig, tmp_path / "c.png").stat().st_size > 0
+
+
+def test_unknown_colormap_is_a_config_error():
+    check_colormap("viridis")
+    with pytest.raises(ConfigError, match="plots.cmap: got 'Bluez'"):
+        check_colormap("Bluez")

@@ -1,0 +1,28 @@
+from mnist_pipeline.reports import (read_confusion, read_history, read_json, write_confusion, write_history,
+                                    write_json)
+from mnist_pipeline.training import EpochResult
+
+
+def test_history_round_trip_and_header(tmp_path):
+    history = [EpochResult(1, 0.5, 0.25, 0.9), EpochResult(2, 0.125, 0.0625, 0.95)]
+    path = tmp_path / "metrics" / "history.csv"
+    write_history(path, history)
+    assert path.read_text().splitlines()[0] == "epoch,train_loss,test_loss,test_accuracy"
+    assert read_history(path) == history
+
+
+def test_confusion_rows_are_one_per_image(tmp_path):
+    matrix = [[2, 1], [0, 3]]
+    path = tmp_path / "confusion.csv"
+    write_confusion(path, matrix)
+    lines = path.read_text().splitlines()
+    assert lines[0] == "actual,predicted" and len(lines) == 1 + 6
+    assert lines.count("0,1") == 1 and lines.count("1,1") == 3
+    assert read_confusion(path, num_classes=2) == matrix
+
+
+def test_json_keeps_key_order(tmp_path):
+    path = tmp_path / "m.json"
+    write_json(path, {"b": 1, "a": 0.5})
+    assert list(read_json(path)) == ["b", "a"]
+    assert path.read_text().endswith("}\n")

@@ -1,0 +1,87 @@
+import socket
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from mnist_pipeline import tracking
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """A fresh SQLite store in a fake repository root, as DVC would point at it."""
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for var in ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
+        monkeypatch.delenv(var, raising=False)
+    yield tmp_path
+    mlflow.end_run()
+
+
+def test_store_is_at_the_dvc_root_not_the_working_directory(store, monkeypatch, tmp_path_factory):
+    monkeypatch.chdir(tmp_path_factory.mktemp("dvc-exp-tempdir"))
+    assert tracking.tracking_uri() == f"sqlite:///{store / 'mlflow.db'}"
+
+
+def test_environment_overrides_the_store(store, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    assert tracking.tracking_uri() == "http://127.0.0.1:5999"
+
+
+def test_connect_creates_the_experiment_once_with_artifacts_beside_the_store(store):
+    client, first = tracking.connect("exp-a")
+    _, second = tracking.connect("exp-a")
+    assert first == second
+    location = client.get_experiment(first).artifact_location
+    assert location == (store / "mlartifacts").as_uri()
+
+
+def test_training_run_is_named_and_tagged_after_the_dvc_experiment(store, monkeypatch):
+    monkeypatch.setenv("DVC_EXP_NAME", "lucky-lark")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "abc123")
+    client, experiment_id = tracking.connect("exp-b")
+    with tracking.training_run(experiment_id, {"lr": 0.05, "data.max_train_images": None}) as run_id:
+        tracking.log_epoch({"test_accuracy": 0.5}, 1)
+        tracking.log_epoch({"test_accuracy": 0.75}, 2)
+    run = client.get_run(run_id)
+    assert run.info.run_name == "lucky-lark"
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["dvc.exp_name"] == "lucky-lark"
+    assert run.data.tags["mlflow.source.git.commit"] == "abc123"
+    assert run.data.params == {"lr": "0.05", "data.max_train_images": "None"}
+    history = client.get_metric_history(run_id, "test_accuracy")
+    assert [(m.step, m.value) for m in history] == [(1, 0.5), (2, 0.75)]
+
+
+def test_a_crash_marks_the_run_failed(store):
+    client, experiment_id = tracking.connect("exp-c")
+    with pytest.raises(RuntimeError):
+        with tracking.training_run(experiment_id, {}) as run_id:
+            raise RuntimeError("boom")
+    assert client.get_run(run_id).info.status == "FAILED"
+
+
+def test_log_results_adds_to_a_finished_run_and_skips_a_missing_one(store, tmp_path):
+    client, experiment_id = tracking.connect("exp-d")
+    with tracking.training_run(experiment_id, {}) as run_id:
+        pass
+    plot = tmp_path / "accuracy.png"
+    plot.write_bytes(b"png")
+    assert tracking.log_results("exp-d", run_id, metrics={"eval_accuracy": 0.9}, files=(plot,), artifact_path="plots")
+    assert client.get_run(run_id).data.metrics["eval_accuracy"] == 0.9
+    assert [a.path for a in client.list_artifacts(run_id, "plots")] == ["plots/accuracy.png"]
+    assert not tracking.log_results("exp-d", "0" * 32, metrics={"eval_accuracy": 0.9})
+
+
+def test_an_unreachable_server_fails_fast_with_a_clear_error(store, monkeypatch):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    started = time.monotonic()
+    with pytest.raises(tracking.TrackingError, match=f"MLflow store http://127.0.0.1:{port}.*MLFLOW_TRACKING_URI") as caught:
+        tracking.connect("exp-e")
+    assert "\n" not in str(caught.value)
+    print(f"failed after {time.monotonic() - started:.1f} s")
