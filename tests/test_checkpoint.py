@@ -43,10 +43,20 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(checkpoint_module.torch, "save", disk_full)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(CheckpointError) as caught:
         _save(path, seed=1)
+    assert str(caught.value) == (
+        f"{path}: cannot write the checkpoint (No space left on device); the previous checkpoint is kept"
+    )
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # no temporary file left behind
+
+
+def test_unwritable_folder_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "models"
+    blocker.write_text("a file where the folder should be")
+    with pytest.raises(CheckpointError, match=r"models/model.pt: cannot write the checkpoint \(File exists\)"):
+        _save(blocker / "model.pt")
 
 
 def test_missing_checkpoint_says_what_to_run(tmp_path):

@@ -122,3 +122,57 @@ def test_the_local_mirror_holds_the_published_files():
     assert train.labels[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
     assert test.labels[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
     assert torch.bincount(test.labels).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+@pytest.fixture
+def http_mirror(tiny_mnist):
+    """The tiny files served over HTTP on 127.0.0.1, as a remote mirror would."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tiny_mnist))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+def test_download_over_http(tiny_mnist, http_mirror, tmp_path, monkeypatch):
+    _expect_tiny_md5s(monkeypatch, tiny_mnist)
+    assert len(download_mnist(tmp_path / "out", mirror=http_mirror)) == 4
+
+
+def test_a_mirror_that_lacks_the_file_falls_through_to_the_next(tiny_mnist, http_mirror, tmp_path, monkeypatch):
+    _expect_tiny_md5s(monkeypatch, tiny_mnist)
+    monkeypatch.setattr(data, "OFFICIAL_MIRRORS", (http_mirror + "missing/", http_mirror))
+    assert len(download_mnist(tmp_path / "out", mirror="")) == 4
+
+
+def test_no_network_and_no_mirror_is_one_line_naming_the_way_out(tmp_path, monkeypatch):
+    import socket
+
+    refusing = socket.socket()
+    refusing.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()  # accepts connections, never answers: only the timeout ends the wait
+    monkeypatch.setattr(data, "DOWNLOAD_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(data, "OFFICIAL_MIRRORS", (
+        f"http://127.0.0.1:{refusing.getsockname()[1]}/", f"http://127.0.0.1:{silent.getsockname()[1]}/",
+    ))
+    monkeypatch.delenv("MNIST_MIRROR", raising=False)
+    try:
+        with pytest.raises(DataError) as caught:
+            download_mnist(tmp_path / "out")
+    finally:
+        refusing.close()
+        silent.close()
+    message = str(caught.value)
+    assert message.startswith("train-images-idx3-ubyte.gz: no mirror answered (")
+    assert "Connection refused" in message and "timed out" in message
+    assert message.endswith("offline, set MNIST_MIRROR to a local copy (folder or file:// URL)")
+    assert "\n" not in message
+    assert not list((tmp_path / "out").iterdir())  # nothing half-downloaded left behind

@@ -7,85 +7,16 @@ copy: first repro, a no-op repro, a plot-only change, then an experiment.
 from __future__ import annotations
 
 import json
-import os
-import re
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
-from conftest import MNIST_MIRROR, REPO_ROOT, requires_mnist_mirror
+from conftest import MNIST_MIRROR, requires_mnist_mirror
+from dvc_project import all_runs, make_project, mlflow_client, run, stages_run, update_params
 
 pytestmark = [pytest.mark.e2e, requires_mnist_mirror()]
-
-SMALL = {"epochs": 2, "data": {"max_train_images": 2000, "max_test_images": 500}}
-
-
-def _environment() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["MNIST_MIRROR"] = str(MNIST_MIRROR)
-    env["DVC_NO_ANALYTICS"] = "1"
-    for role in ("AUTHOR", "COMMITTER"):
-        env[f"GIT_{role}_NAME"] = "pipeline tests"
-        env[f"GIT_{role}_EMAIL"] = "tests@example.invalid"
-    return env
-
-
-def run(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Run a command in the project as a user would, and fail with its output if it fails."""
-    done = subprocess.run(args, cwd=project, env=_environment(), capture_output=True, text=True, timeout=900)
-    if check and done.returncode != 0:
-        pytest.fail(f"{' '.join(args)} exited {done.returncode}\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
-    return done
-
-
-def stages_run(output: str) -> list[str]:
-    """The stages DVC says it ran, in order."""
-    return re.findall(r"Running stage '([\w-]+)'", output)
-
-
-def update_params(project: Path, changes: dict) -> None:
-    path = project / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    for key, value in changes.items():
-        if isinstance(value, dict):
-            params[key].update(value)
-        else:
-            params[key] = value
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-
-
-def make_project(destination: Path) -> Path:
-    """A git repository holding the files this repository tracks (as a fresh clone would)."""
-    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
-    for name in filter(None, tracked.stdout.split("\0")):
-        source = REPO_ROOT / name
-        if source.is_file():
-            (destination / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, destination / name)
-    update_params(destination, SMALL)
-    run(destination, "git", "init", "-q")
-    run(destination, "git", "add", "-A")
-    run(destination, "git", "commit", "-qm", "baseline")
-    return destination
-
-
-def mlflow_client(project: Path):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
-
-
-def all_runs(project: Path):
-    client = mlflow_client(project)
-    experiment = client.get_experiment_by_name("mnist-cnn")
-    return client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
-
 
 FIRST_REPRO: dict[Path, subprocess.CompletedProcess] = {}
 

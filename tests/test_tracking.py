@@ -1,4 +1,5 @@
 import socket
+import os
 import time
 from pathlib import Path
 
@@ -81,7 +82,31 @@ def test_an_unreachable_server_fails_fast_with_a_clear_error(store, monkeypatch)
         port = s.getsockname()[1]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
     started = time.monotonic()
-    with pytest.raises(tracking.TrackingError, match=f"MLflow store http://127.0.0.1:{port}.*MLFLOW_TRACKING_URI") as caught:
+    with pytest.raises(tracking.TrackingError, match=f"MLflow store http://127.0.0.1:{port}: unreachable \\(Connection refused\\); start it, or fix or unset MLFLOW_TRACKING_URI") as caught:
         tracking.connect("exp-e")
     assert "\n" not in str(caught.value)
     print(f"failed after {time.monotonic() - started:.1f} s")
+
+
+def test_ctrl_c_marks_the_run_killed(store):
+    client, experiment_id = tracking.connect("exp-f")
+    with pytest.raises(KeyboardInterrupt):
+        with tracking.training_run(experiment_id, {}) as run_id:
+            raise KeyboardInterrupt
+    assert client.get_run(run_id).info.status == "KILLED"
+
+
+def test_runs_of_dead_processes_are_marked_killed_and_live_ones_left(store):
+    import subprocess
+    import sys
+
+    client, experiment_id = tracking.connect("exp-g")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = socket.gethostname()
+    orphan = client.create_run(experiment_id, tags={tracking.PID_TAG: dead.stdout.strip(), tracking.HOST_TAG: host})
+    alive = client.create_run(experiment_id, tags={tracking.PID_TAG: str(os.getpid()), tracking.HOST_TAG: host})
+    elsewhere = client.create_run(experiment_id, tags={tracking.PID_TAG: dead.stdout.strip(), tracking.HOST_TAG: "other"})
+    assert tracking.close_orphaned_runs(client, experiment_id) == [orphan.info.run_id]
+    assert client.get_run(orphan.info.run_id).info.status == "KILLED"
+    assert client.get_run(alive.info.run_id).info.status == "RUNNING"
+    assert client.get_run(elsewhere.info.run_id).info.status == "RUNNING"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +9,7 @@ import torch
 from torch import nn
 
 from mnist_pipeline.errors import PipelineError
+from mnist_pipeline.files import atomic_path
 from mnist_pipeline.model import ModelConfig, build_model
 
 
@@ -22,11 +21,9 @@ def save_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.opti
                     epoch: int, model_config: ModelConfig, config: dict[str, Any]) -> None:
     """Write weights, optimizer state, epoch and config to `path`, atomically.
 
-    torch.save goes to a temporary file in the same folder that then replaces
-    `path`, so a crash mid-write leaves the previous checkpoint intact.
+    A crash, kill or full disk mid-write leaves the previous checkpoint intact.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {
         "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "optimizer_state": optimizer.state_dict(),
@@ -34,13 +31,12 @@ def save_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.opti
         "model_config": model_config.to_dict(),
         "config": config,
     }
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
     try:
-        torch.save(state, tmp_name)
-        os.replace(tmp_name, path)
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+    except OSError as exc:  # disk full, read-only folder, a file where the folder should be...
+        kept = "the previous checkpoint is kept" if path.is_file() else "no checkpoint was written"
+        raise CheckpointError(f"{path}: cannot write the checkpoint ({exc.strerror or exc}); {kept}") from None
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

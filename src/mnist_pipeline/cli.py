@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Callable
 
@@ -12,8 +13,14 @@ EXIT_USER_ERROR = 2
 
 def run_stage(main: Callable[[], None]) -> None:
     """Run a stage's main; a PipelineError becomes one line on stderr and exit status 2."""
+    # SIGTERM (a queue worker stopped, `kill`) unwinds like Ctrl-C, so runs and files are closed properly.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         main()
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")

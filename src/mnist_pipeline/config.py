@@ -102,6 +102,11 @@ class Config:
 _SECTIONS = {"data": DataConfig, "paths": PathsConfig, "plots": PlotsConfig, "tracking": TrackingConfig}
 
 
+def _show_key(key: Any) -> str:
+    """A key as the user typed it, quoted when it holds spaces or control characters (one line, always)."""
+    return key if isinstance(key, str) and key.isprintable() and key.strip() == key and key else repr(key)
+
+
 def _type_name(tp) -> str:
     names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
     return names[tp]
@@ -155,9 +160,7 @@ def _build(cls, raw: Any, prefix: str):
     hints = typing.get_type_hints(cls)
     unknown = [k for k in raw if k not in fields]
     if unknown:
-        raise ConfigError(
-            f"{prefix}{unknown[0]}: unknown key; allowed here: {', '.join(fields)}"
-        )
+        raise ConfigError(f"{prefix}{_show_key(unknown[0])}: unknown key; allowed here: {', '.join(fields)}")
     values = {name: _check_value(prefix + name, raw[name], fields[name], hints) for name in fields if name in raw}
     return cls(**values)
 
@@ -172,7 +175,7 @@ def parse_config(raw: Any) -> Config:
     unknown = [k for k in raw if k not in top_level and k not in _SECTIONS]
     if unknown:
         allowed = ", ".join([*top_level, *_SECTIONS])
-        raise ConfigError(f"{unknown[0]}: unknown key; allowed at the top level: {allowed}")
+        raise ConfigError(f"{_show_key(unknown[0])}: unknown key; allowed at the top level: {allowed}")
     train = _build(TrainConfig, {k: v for k, v in raw.items() if k in top_level}, "")
     sections = {
         name: _build(cls, raw[name] if raw.get(name) is not None else {}, name + ".")

@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import os
 import shutil
+import socket
 import tempfile
 import time
 import urllib.error
@@ -33,8 +34,8 @@ OFFICIAL_MIRRORS = (
     "http://yann.lecun.com/exdb/mnist/",
 )
 MIRROR_ENV = "MNIST_MIRROR"
-DOWNLOAD_TIMEOUT_S = 20
-DOWNLOAD_ATTEMPTS = 2  # per mirror and file; bounded so that no network fails within a minute
+DOWNLOAD_TIMEOUT_S = 15  # per connection and read: a silent server fails in seconds, not never
+DOWNLOAD_ATTEMPTS = 2  # per mirror and file
 
 IDX_IMAGES_MAGIC = 2051
 IDX_LABELS_MAGIC = 2049
@@ -76,17 +77,24 @@ def _check_local_mirror(mirror: str) -> None:
 
 
 def _fetch_remote(url: str, dest: Path) -> None:
-    """Download url to dest with bounded retries; raise DataError with the last failure."""
+    """Download url to dest with bounded retries and timeouts; raise DataError with the last failure."""
     last_error: Exception | None = None
     for attempt in range(DOWNLOAD_ATTEMPTS):
         try:
             with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response, open(dest, "wb") as out:
                 shutil.copyfileobj(response, out)
             return
+        except urllib.error.HTTPError as exc:  # the server answered "no": asking again will not help
+            last_error = exc
+            break
         except (urllib.error.URLError, OSError) as exc:
             last_error = exc
-            time.sleep(min(2**attempt, 4))
-    raise DataError(f"{url}: download failed ({last_error})")
+            if isinstance(getattr(exc, "reason", None), socket.gaierror):
+                break  # no DNS: offline, and a retry in a second will not change that
+            if attempt + 1 < DOWNLOAD_ATTEMPTS:
+                time.sleep(1)
+    reason = getattr(last_error, "reason", None) or last_error
+    raise DataError(f"{url}: {reason}")
 
 
 def _fetch(name: str, sources: list[str], dest: Path) -> None:
@@ -103,7 +111,7 @@ def _fetch(name: str, sources: list[str], dest: Path) -> None:
         except DataError as exc:
             failures.append(str(exc))
     raise DataError(
-        f"{name}: no mirror answered ({'; '.join(failures)}); offline, set {MIRROR_ENV} to a local folder or file:// URL"
+        f"{name}: no mirror answered ({'; '.join(failures)}); offline, set {MIRROR_ENV} to a local copy (folder or file:// URL)"
     )
 
 

@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from mnist_pipeline.config import PlotsConfig  # noqa: E402
+from mnist_pipeline.files import atomic_path  # noqa: E402
 from mnist_pipeline.training import EpochResult  # noqa: E402
 
 
@@ -67,11 +68,10 @@ def confusion_figure(confusion_matrix: list[list[int]], config: PlotsConfig) -> 
 
 def save_figure(fig: Figure, path: str | Path) -> Path:
     """Write `fig` as PNG to `path` and free it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
-    return path
+    return Path(path)
 
 
 def check_colormap(name: str) -> None:

@@ -1,26 +1,33 @@
-"""The metric files the stages hand to DVC: JSON metrics, per-epoch history, confusion data."""
+"""The metric files the stages hand to DVC: JSON metrics, per-epoch history, confusion data.
+
+Each is written atomically: the pipeline's outputs persist across failed runs (dvc.yaml).
+"""
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Any, Iterable
 
+from mnist_pipeline.files import write_text_atomic
 from mnist_pipeline.training import EpochResult
 
 HISTORY_FIELDS = ("epoch", "train_loss", "test_loss", "test_accuracy")
 
 
-def _prepare(path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
+def _csv_text(header: Iterable, rows: Iterable[Iterable]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
 
 
 def write_json(path: str | Path, data: dict[str, Any]) -> None:
     """Pretty JSON, keys in the order given, newline-terminated (diff-friendly in git)."""
-    _prepare(path).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def read_json(path: str | Path) -> dict[str, Any]:
@@ -30,11 +37,8 @@ def read_json(path: str | Path) -> dict[str, Any]:
 
 def write_history(path: str | Path, history: Iterable[EpochResult]) -> None:
     """One CSV row per epoch; dvc.yaml declares this file as the accuracy and loss plots."""
-    with _prepare(path).open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(HISTORY_FIELDS)
-        for row in history:
-            writer.writerow([row.epoch, f"{row.train_loss:.6f}", f"{row.test_loss:.6f}", f"{row.test_accuracy:.6f}"])
+    rows = [[r.epoch, f"{r.train_loss:.6f}", f"{r.test_loss:.6f}", f"{r.test_accuracy:.6f}"] for r in history]
+    write_text_atomic(path, _csv_text(HISTORY_FIELDS, rows))
 
 
 def read_history(path: str | Path) -> list[EpochResult]:
@@ -48,12 +52,13 @@ def read_history(path: str | Path) -> list[EpochResult]:
 
 def write_confusion(path: str | Path, confusion_matrix: list[list[int]]) -> None:
     """One (actual, predicted) row per test image, the form DVC's confusion template reads."""
-    with _prepare(path).open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(("actual", "predicted"))
-        for actual, row in enumerate(confusion_matrix):
-            for predicted, count in enumerate(row):
-                writer.writerows([(actual, predicted)] * count)
+    rows = [
+        (actual, predicted)
+        for actual, row in enumerate(confusion_matrix)
+        for predicted, count in enumerate(row)
+        for _ in range(count)
+    ]
+    write_text_atomic(path, _csv_text(("actual", "predicted"), rows))
 
 
 def read_confusion(path: str | Path, num_classes: int = 10) -> list[list[int]]:

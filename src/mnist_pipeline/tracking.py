@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -14,6 +16,8 @@ from mlflow.tracking import MlflowClient
 from mnist_pipeline.errors import PipelineError
 
 STORE_FILE = "mlflow.db"
+PID_TAG = "pipeline.pid"  # with HOST_TAG: lets a later run tell a crashed training from a live one
+HOST_TAG = "pipeline.host"
 ARTIFACTS_DIR = "mlartifacts"
 # Servers that do not answer should fail the run in seconds, not after minutes of retries.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
@@ -68,10 +72,17 @@ def connect(experiment: str) -> tuple[MlflowClient, str]:
             if found is None:
                 raise
             return client, found.experiment_id
-    except mlflow.exceptions.MlflowException as exc:
-        raise TrackingError(f"MLflow store {uri}: {str(exc).splitlines()[0]}; check MLFLOW_TRACKING_URI") from None
-    except OSError as exc:  # connection refused and friends, when retries are exhausted
-        raise TrackingError(f"MLflow store {uri} unreachable ({exc}); check MLFLOW_TRACKING_URI") from None
+    except (mlflow.exceptions.MlflowException, OSError) as exc:
+        raise TrackingError(f"MLflow store {uri}: {_reason(exc)}; start it, or fix or unset MLFLOW_TRACKING_URI") from None
+
+
+def _reason(exc: Exception) -> str:
+    """The gist of a store failure: the socket error when there is one, else the message's first line."""
+    text = str(exc)
+    socket_error = re.search(r"\[Errno -?\d+\] ([^\"'()]+)|(timed out)", text)
+    if socket_error:
+        return f"unreachable ({(socket_error.group(1) or socket_error.group(2)).strip()})"
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
 
 
 def git_commit(root: Path) -> Optional[str]:
@@ -171,9 +182,46 @@ def log_results(experiment: str, run_id: str, *, metrics: Optional[dict[str, flo
 def training_run(experiment_id: str, params: dict[str, Any]) -> Iterator[str]:
     """Start the one MLflow run of a training, log its params and tags, and yield its id.
 
-    A crash or Ctrl-C inside marks the run FAILED or KILLED, so half-finished
-    runs are never mistaken for results.
+    The run ends FINISHED only when the block completes: an error marks it
+    FAILED, Ctrl-C or SIGTERM marks it KILLED, so a half-finished run is never
+    mistaken for a result. Runs left RUNNING by a training that was killed
+    outright (SIGKILL, power cut) are marked KILLED here, the next time.
     """
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name(), tags=run_tags()) as run:
+    close_orphaned_runs(MlflowClient(mlflow.get_tracking_uri()), experiment_id)
+    tags = {**run_tags(), PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+    run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name(), tags=tags)
+    status = "FAILED"
+    try:
         log_params(params)
         yield run.info.run_id
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        mlflow.end_run(status)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def close_orphaned_runs(client: MlflowClient, experiment_id: str) -> list[str]:
+    """Mark KILLED the runs still RUNNING whose training process on this host is gone; return their ids."""
+    host = socket.gethostname()
+    orphans = [
+        run.info.run_id
+        for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'")
+        if run.data.tags.get(HOST_TAG) == host
+        and run.data.tags.get(PID_TAG, "").isdigit()
+        and not _process_alive(int(run.data.tags[PID_TAG]))
+    ]
+    for run_id in orphans:
+        client.set_terminated(run_id, "KILLED")
+    return orphans

@@ -1,0 +1,129 @@
+"""Mistakes and faults under the real dvc: clear one-line errors, nothing produced is lost or corrupted.
+
+Steps of one story on one copy of the repository, in file order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import MNIST_MIRROR, requires_mnist_mirror
+from dvc_project import all_runs, environment, make_project, mlflow_client, run, stages_run, update_params
+
+pytestmark = [pytest.mark.e2e, requires_mnist_mirror()]
+
+OUTPUTS = ("models/model.pt", "metrics/train.json", "metrics/history.csv", "metrics/eval.json",
+           "metrics/confusion.csv", "metrics/mlflow_run.json", "plots/accuracy.png")
+
+
+def snapshot(project: Path) -> dict[str, str]:
+    """MD5 of every pipeline output, to prove a failed run left them alone."""
+    return {name: hashlib.md5((project / name).read_bytes()).hexdigest() for name in OUTPUTS}
+
+
+def dead_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    project = make_project(tmp_path_factory.mktemp("faults"))
+    run(project, "dvc", "repro")
+    return project
+
+
+def test_exp_run_with_a_bad_param_fails_with_one_line_and_keeps_every_output(project):
+    before, runs_before = snapshot(project), len(all_runs(project))
+    failed = run(project, "dvc", "exp", "run", "-S", "lr=-1", check=False)
+    assert failed.returncode != 0
+    assert "error: lr: got -1.0; must be > 0.0 and <= 10.0\n" in failed.stderr
+    assert "epoch 1/" not in failed.stderr + failed.stdout  # stopped before any training
+    assert snapshot(project) == before
+    assert len(all_runs(project)) == runs_before
+    run(project, "git", "checkout", "params.yaml")
+
+
+def test_a_dead_tracking_server_fails_before_training_and_keeps_every_output(project):
+    before = snapshot(project)
+    update_params(project, {"lr": 0.02})
+    port = dead_port()
+    failed = run(project, "dvc", "repro", check=False, env=environment(MLFLOW_TRACKING_URI=f"http://127.0.0.1:{port}"))
+    assert failed.returncode != 0
+    assert (f"error: MLflow store http://127.0.0.1:{port}: unreachable (Connection refused); "
+            "start it, or fix or unset MLFLOW_TRACKING_URI\n") in failed.stderr
+    assert "epoch 1/" not in failed.stderr + failed.stdout
+    assert snapshot(project) == before
+    run(project, "git", "checkout", "params.yaml")
+
+
+def _wait_for_first_epoch(project: Path, runs_before: int, process: subprocess.Popen) -> str:
+    """Poll the MLflow store until the new run has logged epoch 1; return its id."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "training ended before it could be killed"
+        if (project / "mlflow.db").exists():
+            runs = all_runs(project)
+            if len(runs) > runs_before and "test_accuracy" in runs[-1].data.metrics:
+                return runs[-1].info.run_id
+        time.sleep(0.5)
+    pytest.fail("training never finished its first epoch")
+
+
+def test_killed_training_leaves_dvc_and_mlflow_consistent_and_the_next_repro_works(project):
+    before, runs_before = snapshot(project), len(all_runs(project))
+    update_params(project, {"epochs": 4, "data": {"max_train_images": 12000}})
+    repro = subprocess.Popen(["dvc", "repro"], cwd=project, env=environment(), start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed_run = _wait_for_first_epoch(project, runs_before, repro)
+    os.killpg(repro.pid, signal.SIGKILL)  # as a power cut would: no handler runs
+    repro.wait()
+
+    assert snapshot(project) == before  # the last complete results, untouched
+    assert not list((project / "models").glob(".model.pt.*"))  # no half-written checkpoint
+    status = run(project, "dvc", "status").stdout
+    assert "train:" in status and "up to date" not in status  # DVC knows the results are stale
+
+    again = run(project, "dvc", "repro")
+    assert stages_run(again.stdout) == ["train", "evaluate", "plot"]
+    assert run(project, "dvc", "status").stdout.strip() == "Data and pipelines are up to date."
+    client = mlflow_client(project)
+    assert client.get_run(killed_run).info.status == "KILLED"  # closed by the next training
+    newest = all_runs(project)[-1]
+    assert newest.info.status == "FINISHED" and newest.data.params["epochs"] == "4"
+    assert snapshot(project) != before
+
+
+def test_a_damaged_mirror_is_refused_and_nothing_bad_enters_the_cache(project, tmp_path):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(MNIST_MIRROR, damaged)
+    name = "t10k-images-idx3-ubyte.gz"
+    content = bytearray((damaged / name).read_bytes())
+    content[5000] ^= 0xFF  # one flipped byte
+    (damaged / name).write_bytes(bytes(content))
+    bad_md5 = hashlib.md5(content).hexdigest()
+
+    failed = run(project, "dvc", "repro", "-f", "download", check=False, env=environment(MNIST_MIRROR=str(damaged)))
+    assert failed.returncode != 0
+    assert (f"error: {name}: MD5 mismatch (expected 9fb629c4189551a2d022fa330f9573f3, got {bad_md5}); "
+            f"the source {damaged} has a damaged or wrong file\n") in failed.stderr
+    assert not (project / "data" / "mnist" / name).exists()
+    cached = {p.parent.name + p.name for p in (project / ".dvc" / "cache").rglob("*") if p.is_file()}
+    assert bad_md5 not in cached
+
+    # DVC restores the verified files from its run-cache (or downloads them again); the data is the
+    # same as before, so nothing downstream reruns.
+    fixed = run(project, "dvc", "repro")
+    assert stages_run(fixed.stdout) in ([], ["download"])
+    assert (project / "data" / "mnist" / name).read_bytes() == (MNIST_MIRROR / name).read_bytes()
+    assert run(project, "dvc", "status").stdout.strip() == "Data and pipelines are up to date."
