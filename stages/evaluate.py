@@ -1,7 +1,7 @@
 """Stage evaluate: rebuild the model from its checkpoint and measure it on the test set."""
 
 from mnist_pipeline import tracking
-from mnist_pipeline.checkpoint import load_checkpoint, model_from_checkpoint
+from mnist_pipeline.checkpoint import load_checkpoint, model_from_checkpoint, require_complete
 from mnist_pipeline.cli import run_stage
 from mnist_pipeline.config import load_config, parse_config
 from mnist_pipeline.data import load_split
@@ -14,6 +14,7 @@ def main() -> None:
     config = load_config()
     device = resolve_device(config.train.device)
     checkpoint = load_checkpoint(config.paths.checkpoint)
+    require_complete(checkpoint, config.paths.checkpoint)
     # Normalisation and the test slice come from the run that made the
     # checkpoint, not from today's params.yaml.
     trained = parse_config(checkpoint["config"]).data

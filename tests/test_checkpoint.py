@@ -4,19 +4,27 @@ import pytest
 import torch
 
 from mnist_pipeline import checkpoint as checkpoint_module
-from mnist_pipeline.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
-from mnist_pipeline.config import parse_config
+from mnist_pipeline.checkpoint import (CheckpointError, load_checkpoint, model_from_checkpoint, require_complete,
+                                       restore_training, resume_decision, save_checkpoint)
+from mnist_pipeline.config import TrainConfig, parse_config
+from mnist_pipeline.data import Split
 from mnist_pipeline.model import ModelConfig, build_model
+from mnist_pipeline.seed import set_seed
+from mnist_pipeline.history import EpochResult
+from mnist_pipeline.training import make_optimizer, train
+
+HISTORY = [EpochResult(1, 0.5, 0.4, 0.9), EpochResult(2, 0.3, 0.2, 0.95), EpochResult(3, 0.2, 0.1, 0.97)]
 
 
-def _save(path, seed=0):
+def _save(path, seed=0, epochs_done=3, params=None):
     torch.manual_seed(seed)
     model = build_model(ModelConfig())
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.5)
     model(torch.zeros(1, 1, 28, 28)).sum().backward()
     optimizer.step()  # so that the optimizer has momentum buffers to save
-    save_checkpoint(path, model=model, optimizer=optimizer, epoch=3, model_config=ModelConfig(),
-                    config=parse_config({"lr": 0.01}).to_dict())
+    save_checkpoint(path, model=model, optimizer=optimizer, generator=torch.Generator().manual_seed(seed),
+                    model_config=ModelConfig(), config=parse_config(params or {"epochs": 3}).to_dict(),
+                    history=HISTORY[:epochs_done], mlflow_run_id="abc")
     return model
 
 
@@ -24,9 +32,10 @@ def test_round_trip_rebuilds_the_same_model(tmp_path):
     path = tmp_path / "models" / "model.pt"
     model = _save(path)
     loaded = load_checkpoint(path)
-    assert loaded["epoch"] == 3
-    assert loaded["config"]["lr"] == 0.01 and loaded["config"]["data"]["max_train_images"] is None
+    assert (loaded["epoch"], loaded["complete"], loaded["mlflow_run_id"]) == (3, True, "abc")
+    assert loaded["config"]["epochs"] == 3 and loaded["config"]["data"]["max_train_images"] is None
     assert "momentum_buffer" in loaded["optimizer_state"]["state"][0]
+    assert [EpochResult(**row) for row in loaded["history"]] == HISTORY
     rebuilt = model_from_checkpoint(loaded)
     x = torch.randn(2, 1, 28, 28)
     assert torch.equal(rebuilt(x), model(x))
@@ -81,3 +90,72 @@ def test_a_pickle_payload_is_refused_and_never_runs(tmp_path):
     assert not marker.exists()
     pickle.loads(pickle.dumps(_Payload()))  # the payload is real: unpickled freely, it runs
     assert marker.exists()
+
+
+def test_an_unfinished_checkpoint_is_not_a_result(tmp_path):
+    _save(tmp_path / "model.pt", epochs_done=2)
+    with pytest.raises(CheckpointError, match="training stopped after epoch 2 of 3; run dvc repro to finish it"):
+        require_complete(load_checkpoint(tmp_path / "model.pt"), tmp_path / "model.pt")
+
+
+@pytest.mark.parametrize("params, epochs_done, resumes, reason", [
+    ({"epochs": 3}, 2, True, "resuming after epoch 2 of 3 from the unfinished checkpoint"),
+    ({"epochs": 3, "plots": {"dpi": 50}}, 2, True, "resuming after epoch 2"),  # plots cannot change training
+    ({"epochs": 3}, 3, False, "the checkpoint holds a finished training; training from scratch"),
+    ({"epochs": 3, "lr": 0.05}, 2, False, "params changed since the unfinished checkpoint (lr 0.01 -> 0.05); training from scratch"),
+    ({"epochs": 4}, 2, False, "params changed since the unfinished checkpoint (epochs 3 -> 4)"),
+])
+def test_resume_only_an_unfinished_checkpoint_of_the_same_params(tmp_path, params, epochs_done, resumes, reason):
+    _save(tmp_path / "model.pt", epochs_done=epochs_done)
+    decision = resume_decision(load_checkpoint(tmp_path / "model.pt"), parse_config(params).to_dict())
+    assert decision[0] is resumes and decision[1].startswith(reason)
+
+
+def test_no_checkpoint_trains_from_scratch():
+    assert resume_decision(None, parse_config({}).to_dict()) == (False, "no checkpoint yet; training from scratch")
+
+
+def _toy_split(n=64):
+    g = torch.Generator().manual_seed(0)
+    return Split(torch.randn(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g))
+
+
+def test_interrupted_and_resumed_training_is_bit_identical_to_an_uninterrupted_one(tmp_path):
+    split = _toy_split()
+    config = TrainConfig(lr=0.05, batch_size=16, epochs=4, seed=5)
+    config_dict = parse_config({"lr": 0.05, "batch_size": 16, "epochs": 4, "seed": 5}).to_dict()
+
+    generator = set_seed(config.seed)
+    straight = build_model(ModelConfig())
+    straight_history = train(straight, make_optimizer(straight, config), split, split, config, generator)
+
+    # First process: set up as the stage does, save after every epoch, "killed" after epoch 2.
+    path = tmp_path / "model.pt"
+    generator = set_seed(config.seed)
+    model = build_model(ModelConfig())
+    optimizer = make_optimizer(model, config)
+
+    class Killed(Exception):
+        pass
+
+    def save_then_maybe_die(history):
+        save_checkpoint(path, model=model, optimizer=optimizer, generator=generator, model_config=ModelConfig(),
+                        config=config_dict, history=history)
+        if len(history) == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(model, optimizer, split, split, config, generator, on_epoch_end=save_then_maybe_die)
+
+    # Second process: fresh objects, seeded again, then restored from the checkpoint.
+    checkpoint = load_checkpoint(path)
+    assert resume_decision(checkpoint, config_dict)[0]
+    generator = set_seed(config.seed)
+    resumed = build_model(ModelConfig())
+    optimizer = make_optimizer(resumed, config)
+    history = restore_training(checkpoint, resumed, optimizer, generator)
+    resumed_history = train(resumed, optimizer, split, split, config, generator, history=history)
+
+    assert resumed_history == straight_history
+    for name, tensor in straight.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], tensor), name

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from conftest import MNIST_MIRROR, requires_mnist_mirror
-from dvc_project import all_runs, environment, make_project, mlflow_client, run, stages_run, update_params
+from mnist_pipeline.checkpoint import load_checkpoint
+from dvc_project import all_runs, environment, make_project, run, stages_run, update_params
 
 pytestmark = [pytest.mark.e2e, requires_mnist_mirror()]
 
@@ -89,17 +90,26 @@ def test_killed_training_leaves_dvc_and_mlflow_consistent_and_the_next_repro_wor
     os.killpg(repro.pid, signal.SIGKILL)  # as a power cut would: no handler runs
     repro.wait()
 
-    assert snapshot(project) == before  # the last complete results, untouched
+    # The results of the last complete run are untouched; the checkpoint is the killed run's last
+    # whole epoch, marked unfinished so that nothing takes it for a result (it is there to resume).
+    assert {k: v for k, v in snapshot(project).items() if k != "models/model.pt"} == \
+        {k: v for k, v in before.items() if k != "models/model.pt"}
+    partial = load_checkpoint(project / "models" / "model.pt")
+    assert 1 <= partial["epoch"] < 4 and not partial["complete"]
     assert not list((project / "models").glob(".model.pt.*"))  # no half-written checkpoint
+    refused = run(project, "dvc", "repro", "--single-item", "evaluate", check=False)
+    assert refused.returncode != 0
+    assert f"models/model.pt: training stopped after epoch {partial['epoch']} of 4; run dvc repro to finish it" \
+        in refused.stderr
     status = run(project, "dvc", "status").stdout
     assert "train:" in status and "up to date" not in status  # DVC knows the results are stale
 
     again = run(project, "dvc", "repro")
     assert stages_run(again.stdout) == ["train", "evaluate", "plot"]
+    assert "train: resuming after epoch" in again.stdout
     assert run(project, "dvc", "status").stdout.strip() == "Data and pipelines are up to date."
-    client = mlflow_client(project)
-    assert client.get_run(killed_run).info.status == "KILLED"  # closed by the next training
     newest = all_runs(project)[-1]
+    assert newest.info.run_id == killed_run  # resumed, not duplicated
     assert newest.info.status == "FINISHED" and newest.data.params["epochs"] == "4"
     assert snapshot(project) != before
 

@@ -3,7 +3,7 @@ from PIL import Image
 
 from mnist_pipeline.config import ConfigError, PlotsConfig
 from mnist_pipeline.plots import accuracy_figure, check_colormap, confusion_figure, loss_figure, save_figure
-from mnist_pipeline.training import EpochResult
+from mnist_pipeline.history import EpochResult
 
 HISTORY = [EpochResult(1, 0.3, 0.1, 0.97), EpochResult(2, 0.1, 0.07, 0.98)]
 

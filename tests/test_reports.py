@@ -1,6 +1,6 @@
 from mnist_pipeline.reports import (read_confusion, read_history, read_json, write_confusion, write_history,
                                     write_json)
-from mnist_pipeline.training import EpochResult
+from mnist_pipeline.history import EpochResult
 
 
 def test_history_round_trip_and_header(tmp_path):

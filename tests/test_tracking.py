@@ -23,7 +23,7 @@ def store(tmp_path, monkeypatch):
 
 def test_store_is_at_the_dvc_root_not_the_working_directory(store, monkeypatch, tmp_path_factory):
     monkeypatch.chdir(tmp_path_factory.mktemp("dvc-exp-tempdir"))
-    assert tracking.tracking_uri() == f"sqlite:///{store / 'mlflow.db'}"
+    assert tracking.tracking_uri() == f"sqlite:///{store / 'mlflow.db'}?timeout=60"
 
 
 def test_environment_overrides_the_store(store, monkeypatch):

@@ -5,7 +5,8 @@ from mnist_pipeline.config import TrainConfig
 from mnist_pipeline.data import Split
 from mnist_pipeline.model import ModelConfig, build_model
 from mnist_pipeline.seed import set_seed
-from mnist_pipeline.training import EpochResult, make_optimizer, train, train_one_epoch
+from mnist_pipeline.history import EpochResult
+from mnist_pipeline.training import make_optimizer, train, train_one_epoch
 
 
 def _toy_split(n=96, seed=0):
@@ -79,10 +80,20 @@ def test_train_one_epoch_returns_the_mean_batch_loss_and_reports_progress():
     assert reports[-1][1] == pytest.approx(loss, rel=1e-5)
 
 
-def test_on_epoch_end_sees_each_result():
+def test_on_epoch_end_sees_the_history_so_far():
     seen = []
     config = TrainConfig(batch_size=32, epochs=2)
     split = _toy_split(n=64)
     model = build_model(ModelConfig())
-    train(model, make_optimizer(model, config), split, split, config, set_seed(0), on_epoch_end=seen.append)
-    assert [r.epoch for r in seen] == [1, 2] and all(isinstance(r, EpochResult) for r in seen)
+    train(model, make_optimizer(model, config), split, split, config, set_seed(0),
+          on_epoch_end=lambda history: seen.append([r.epoch for r in history]))
+    assert seen == [[1], [1, 2]]
+
+
+def test_training_continues_after_the_given_history():
+    config = TrainConfig(batch_size=32, epochs=3)
+    split = _toy_split(n=64)
+    model = build_model(ModelConfig())
+    done = [EpochResult(1, 1.0, 1.0, 0.1), EpochResult(2, 0.9, 0.9, 0.2)]
+    history = train(model, make_optimizer(model, config), split, split, config, set_seed(0), history=done)
+    assert [r.epoch for r in history] == [1, 2, 3] and history[:2] == done

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import nn
 
+from mnist_pipeline.config import flatten
 from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.files import atomic_path
 from mnist_pipeline.model import ModelConfig, build_model
+from mnist_pipeline.history import EpochResult
 
 
 class CheckpointError(PipelineError):
@@ -18,16 +21,28 @@ class CheckpointError(PipelineError):
 
 
 def save_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    epoch: int, model_config: ModelConfig, config: dict[str, Any]) -> None:
-    """Write weights, optimizer state, epoch and config to `path`, atomically.
+                    generator: torch.Generator, model_config: ModelConfig, config: dict[str, Any],
+                    history: list[EpochResult], mlflow_run_id: Optional[str] = None) -> None:
+    """Write everything that resumes or rebuilds the run to `path`, atomically.
 
-    A crash, kill or full disk mid-write leaves the previous checkpoint intact.
+    Weights, optimizer state, the epochs done so far with their metrics, the
+    random number generators' states, the config and the MLflow run id. The
+    train stage calls this after every epoch; a crash, kill or full disk
+    mid-write leaves the previous checkpoint intact.
     """
     path = Path(path)
     state = {
         "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "optimizer_state": optimizer.state_dict(),
-        "epoch": epoch,
+        "epoch": len(history),
+        "complete": len(history) >= config["epochs"],
+        "history": [asdict(result) for result in history],
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "shuffle": generator.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        },
+        "mlflow_run_id": mlflow_run_id,
         "model_config": model_config.to_dict(),
         "config": config,
     }
@@ -49,6 +64,46 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: not a loadable checkpoint ({first_line})") from None
+
+
+def require_complete(checkpoint: dict[str, Any], path: str | Path) -> None:
+    """Refuse the checkpoint of a training that stopped early: it is not a result."""
+    if not checkpoint.get("complete", True):
+        raise CheckpointError(
+            f"{path}: training stopped after epoch {checkpoint['epoch']} of {checkpoint['config']['epochs']}; "
+            "run dvc repro to finish it"
+        )
+
+
+def resume_decision(checkpoint: Optional[dict[str, Any]], config: dict[str, Any]) -> tuple[bool, str]:
+    """Whether training can continue from `checkpoint` under `config`, and the one line that says why.
+
+    Only an unfinished checkpoint made with the same params resumes; plot
+    settings do not count, since they cannot change training.
+    """
+    if checkpoint is None:
+        return False, "no checkpoint yet; training from scratch"
+    if checkpoint.get("complete", True):
+        return False, "the checkpoint holds a finished training; training from scratch"
+    before = flatten({k: v for k, v in checkpoint["config"].items() if k != "plots"})
+    now = flatten({k: v for k, v in config.items() if k != "plots"})
+    changed = [f"{key} {before.get(key)} -> {now.get(key)}" for key in sorted(set(before) | set(now))
+               if before.get(key) != now.get(key)]
+    if changed:
+        return False, f"params changed since the unfinished checkpoint ({', '.join(changed)}); training from scratch"
+    return True, f"resuming after epoch {checkpoint['epoch']} of {config['epochs']} from the unfinished checkpoint"
+
+
+def restore_training(checkpoint: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
+                     generator: torch.Generator) -> list[EpochResult]:
+    """Put weights, optimizer and random states back as they were after the last epoch; return its history."""
+    model.load_state_dict(checkpoint["model_state"])
+    optimizer.load_state_dict(checkpoint["optimizer_state"])
+    torch.set_rng_state(checkpoint["rng"]["torch"])
+    generator.set_state(checkpoint["rng"]["shuffle"])
+    if checkpoint["rng"]["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
+    return [EpochResult(**row) for row in checkpoint["history"]]
 
 
 def model_from_checkpoint(checkpoint: dict[str, Any]) -> nn.Module:

@@ -80,6 +80,7 @@ class TrainConfig:
     epochs: int = field(default=10, metadata=_spec(low=1, high=1000))
     seed: int = field(default=1, metadata=_spec(low=0, high=2**32 - 1))
     device: str = field(default="auto", metadata=_spec(choices=("auto", "cpu", "cuda")))
+    deterministic: bool = False
 
 
 @dataclass(frozen=True)

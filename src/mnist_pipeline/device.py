@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from mnist_pipeline.errors import PipelineError
@@ -14,3 +16,18 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise PipelineError("device: got 'cuda', but torch finds no CUDA GPU here; use device: auto or cpu")
     return torch.device(name)
+
+
+def configure_determinism(enabled: bool) -> None:
+    """With `enabled`, make CUDA runs repeat bit for bit, at some speed cost.
+
+    On the CPU this model's kernels are deterministic already. On a GPU, cuDNN
+    picks convolution algorithms by timing and some of them accumulate in a
+    varying order, so two runs differ in the last bits and drift apart over
+    epochs; deterministic algorithms and a fixed cuBLAS workspace stop that.
+    """
+    if not enabled:
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # required by deterministic cuBLAS
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True)

@@ -12,7 +12,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from mnist_pipeline.config import PlotsConfig  # noqa: E402
 from mnist_pipeline.files import atomic_path  # noqa: E402
-from mnist_pipeline.training import EpochResult  # noqa: E402
+from mnist_pipeline.history import EpochResult  # noqa: E402
 
 
 def _figure(config: PlotsConfig) -> tuple[Figure, plt.Axes]:

@@ -6,7 +6,7 @@ from typing import Optional
 
 from tqdm import tqdm
 
-from mnist_pipeline.training import EpochResult
+from mnist_pipeline.history import EpochResult
 
 
 class EpochBar:

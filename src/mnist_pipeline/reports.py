@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from mnist_pipeline.files import write_text_atomic
-from mnist_pipeline.training import EpochResult
+from mnist_pipeline.history import EpochResult
 
 HISTORY_FIELDS = ("epoch", "train_loss", "test_loss", "test_accuracy")
 

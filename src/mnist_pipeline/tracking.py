@@ -7,10 +7,12 @@ import os
 import re
 import socket
 import subprocess
+import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import mlflow
+import sqlalchemy.exc
 from mlflow.tracking import MlflowClient
 
 from mnist_pipeline.errors import PipelineError
@@ -18,6 +20,7 @@ from mnist_pipeline.errors import PipelineError
 STORE_FILE = "mlflow.db"
 PID_TAG = "pipeline.pid"  # with HOST_TAG: lets a later run tell a crashed training from a live one
 HOST_TAG = "pipeline.host"
+CONNECT_ATTEMPTS = 4
 ARTIFACTS_DIR = "mlartifacts"
 # Servers that do not answer should fail the run in seconds, not after minutes of retries.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
@@ -40,7 +43,9 @@ def repo_root() -> Path:
 
 def tracking_uri(root: Optional[Path] = None) -> str:
     """MLFLOW_TRACKING_URI when set, else the SQLite store at the repository root."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root or repo_root()) / STORE_FILE}"
+    # Parallel queue workers write to the one SQLite file; wait for its lock up to a minute
+    # instead of SQLite's default 5 s, so that neither loses a write.
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root or repo_root()) / STORE_FILE}?timeout=60"
 
 
 def _artifact_location(uri: str, root: Path) -> Optional[str]:
@@ -60,20 +65,29 @@ def connect(experiment: str) -> tuple[MlflowClient, str]:
     uri = tracking_uri(root)
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
-    try:
-        found = client.get_experiment_by_name(experiment)
-        if found is not None:
-            return client, found.experiment_id
+    for attempt in range(CONNECT_ATTEMPTS):
         try:
-            return client, client.create_experiment(experiment, artifact_location=_artifact_location(uri, root))
-        except mlflow.exceptions.MlflowException:
-            # Another process (a parallel queue worker) created it first.
-            found = client.get_experiment_by_name(experiment)
-            if found is None:
-                raise
-            return client, found.experiment_id
-    except (mlflow.exceptions.MlflowException, OSError) as exc:
-        raise TrackingError(f"MLflow store {uri}: {_reason(exc)}; start it, or fix or unset MLFLOW_TRACKING_URI") from None
+            return client, _get_or_create_experiment(client, experiment, _artifact_location(uri, root))
+        except (mlflow.exceptions.MlflowException, OSError, sqlalchemy.exc.SQLAlchemyError) as exc:
+            # Two workers creating a new store or experiment at once: one loses the race; ask again.
+            if attempt + 1 == CONNECT_ATTEMPTS or not _is_race(exc):
+                raise TrackingError(
+                    f"MLflow store {uri}: {_reason(exc)}; start it, or fix or unset MLFLOW_TRACKING_URI"
+                ) from None
+            time.sleep(1 + attempt)
+    raise AssertionError("unreachable")
+
+
+def _get_or_create_experiment(client: MlflowClient, name: str, artifact_location: Optional[str]) -> str:
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    return client.create_experiment(name, artifact_location=artifact_location)
+
+
+def _is_race(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return any(sign in text for sign in ("already exists", "unique constraint", "database is locked"))
 
 
 def _reason(exc: Exception) -> str:
@@ -161,14 +175,10 @@ def log_results(experiment: str, run_id: str, *, metrics: Optional[dict[str, flo
     Returns False, logging nothing, when the store no longer holds the run
     (mlflow.db deleted since training): the stage's own outputs still count.
     """
-    import time
-
     from mlflow.entities import Metric
 
     client, _ = connect(experiment)
-    try:
-        client.get_run(run_id)
-    except mlflow.exceptions.MlflowException:
+    if not _run_exists(client, run_id):
         return False
     if metrics:
         now = int(time.time() * 1000)
@@ -179,20 +189,27 @@ def log_results(experiment: str, run_id: str, *, metrics: Optional[dict[str, flo
 
 
 @contextlib.contextmanager
-def training_run(experiment_id: str, params: dict[str, Any]) -> Iterator[str]:
-    """Start the one MLflow run of a training, log its params and tags, and yield its id.
+def training_run(experiment_id: str, params: dict[str, Any], resume_run_id: Optional[str] = None) -> Iterator[str]:
+    """Start (or, when resuming, reopen) the one MLflow run of a training and yield its id.
 
     The run ends FINISHED only when the block completes: an error marks it
     FAILED, Ctrl-C or SIGTERM marks it KILLED, so a half-finished run is never
     mistaken for a result. Runs left RUNNING by a training that was killed
     outright (SIGKILL, power cut) are marked KILLED here, the next time.
     """
-    close_orphaned_runs(MlflowClient(mlflow.get_tracking_uri()), experiment_id)
-    tags = {**run_tags(), PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
-    run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name(), tags=tags)
+    client = MlflowClient(mlflow.get_tracking_uri())
+    close_orphaned_runs(client, experiment_id)
+    if resume_run_id is not None and not _run_exists(client, resume_run_id):
+        resume_run_id = None  # the store was reset since: a new run it is
+    tags = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+    if resume_run_id is None:
+        run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name(), tags={**run_tags(), **tags})
+    else:
+        run = mlflow.start_run(run_id=resume_run_id, tags=tags)
     status = "FAILED"
     try:
-        log_params(params)
+        if resume_run_id is None:
+            log_params(params)
         yield run.info.run_id
         status = "FINISHED"
     except KeyboardInterrupt:
@@ -200,6 +217,20 @@ def training_run(experiment_id: str, params: dict[str, Any]) -> Iterator[str]:
         raise
     finally:
         mlflow.end_run(status)
+
+
+def _run_exists(client: MlflowClient, run_id: str) -> bool:
+    try:
+        client.get_run(run_id)
+        return True
+    except mlflow.exceptions.MlflowException:
+        return False
+
+
+def logged_epochs(run_id: str, metric: str = "test_accuracy") -> set[int]:
+    """The epochs (steps) of `metric` already in the run: a resumed run logs only the missing ones."""
+    client = MlflowClient(mlflow.get_tracking_uri())
+    return {m.step for m in client.get_metric_history(run_id, metric)}
 
 
 def _process_alive(pid: int) -> bool:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Optional, Protocol
+from typing import Callable, Optional, Protocol, Sequence
 
 import torch
 from torch import nn
@@ -12,22 +11,9 @@ from torch.nn import functional as F
 from mnist_pipeline.config import TrainConfig
 from mnist_pipeline.data import Split
 from mnist_pipeline.evaluation import evaluate
+from mnist_pipeline.history import EpochResult
 
 LOSS_REPORT_EVERY = 50  # steps between running-loss updates; each one costs a host sync on GPU
-
-
-@dataclass(frozen=True)
-class EpochResult:
-    """What one epoch produced; a row of the history file."""
-
-    epoch: int
-    train_loss: float  # mean cross-entropy over the epoch's batches
-    test_loss: float
-    test_accuracy: float  # fraction, 0..1
-
-    def as_metrics(self) -> dict[str, float]:
-        """The numbers, keyed as MLflow and the history file name them."""
-        return {"train_loss": self.train_loss, "test_loss": self.test_loss, "test_accuracy": self.test_accuracy}
 
 
 class EpochProgress(Protocol):
@@ -69,13 +55,18 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, split: S
 
 
 def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_split: Split, test_split: Split,
-          config: TrainConfig, generator: torch.Generator, *,
+          config: TrainConfig, generator: torch.Generator, *, history: Sequence[EpochResult] = (),
           progress: Optional[ProgressFactory] = None,
-          on_epoch_end: Optional[Callable[[EpochResult], None]] = None) -> list[EpochResult]:
-    """Train for config.epochs, testing after every epoch as the reference does; returns the history."""
-    history = []
+          on_epoch_end: Optional[Callable[[list[EpochResult]], None]] = None) -> list[EpochResult]:
+    """Train up to config.epochs, testing after every epoch as the reference does; returns the history.
+
+    `history` holds the epochs already done when resuming; training continues
+    after the last of them. `on_epoch_end` gets the history so far after each
+    epoch (the train stage saves a checkpoint and logs to MLflow there).
+    """
+    history = list(history)
     steps = (len(train_split) + config.batch_size - 1) // config.batch_size
-    for epoch in range(1, config.epochs + 1):
+    for epoch in range(len(history) + 1, config.epochs + 1):
         display = progress(epoch, steps) if progress else None
         train_loss = train_one_epoch(model, optimizer, train_split, config.batch_size, generator, display)
         test = evaluate(model, test_split)
@@ -84,5 +75,5 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_split: Split
             display.close(result)
         history.append(result)
         if on_epoch_end is not None:
-            on_epoch_end(result)
+            on_epoch_end(history)
     return history

@@ -1,0 +1,124 @@
+"""dvc.yaml lists exactly what each stage reads, so `dvc repro` reruns exactly what a change affects."""
+
+from __future__ import annotations
+
+import ast
+import json
+
+import pytest
+import yaml
+
+from conftest import REPO_ROOT, requires_mnist_mirror
+from dvc_project import make_project, run, update_params
+
+PACKAGE = REPO_ROOT / "src" / "mnist_pipeline"
+STAGES = ("download", "train", "evaluate", "plot")
+UPSTREAM = {"download": (), "train": ("download",), "evaluate": ("download", "train"), "plot": ("train", "evaluate")}
+
+
+def imported_modules(path) -> set[str]:
+    """Modules of our package that `path` imports anywhere in its body (lazy imports included)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("mnist_pipeline"):
+            if node.module == "mnist_pipeline":
+                found.update(alias.name for alias in node.names if (PACKAGE / f"{alias.name}.py").exists())
+            else:
+                found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("mnist_pipeline."))
+    return found
+
+
+def module_closure(script) -> set[str]:
+    seen, todo = set(), imported_modules(script)
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo |= imported_modules(PACKAGE / f"{module}.py")
+    return seen
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_each_stage_lists_exactly_the_code_it_runs(stage):
+    declared = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"][stage]["deps"]
+    code = {dep for dep in declared if dep.endswith(".py")}
+    expected = {f"stages/{stage}.py"} | {f"src/mnist_pipeline/{m}.py" for m in module_closure(REPO_ROOT / "stages" / f"{stage}.py")}
+    assert code == expected
+
+
+def reruns(directly_changed: set[str]) -> list[str]:
+    """What `dvc repro` runs: the changed stages and everything downstream of them."""
+    result: list[str] = []
+    for stage in STAGES:  # in pipeline order
+        if stage in directly_changed or any(up in result for up in UPSTREAM[stage]):
+            result.append(stage)
+    return result
+
+
+ALL = ["download", "train", "evaluate", "plot"]
+TRAINING = ["train", "evaluate", "plot"]
+PARAM_CASES = [
+    ({"lr": 0.02}, TRAINING), ({"momentum": 0.9}, TRAINING), ({"batch_size": 32}, TRAINING),
+    ({"epochs": 3}, TRAINING), ({"seed": 2}, TRAINING), ({"device": "cpu"}, TRAINING),
+    ({"deterministic": True}, TRAINING), ({"data": {"mean": 0.13}}, TRAINING),
+    ({"data": {"max_test_images": 400}}, TRAINING), ({"tracking": {"experiment": "other"}}, TRAINING),
+    ({"tracking": {"log_model": False}}, TRAINING),
+    ({"plots": {"dpi": 70}}, ["plot"]), ({"plots": {"cmap": "viridis"}}, ["plot"]),
+    ({"plots": {"width": 5.0}}, ["plot"]),
+]
+CODE_CASES = {
+    "src/mnist_pipeline/config.py": ALL, "src/mnist_pipeline/errors.py": ALL, "src/mnist_pipeline/cli.py": ALL,
+    "src/mnist_pipeline/data.py": ALL, "stages/download.py": ALL,
+    "src/mnist_pipeline/model.py": TRAINING, "src/mnist_pipeline/training.py": TRAINING,
+    "src/mnist_pipeline/checkpoint.py": TRAINING, "src/mnist_pipeline/evaluation.py": TRAINING,
+    "src/mnist_pipeline/device.py": TRAINING, "src/mnist_pipeline/seed.py": TRAINING,
+    "src/mnist_pipeline/progress.py": TRAINING, "src/mnist_pipeline/files.py": TRAINING,
+    "src/mnist_pipeline/reports.py": TRAINING, "src/mnist_pipeline/tracking.py": TRAINING,
+    "stages/train.py": TRAINING, "stages/evaluate.py": ["evaluate", "plot"],
+    "src/mnist_pipeline/history.py": TRAINING,
+    "src/mnist_pipeline/plots.py": ["plot"], "stages/plot.py": ["plot"],
+}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    project = make_project(tmp_path_factory.mktemp("reruns"))
+    run(project, "dvc", "repro")
+    assert run(project, "dvc", "status").stdout.strip() == "Data and pipelines are up to date."
+    return project
+
+
+def changed_stages(project) -> set[str]:
+    status = json.loads(run(project, "dvc", "status", "--json").stdout or "{}")
+    return {name.split(":")[-1] for name in status}
+
+
+@pytest.mark.e2e
+@requires_mnist_mirror()
+@pytest.mark.parametrize("change, expected", PARAM_CASES, ids=[json.dumps(c) for c, _ in PARAM_CASES])
+def test_a_param_change_reruns_exactly(project, change, expected):
+    update_params(project, change)
+    try:
+        assert reruns(changed_stages(project)) == expected
+    finally:
+        run(project, "git", "checkout", "params.yaml")
+
+
+@pytest.mark.e2e
+@requires_mnist_mirror()
+@pytest.mark.parametrize("source, expected", CODE_CASES.items(), ids=list(CODE_CASES))
+def test_a_code_change_reruns_exactly(project, source, expected):
+    path = project / source
+    original = path.read_text()
+    path.write_text(original + "\n# changed\n")
+    try:
+        assert reruns(changed_stages(project)) == expected
+    finally:
+        path.write_text(original)
+
+
+def test_every_module_is_in_the_table():
+    modules = {f"src/mnist_pipeline/{p.name}" for p in PACKAGE.glob("*.py") if p.name != "__init__.py"}
+    assert modules <= set(CODE_CASES)

@@ -1,0 +1,137 @@
+"""Experiments that reproduce, under the real dvc and MLflow: resume after a kill, determinism, a queued sweep.
+
+Steps of one story on one copy of the repository, in file order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import requires_mnist_mirror
+from dvc_project import all_runs, environment, make_project, mlflow_client, run, stages_run, update_params
+from mnist_pipeline.checkpoint import load_checkpoint
+
+pytestmark = [pytest.mark.e2e, requires_mnist_mirror()]
+
+RESULT_FILES = ("metrics/train.json", "metrics/history.csv", "metrics/eval.json")
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    project = make_project(tmp_path_factory.mktemp("experiments"))
+    run(project, "dvc", "repro")
+    run(project, "git", "add", "-A")
+    run(project, "git", "commit", "-qm", "first run")  # the baseline every experiment below starts from
+    return project
+
+
+def _wait_for_epoch(project: Path, runs_before: int, epoch: int, process: subprocess.Popen) -> str:
+    """Poll the MLflow store until a new run has logged `epoch`; return the run's id."""
+    client = mlflow_client(project)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "training ended before it could be killed"
+        runs = all_runs(project)
+        if len(runs) > runs_before:
+            steps = [m.step for m in client.get_metric_history(runs[-1].info.run_id, "test_accuracy")]
+            if epoch in steps:
+                return runs[-1].info.run_id
+        time.sleep(0.3)
+    pytest.fail(f"training never finished epoch {epoch}")
+
+
+def test_killed_training_resumes_the_same_run_and_ends_bit_identical(project):
+    update_params(project, {"epochs": 4, "data": {"max_train_images": 12000}})
+    runs_before = len(all_runs(project))
+    repro = subprocess.Popen(["dvc", "repro"], cwd=project, env=environment(), start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed_run = _wait_for_epoch(project, runs_before, 2, repro)
+    os.killpg(repro.pid, signal.SIGKILL)
+    repro.wait()
+
+    partial = load_checkpoint(project / "models" / "model.pt")
+    assert 2 <= partial["epoch"] < 4 and not partial["complete"]
+    assert partial["mlflow_run_id"] == killed_run
+
+    resumed = run(project, "dvc", "repro")
+    assert f"train: resuming after epoch {partial['epoch']} of 4 from the unfinished checkpoint" in resumed.stdout
+    assert len(all_runs(project)) == runs_before + 1  # the killed run continued: no duplicate
+    finished = mlflow_client(project).get_run(killed_run)
+    assert finished.info.status == "FINISHED"
+    steps = [m.step for m in mlflow_client(project).get_metric_history(killed_run, "test_accuracy")]
+    assert sorted(steps) == [1, 2, 3, 4]  # every epoch logged exactly once
+    resumed_results = {name: (project / name).read_text() for name in RESULT_FILES}
+    resumed_weights = load_checkpoint(project / "models" / "model.pt")["model_state"]
+
+    # The same params once more, uninterrupted: on the CPU it must give the very same bits.
+    again = run(project, "dvc", "repro", "-f", "train")
+    assert "train: the checkpoint holds a finished training; training from scratch" in again.stdout
+    assert {name: (project / name).read_text() for name in RESULT_FILES} == resumed_results
+    straight_weights = load_checkpoint(project / "models" / "model.pt")["model_state"]
+    assert all(torch.equal(straight_weights[name], tensor) for name, tensor in resumed_weights.items())
+    run(project, "git", "checkout", "params.yaml")
+    run(project, "dvc", "repro")  # back to the committed baseline
+
+
+def test_changed_params_start_fresh_and_say_so(project):
+    changed = run(project, "dvc", "exp", "run", "--temp", "-S", "seed=2")  # --temp: the workspace stays as it is
+    assert "train: the checkpoint holds a finished training; training from scratch" in changed.stdout
+    assert stages_run(changed.stdout) == ["train", "evaluate", "plot"]
+
+
+def _queue_done(project: Path) -> bool:
+    status = run(project, "dvc", "queue", "status").stdout
+    return not any(word in status for word in ("Queued", "Running"))
+
+
+def test_a_queued_sweep_is_one_named_mlflow_run_per_experiment_in_the_repo_store(project):
+    runs_before = {r.info.run_id for r in all_runs(project)}
+    baseline = run(project, "git", "rev-parse", "HEAD").stdout.strip()
+    # lr=0.01 would be the baseline itself, whose run exists: nothing would run for it.
+    run(project, "dvc", "exp", "run", "--queue", "-S", "lr=0.02,0.05,0.1")
+    run(project, "dvc", "queue", "start", "-j", "2")
+    try:
+        deadline = time.monotonic() + 600
+        while not _queue_done(project):
+            assert time.monotonic() < deadline, run(project, "dvc", "queue", "status").stdout
+            time.sleep(3)
+    finally:
+        run(project, "dvc", "queue", "stop", check=False)
+    status = run(project, "dvc", "queue", "status").stdout
+    assert "Failed" not in status, status
+
+    shown = json.loads(run(project, "dvc", "exp", "show", "--json").stdout)
+    experiments = {}
+    for revision in shown:
+        for experiment in (revision.get("experiments") or []):
+            for rev in experiment["revs"]:
+                params = rev["data"]["params"]["params.yaml"]["data"]
+                metrics = rev["data"]["metrics"]["metrics/eval.json"]["data"]
+                experiments[rev["name"]] = (params["lr"], metrics["test_accuracy"])
+    new_runs = [r for r in all_runs(project) if r.info.run_id not in runs_before]
+    by_name = {r.info.run_name: r for r in new_runs}
+    queued = {name for name, r in by_name.items() if r.data.params["seed"] == "1"}  # not the seed=2 experiment
+    assert len(queued) == 3, sorted(by_name)
+    assert sorted(float(by_name[name].data.params["lr"]) for name in queued) == [0.02, 0.05, 0.1]
+    for name in queued:
+        mlflow_run = by_name[name]
+        assert name in experiments, (name, sorted(experiments))
+        assert mlflow_run.info.status == "FINISHED"
+        assert mlflow_run.data.tags["dvc.exp_name"] == name
+        assert mlflow_run.data.tags["mlflow.source.git.commit"] == baseline
+        assert float(mlflow_run.data.params["lr"]) == experiments[name][0]
+        assert mlflow_run.data.metrics["eval_accuracy"] == pytest.approx(experiments[name][1])
+    print("\n" + run(project, "dvc", "exp", "show", "--no-pager", "--drop", "Created|data.*|paths.*|plots.*|tracking.*").stdout)
+    print({name: by_name[name].data.params["lr"] for name in sorted(queued)})
+
+    first, second = sorted(queued)[:2]
+    diff = run(project, "dvc", "plots", "diff", first, second, "--json").stdout
+    assert first in diff and second in diff and "test_accuracy" in diff
