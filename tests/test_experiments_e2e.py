@@ -129,7 +129,9 @@ def test_a_queued_sweep_is_one_named_mlflow_run_per_experiment_in_the_repo_store
         assert mlflow_run.data.tags["mlflow.source.git.commit"] == baseline
         assert float(mlflow_run.data.params["lr"]) == experiments[name][0]
         assert mlflow_run.data.metrics["eval_accuracy"] == pytest.approx(experiments[name][1])
-    print("\n" + run(project, "dvc", "exp", "show", "--no-pager", "--drop", "Created|data.*|paths.*|plots.*|tracking.*").stdout)
+    table = run(project, "dvc", "exp", "show", "--no-pager", "--drop", "Created|data.*|paths.*|plots.*|tracking.*",
+                env=environment(COLUMNS="220"))
+    print("\n" + table.stdout)
     print({name: by_name[name].data.params["lr"] for name in sorted(queued)})
 
     first, second = sorted(queued)[:2]
