@@ -6,8 +6,8 @@ from mnist_pipeline.cli import run_stage
 from mnist_pipeline.config import load_config, parse_config
 from mnist_pipeline.data import load_split
 from mnist_pipeline.device import resolve_device
-from mnist_pipeline.evaluation import evaluate
-from mnist_pipeline.reports import read_json, write_confusion, write_json
+from mnist_pipeline.evaluation import evaluate, find_mistakes
+from mnist_pipeline.reports import read_json, write_confusion, write_json, write_mistakes
 
 
 def main() -> None:
@@ -17,7 +17,8 @@ def main() -> None:
     require_complete(checkpoint, config.paths.checkpoint)
     # Normalisation and the test slice come from the run that made the
     # checkpoint, not from today's params.yaml.
-    trained = parse_config(checkpoint["config"]).data
+    trained_config = parse_config(checkpoint["config"])
+    trained = trained_config.data
     model = model_from_checkpoint(checkpoint).to(device)
     test_split = load_split(config.data.dir, False, trained.mean, trained.std, trained.max_test_images).to(device)
 
@@ -30,6 +31,7 @@ def main() -> None:
         "per_class_accuracy": per_class,
     })
     write_confusion(config.paths.confusion, result.confusion_matrix)
+    write_mistakes(config.paths.mistakes, find_mistakes(model, test_split))
     print(f"evaluate: test accuracy {result.accuracy:.2%}, test loss {result.loss:.4f} on {len(test_split)} images")
     print("evaluate: per digit " + "  ".join(f"{d}:{acc:.1%}" for d, acc in enumerate(result.per_class_accuracy)))
 
@@ -39,6 +41,10 @@ def main() -> None:
     if not tracking.log_results(config.tracking.experiment, run_id, metrics=metrics,
                                 files=(config.paths.eval_metrics,), artifact_path="metrics"):
         print(f"evaluate: warning: MLflow run {run_id} is not in the store; nothing logged (dvc repro -f train makes a new run)")
+    elif trained_config.tracking.log_model:
+        promoted = tracking.promote_if_best(config.tracking.experiment, run_id, config.tracking.registered_model)
+        if promoted:
+            print(f"evaluate: best so far: registered as {promoted}")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
-"""Stage plot: PNGs of accuracy and loss against epoch and of the confusion matrix."""
+"""Stage plot: PNGs of accuracy and loss against epoch, the confusion matrix and the misclassified digits."""
 
 from pathlib import Path
 
 from mnist_pipeline import tracking
 from mnist_pipeline.cli import run_stage
 from mnist_pipeline.config import load_config
-from mnist_pipeline.plots import accuracy_figure, check_colormap, confusion_figure, loss_figure, save_figure
-from mnist_pipeline.reports import read_confusion, read_history, read_json
+from mnist_pipeline.data import raw_images
+from mnist_pipeline.plots import (accuracy_figure, check_colormap, confusion_figure, loss_figure, mistakes_figure,
+                                  save_figure)
+from mnist_pipeline.reports import read_confusion, read_history, read_json, read_mistakes
 
 
 def main() -> None:
@@ -14,12 +16,15 @@ def main() -> None:
     check_colormap(config.plots.cmap)
     history = read_history(config.paths.history)
     confusion = read_confusion(config.paths.confusion)
+    mistakes = read_mistakes(config.paths.mistakes)
 
     out = Path(config.paths.plots_dir)
     written = [
         save_figure(accuracy_figure(history, config.plots), out / "accuracy.png"),
         save_figure(loss_figure(history, config.plots), out / "loss.png"),
         save_figure(confusion_figure(confusion, config.plots), out / "confusion.png"),
+        save_figure(mistakes_figure(raw_images(config.data.dir, train=False), mistakes, config.plots),
+                    out / "mistakes.png"),
     ]
     for path in written:
         print(f"plot: {path}")

@@ -35,3 +35,19 @@ def test_unknown_colormap_is_a_config_error():
     check_colormap("viridis")
     with pytest.raises(ConfigError, match="plots.cmap: got 'Bluez'"):
         check_colormap("Bluez")
+
+
+def test_mistakes_grid_titles_true_predicted_and_confidence(tmp_path):
+    import numpy as np
+
+    from mnist_pipeline.history import Mistake
+    from mnist_pipeline.plots import mistakes_figure
+
+    images = np.zeros((10, 28, 28), dtype=np.uint8)
+    mistakes = [Mistake(i, 1, 7, 0.9) for i in range(5)]
+    fig = mistakes_figure(images, mistakes, PlotsConfig(dpi=40, mistakes_shown=4))
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == ["1→7 90%"] * 4  # only mistakes_shown of them, in a 2x2 grid
+    assert len(fig.axes) == 4
+    assert "5 misclassified" in fig._suptitle.get_text()
+    assert save_figure(fig, tmp_path / "mistakes.png").stat().st_size > 0

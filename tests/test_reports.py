@@ -26,3 +26,13 @@ def test_json_keeps_key_order(tmp_path):
     write_json(path, {"b": 1, "a": 0.5})
     assert list(read_json(path)) == ["b", "a"]
     assert path.read_text().endswith("}\n")
+
+
+def test_mistakes_round_trip(tmp_path):
+    from mnist_pipeline.history import Mistake
+    from mnist_pipeline.reports import read_mistakes, write_mistakes
+
+    mistakes = [Mistake(12, 7, 1, 0.987654), Mistake(3, 2, 8, 0.5)]
+    write_mistakes(tmp_path / "m.csv", mistakes)
+    assert (tmp_path / "m.csv").read_text().splitlines()[0] == "index,actual,predicted,confidence"
+    assert read_mistakes(tmp_path / "m.csv") == mistakes

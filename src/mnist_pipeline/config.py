@@ -48,6 +48,7 @@ class PathsConfig:
     history: str = "metrics/history.csv"
     eval_metrics: str = "metrics/eval.json"
     confusion: str = "metrics/confusion.csv"
+    mistakes: str = "metrics/mistakes.csv"
     mlflow_run: str = "metrics/mlflow_run.json"
     plots_dir: str = "plots"
 
@@ -60,14 +61,16 @@ class PlotsConfig:
     width: float = field(default=6.0, metadata=_spec(low=1.0, high=40.0))
     height: float = field(default=4.0, metadata=_spec(low=1.0, high=40.0))
     cmap: str = "Blues"
+    mistakes_shown: int = field(default=36, metadata=_spec(low=1, high=400))
 
 
 @dataclass(frozen=True)
 class TrackingConfig:
-    """MLflow: which experiment the runs go to, and whether the model is logged."""
+    """MLflow: which experiment the runs go to, whether the model is logged, and its registry name."""
 
     experiment: str = "mnist-cnn"
     log_model: bool = True
+    registered_model: str = "mnist-cnn"
 
 
 @dataclass(frozen=True)

@@ -186,11 +186,17 @@ class Split:
         return Split(self.images.to(device), self.labels.to(device))
 
 
+def raw_images(data_dir: str | Path, train: bool) -> np.ndarray:
+    """The images of a split as stored: (N, 28, 28) uint8, 0 is background."""
+    prefix = "train" if train else "t10k"
+    return read_idx(Path(data_dir) / f"{prefix}-images-idx3-ubyte.gz", IDX_IMAGES_MAGIC)
+
+
 def load_split(data_dir: str | Path, train: bool, mean: float, std: float, limit: int | None = None) -> Split:
     """Load the train or test split once into normalised tensors (the first `limit` images when set)."""
     prefix = "train" if train else "t10k"
     data_dir = Path(data_dir)
-    images = read_idx(data_dir / f"{prefix}-images-idx3-ubyte.gz", IDX_IMAGES_MAGIC)
+    images = raw_images(data_dir, train)
     labels = read_idx(data_dir / f"{prefix}-labels-idx1-ubyte.gz", IDX_LABELS_MAGIC)
     if len(images) != len(labels):
         raise DataError(f"{data_dir}: {len(images)} {prefix} images but {len(labels)} labels")

@@ -9,6 +9,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mnist_pipeline.data import Split
+from mnist_pipeline.history import Mistake
 
 EVAL_BATCH_SIZE = 1000  # images per forward pass; only memory and speed depend on it
 
@@ -50,3 +51,15 @@ def evaluate(model: nn.Module, split: Split, num_classes: int = 10, batch_size: 
     # One host sync for the whole pass, not one per batch.
     loss, correct, matrix = loss.item(), correct.item(), matrix.cpu().tolist()
     return EvalResult(accuracy=correct / len(split), loss=loss / len(split), confusion_matrix=matrix)
+
+
+@torch.no_grad()
+def find_mistakes(model: nn.Module, split: Split, batch_size: int = EVAL_BATCH_SIZE) -> list[Mistake]:
+    """Every misclassified image of `split`, most confident first (the ones worth looking at)."""
+    probabilities = torch.softmax(predict(model, split.images, batch_size), dim=1)
+    confidence, predicted = probabilities.max(dim=1)
+    wrong = (predicted != split.labels).nonzero().flatten().tolist()
+    mistakes = [
+        Mistake(i, int(split.labels[i]), int(predicted[i]), round(float(confidence[i]), 6)) for i in wrong
+    ]
+    return sorted(mistakes, key=lambda m: (-m.confidence, m.index))

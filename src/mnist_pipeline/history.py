@@ -1,4 +1,4 @@
-"""What each epoch produced: shared by training, checkpoints, metric files and plots (no torch here)."""
+"""Result records shared by training, evaluation, checkpoints, metric files and plots (no torch here)."""
 
 from __future__ import annotations
 
@@ -17,3 +17,13 @@ class EpochResult:
     def as_metrics(self) -> dict[str, float]:
         """The numbers, keyed as MLflow and the history file name them."""
         return {"train_loss": self.train_loss, "test_loss": self.test_loss, "test_accuracy": self.test_accuracy}
+
+
+@dataclass(frozen=True)
+class Mistake:
+    """A test image the model gets wrong."""
+
+    index: int  # position in the test set
+    actual: int
+    predicted: int
+    confidence: float  # the model's probability for its (wrong) prediction

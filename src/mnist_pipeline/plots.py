@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -12,7 +13,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from mnist_pipeline.config import PlotsConfig  # noqa: E402
 from mnist_pipeline.files import atomic_path  # noqa: E402
-from mnist_pipeline.history import EpochResult  # noqa: E402
+from mnist_pipeline.history import EpochResult, Mistake  # noqa: E402
 
 
 def _figure(config: PlotsConfig) -> tuple[Figure, plt.Axes]:
@@ -62,6 +63,26 @@ def confusion_figure(confusion_matrix: list[list[int]], config: PlotsConfig) -> 
     ax.set(xlabel="predicted digit", ylabel="true digit", title="Confusion matrix (test set)",
            xticks=list(classes), yticks=list(classes))
     fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return fig
+
+
+def mistakes_figure(images, mistakes: list[Mistake], config: PlotsConfig) -> Figure:
+    """A grid of misclassified digits, each titled true -> predicted with the model's confidence.
+
+    `images` holds the raw test images (N, 28, 28); `mistakes` index into it.
+    """
+    shown = mistakes[: config.mistakes_shown]
+    columns = max(1, math.ceil(math.sqrt(len(shown))))
+    rows = max(1, math.ceil(len(shown) / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(1.3 * columns, 1.5 * rows), dpi=config.dpi, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, mistake in zip(axes.flat, shown):
+        ax.imshow(images[mistake.index], cmap="gray_r")
+        ax.set_title(f"{mistake.actual}→{mistake.predicted} {mistake.confidence:.0%}", fontsize=8)
+    fig.suptitle(f"{len(mistakes)} misclassified test digits (true→predicted, confidence); most confident first",
+                 fontsize=9)
     fig.tight_layout()
     return fig
 

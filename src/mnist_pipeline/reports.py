@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from mnist_pipeline.files import write_text_atomic
-from mnist_pipeline.history import EpochResult
+from mnist_pipeline.history import EpochResult, Mistake
 
 HISTORY_FIELDS = ("epoch", "train_loss", "test_loss", "test_accuracy")
 
@@ -68,3 +68,19 @@ def read_confusion(path: str | Path, num_classes: int = 10) -> list[list[int]]:
         for r in csv.DictReader(f):
             matrix[int(r["actual"])][int(r["predicted"])] += 1
     return matrix
+
+
+MISTAKE_FIELDS = ("index", "actual", "predicted", "confidence")
+
+
+def write_mistakes(path: str | Path, mistakes: Iterable[Mistake]) -> None:
+    """One CSV row per misclassified test image."""
+    rows = [(m.index, m.actual, m.predicted, f"{m.confidence:.6f}") for m in mistakes]
+    write_text_atomic(path, _csv_text(MISTAKE_FIELDS, rows))
+
+
+def read_mistakes(path: str | Path) -> list[Mistake]:
+    """The rows `write_mistakes` wrote."""
+    with Path(path).open(newline="", encoding="utf-8") as f:
+        return [Mistake(int(r["index"]), int(r["actual"]), int(r["predicted"]), float(r["confidence"]))
+                for r in csv.DictReader(f)]

@@ -256,3 +256,29 @@ def close_orphaned_runs(client: MlflowClient, experiment_id: str) -> list[str]:
     for run_id in orphans:
         client.set_terminated(run_id, "KILLED")
     return orphans
+
+
+CHAMPION_ALIAS = "champion"
+
+
+def promote_if_best(experiment: str, run_id: str, model_name: str, metric: str = "eval_accuracy") -> Optional[str]:
+    """Register the run's model and point the `champion` alias at it when it beats the current champion.
+
+    Returns "name version N" when it did, None when the champion stays. Moving
+    the alias by hand (UI or client) is respected: a run must beat whatever
+    version the alias points at now.
+    """
+    client, _ = connect(experiment)
+    score = client.get_run(run_id).data.metrics.get(metric)
+    if score is None:
+        return None
+    try:
+        champion = client.get_model_version_by_alias(model_name, CHAMPION_ALIAS)
+        best = client.get_run(champion.run_id).data.metrics.get(metric, float("-inf"))
+    except mlflow.exceptions.MlflowException:  # no registered model or no alias yet
+        best = float("-inf")
+    if score <= best:
+        return None
+    version = mlflow.register_model(f"runs:/{run_id}/model", model_name)
+    client.set_registered_model_alias(model_name, CHAMPION_ALIAS, version.version)
+    return f"{model_name} version {version.version} (alias {CHAMPION_ALIAS})"
