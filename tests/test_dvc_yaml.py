@@ -79,6 +79,7 @@ CODE_CASES = {
     "stages/train.py": TRAINING, "stages/evaluate.py": ["evaluate", "plot"],
     "src/mnist_pipeline/history.py": TRAINING,
     "src/mnist_pipeline/plots.py": ["plot"], "stages/plot.py": ["plot"],
+    "src/mnist_pipeline/predict.py": [], "predict.py": [],  # the predict command: no stage runs it
 }
 
 
