@@ -41,7 +41,7 @@ def test_first_repro_runs_every_stage_and_writes_every_output(project):
     assert 0.5 < evaluation["test_accuracy"] <= 1.0 and evaluation["test_images"] == 500
     assert evaluation["test_loss"] > 0 and set(evaluation["per_class_accuracy"]) == set("0123456789")
     assert len((project / "metrics" / "confusion.csv").read_text().splitlines()) == 1 + 500
-    for png in ("accuracy.png", "loss.png", "confusion.png"):
+    for png in ("accuracy.png", "loss.png", "confusion.png", "mistakes.png"):
         assert (project / "plots" / png).read_bytes()[:4] == b"\x89PNG"
     # The user sees progress, the evaluation, and where the plots are.
     assert "epoch 2/2" in first.stderr + first.stdout
@@ -68,7 +68,7 @@ def test_first_repro_made_one_mlflow_run_with_params_metrics_plots_and_model(pro
     evaluation = json.loads((project / "metrics" / "eval.json").read_text())
     assert mlflow_run.data.metrics["eval_accuracy"] == pytest.approx(evaluation["test_accuracy"])
     plots = {a.path for a in client.list_artifacts(mlflow_run.info.run_id, "plots")}
-    assert plots == {"plots/accuracy.png", "plots/loss.png", "plots/confusion.png"}
+    assert plots == {"plots/accuracy.png", "plots/loss.png", "plots/confusion.png", "plots/mistakes.png"}
 
 
 def test_logged_model_predicts_digits_like_the_evaluate_stage(project):
