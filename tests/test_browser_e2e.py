@@ -7,12 +7,8 @@ Steps on one copy of the repository that has two runs: lr 0.01 (`dvc repro`) and
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +18,7 @@ import pytest
 
 from conftest import MNIST_MIRROR, REPO_ROOT, requires_mnist_mirror
 from dvc_project import all_runs, environment, make_project, mlflow_client, run
-from test_ui import free_port, listening_addresses
+from servers import listening_addresses, server
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = REPO_ROOT / "test-artifacts"
@@ -37,32 +33,6 @@ def project(tmp_path_factory):
     run(project, "dvc", "repro")
     run(project, "dvc", "exp", "run", "-S", "lr=0.05")
     return project
-
-
-@contextmanager
-def server(command: list[str], cwd: Path, ready_path: str, env: dict[str, str] | None = None):
-    """Start a server on a free 127.0.0.1 port, wait until `ready_path` answers, and always stop it."""
-    port = free_port()
-    process = subprocess.Popen([*command, "--port", str(port)], cwd=cwd, env=env or environment(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}{ready_path}", timeout=2):
-                    break
-            except OSError:
-                assert process.poll() is None, f"{command[0]} exited with {process.returncode}"
-                assert time.monotonic() < deadline, f"{command} did not answer within 3 minutes"
-                time.sleep(0.5)
-        yield port
-    finally:  # servers run worker processes: stop the whole group, whatever happened
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 @contextmanager
@@ -88,7 +58,8 @@ def test_mlflow_compare_view_shows_both_runs_their_lr_and_accuracy(project):
     experiment_id = runs[0].info.experiment_id
     mlflow_ui = Path(sys.executable).parent / "mlflow"
     # The README's command, on a free port.
-    with server([str(mlflow_ui), "ui", "--backend-store-uri", "sqlite:///mlflow.db"], project, "/health") as port:
+    with server([str(mlflow_ui), "ui", "--backend-store-uri", "sqlite:///mlflow.db"], project, "/health",
+                env=environment()) as port:
         assert listening_addresses(port) == {"127.0.0.1"}
         with browser() as page:
             page.goto(f"http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs")

@@ -1,11 +1,9 @@
 import socket
 import os
 import time
-from pathlib import Path
 
 import mlflow
 import pytest
-from mlflow.tracking import MlflowClient
 
 from mnist_pipeline import tracking
 
