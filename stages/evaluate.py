@@ -6,7 +6,7 @@ from mnist_pipeline.cli import run_stage
 from mnist_pipeline.config import load_config, parse_config
 from mnist_pipeline.data import load_split
 from mnist_pipeline.device import resolve_device
-from mnist_pipeline.evaluation import evaluate, find_mistakes
+from mnist_pipeline.evaluation import metrics_from_logits, mistakes_from_logits, predict
 from mnist_pipeline.reports import read_json, write_confusion, write_json, write_mistakes
 
 
@@ -22,7 +22,9 @@ def main() -> None:
     model = model_from_checkpoint(checkpoint).to(device)
     test_split = load_split(config.data.dir, False, trained.mean, trained.std, trained.max_test_images).to(device)
 
-    result = evaluate(model, test_split)
+    # One forward pass over the test set serves both the metrics and the list of mistakes.
+    logits = predict(model, test_split.images)
+    result = metrics_from_logits(logits, test_split.labels)
     per_class = {str(digit): round(acc, 6) for digit, acc in enumerate(result.per_class_accuracy)}
     write_json(config.paths.eval_metrics, {
         "test_accuracy": result.accuracy,
@@ -31,7 +33,7 @@ def main() -> None:
         "per_class_accuracy": per_class,
     })
     write_confusion(config.paths.confusion, result.confusion_matrix)
-    write_mistakes(config.paths.mistakes, find_mistakes(model, test_split))
+    write_mistakes(config.paths.mistakes, mistakes_from_logits(logits, test_split.labels))
     print(f"evaluate: test accuracy {result.accuracy:.2%}, test loss {result.loss:.4f} on {len(test_split)} images")
     print("evaluate: per digit " + "  ".join(f"{d}:{acc:.1%}" for d, acc in enumerate(result.per_class_accuracy)))
 

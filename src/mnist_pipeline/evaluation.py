@@ -44,22 +44,28 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int = EVAL_BATCH
 @torch.no_grad()
 def evaluate(model: nn.Module, split: Split, num_classes: int = 10, batch_size: int = EVAL_BATCH_SIZE) -> EvalResult:
     """Accuracy, mean loss and confusion matrix of `model` on `split` (on the model's device)."""
-    logits = predict(model, split.images, batch_size)
-    loss = F.cross_entropy(logits, split.labels, reduction="sum")
-    matrix = confusion_matrix(split.labels, logits.argmax(dim=1), num_classes)
+    return metrics_from_logits(predict(model, split.images, batch_size), split.labels, num_classes)
+
+
+def metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor, num_classes: int = 10) -> EvalResult:
+    """Accuracy, mean loss and confusion matrix of logits (N, classes) against labels (N,)."""
+    loss = F.cross_entropy(logits, labels, reduction="sum")
+    matrix = confusion_matrix(labels, logits.argmax(dim=1), num_classes)
     correct = matrix.diagonal().sum()
     # One host sync for the whole pass, not one per batch.
     loss, correct, matrix = loss.item(), correct.item(), matrix.cpu().tolist()
-    return EvalResult(accuracy=correct / len(split), loss=loss / len(split), confusion_matrix=matrix)
+    return EvalResult(accuracy=correct / len(labels), loss=loss / len(labels), confusion_matrix=matrix)
 
 
 @torch.no_grad()
 def find_mistakes(model: nn.Module, split: Split, batch_size: int = EVAL_BATCH_SIZE) -> list[Mistake]:
     """Every misclassified image of `split`, most confident first (the ones worth looking at)."""
-    probabilities = torch.softmax(predict(model, split.images, batch_size), dim=1)
-    confidence, predicted = probabilities.max(dim=1)
-    wrong = (predicted != split.labels).nonzero().flatten().tolist()
-    mistakes = [
-        Mistake(i, int(split.labels[i]), int(predicted[i]), round(float(confidence[i]), 6)) for i in wrong
-    ]
+    return mistakes_from_logits(predict(model, split.images, batch_size), split.labels)
+
+
+def mistakes_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> list[Mistake]:
+    """The misclassified rows of logits (N, classes) against labels (N,), most confident first."""
+    confidence, predicted = torch.softmax(logits, dim=1).max(dim=1)
+    wrong = (predicted != labels).nonzero().flatten().tolist()
+    mistakes = [Mistake(i, int(labels[i]), int(predicted[i]), round(float(confidence[i]), 6)) for i in wrong]
     return sorted(mistakes, key=lambda m: (-m.confidence, m.index))
