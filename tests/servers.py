@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -47,7 +48,8 @@ def server(command: list[str], cwd: Path, ready_path: str, env: dict[str, str] |
                 time.sleep(0.5)
         yield port
     finally:  # servers run worker processes: stop the whole group, whatever happened
-        os.killpg(process.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # a server that died has no group left to stop
+            os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:

@@ -1,0 +1,155 @@
+"""A team's MLflow server as the README sets it up: PostgreSQL behind `mlflow server`, artifacts served by it.
+
+The pipeline is pointed at it by MLFLOW_TRACKING_URI alone, and everything is
+read back through the server's API, as a teammate on another machine would.
+Steps of one story on one project, in file order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import MNIST_MIRROR, requires_mnist_mirror
+from dvc_project import environment, make_project, run, stages_run
+from servers import free_port, server
+
+pytestmark = [pytest.mark.e2e, requires_mnist_mirror()]
+
+REPRO: dict[Path, object] = {}
+
+
+def postgres_bin() -> Path | None:
+    """The newest Debian PostgreSQL server's bin folder (apt-get install postgresql), if any."""
+    found = [p.parent for p in Path("/usr/lib/postgresql").glob("*/bin/initdb") if p.parts[-3].isdigit()]
+    return max(found, key=lambda p: int(p.parts[-2]), default=None)
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A throwaway PostgreSQL cluster on a free 127.0.0.1 port with an empty `mlflow` database; always stopped."""
+    bin_dir = postgres_bin()
+    if bin_dir is None:
+        pytest.skip("no PostgreSQL server (/usr/lib/postgresql/*/bin/initdb): apt-get install postgresql")
+    # initdb and postgres refuse to run as root: as root, the cluster belongs to Debian's `postgres` user.
+    owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    # Not pytest's tmp_path: its parents are private to root, and the postgres user must reach the cluster.
+    home = Path(tempfile.mkdtemp(prefix="mlflow-postgres-"))
+    try:
+        if owner:
+            shutil.chown(home, "postgres", "postgres")
+        data, port = home / "data", free_port()
+        # Trust on loopback only, no fsync: a cluster that lives for one test module.
+        run(home, *owner, str(bin_dir / "initdb"), "-D", str(data), "-U", "mlflow", "--auth=trust",
+            "-E", "UTF8", "--locale=C", "--no-sync")
+        options = (f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={home} "
+                   "-c fsync=off -c full_page_writes=off")
+        run(home, *owner, str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(home / "postgres.log"),
+            "-o", options, "-w", "start")
+        try:
+            run(home, str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow", "mlflow")
+            yield f"postgresql://mlflow@127.0.0.1:{port}/mlflow"
+        finally:
+            run(home, *owner, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop", check=False)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def tracking_server(postgres, tmp_path_factory):
+    """`mlflow server` as the README starts it, on that database, serving artifacts from a folder; always stopped."""
+    folder = tmp_path_factory.mktemp("server")
+    artifacts = folder / "artifacts"
+    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", postgres,
+               "--artifacts-destination", str(artifacts), "--serve-artifacts", "--host", "127.0.0.1",
+               "--workers", "1"]  # one worker is plenty for one client, and starts faster on 2 cores
+    with server(command, folder, "/health", env=environment()) as port:
+        yield f"http://127.0.0.1:{port}", artifacts
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, tracking_server):
+    """A copy after `dvc repro` with only MLFLOW_TRACKING_URI pointing at the server (REPRO keeps its output)."""
+    url, _ = tracking_server
+    project = make_project(tmp_path_factory.mktemp("project"))
+    REPRO[project] = run(project, "dvc", "repro", env=environment(MLFLOW_TRACKING_URI=url))
+    return project
+
+
+@pytest.fixture
+def client(tracking_server):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_server[0])
+
+
+def test_repro_logs_one_finished_run_to_the_server_and_nothing_locally(project, tracking_server, client, postgres):
+    assert stages_run(REPRO[project].stdout) == ["download", "train", "evaluate", "plot"]
+    # The project's own store is never touched when MLFLOW_TRACKING_URI is set.
+    assert not (project / "mlflow.db").exists()
+    assert not (project / "mlartifacts").exists()
+
+    experiment = client.get_experiment_by_name("mnist-cnn")
+    assert experiment.artifact_location.startswith("mlflow-artifacts:")  # the server decides where artifacts go
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1
+    mlflow_run = runs[0]
+    run_id = mlflow_run.info.run_id
+    assert json.loads((project / "metrics" / "mlflow_run.json").read_text())["run_id"] == run_id
+    assert mlflow_run.info.status == "FINISHED"
+    params = mlflow_run.data.params
+    assert (params["lr"], params["epochs"], params["data.max_train_images"]) == ("0.01", "2", "2000")
+
+    history = client.get_metric_history(run_id, "test_accuracy")
+    assert [m.step for m in history] == [1, 2]
+    evaluation = json.loads((project / "metrics" / "eval.json").read_text())
+    assert mlflow_run.data.metrics["eval_accuracy"] == pytest.approx(evaluation["test_accuracy"])
+    plots = {a.path for a in client.list_artifacts(run_id, "plots")}
+    assert plots == {"plots/accuracy.png", "plots/loss.png", "plots/confusion.png", "plots/mistakes.png"}
+    print(f"\nserver run {run_id} status {mlflow_run.info.status}")
+    print(f"params lr={params['lr']} epochs={params['epochs']} data.max_train_images={params['data.max_train_images']}"
+          f" data.max_test_images={params['data.max_test_images']}")
+    print("test_accuracy history " + ", ".join(f"step {m.step}: {m.value:.4f}" for m in history))
+    print(f"eval_accuracy {mlflow_run.data.metrics['eval_accuracy']:.4f} (metrics/eval.json {evaluation['test_accuracy']:.4f})")
+
+    # The run is in PostgreSQL, and the files in the server's artifact folder.
+    import psycopg
+
+    with psycopg.connect(postgres) as connection:
+        rows = connection.execute("SELECT status FROM runs WHERE run_uuid = %s", (run_id,)).fetchall()
+    assert rows == [("FINISHED",)]
+    _, artifacts = tracking_server
+    assert [p.name for p in artifacts.rglob("accuracy.png")] == ["accuracy.png"]
+    assert len(list(artifacts.rglob("MLmodel"))) == 1
+
+
+def test_champion_model_loads_through_the_server_and_predicts_like_the_evaluate_stage(project, tracking_server, client):
+    import mlflow.pyfunc
+
+    from mnist_pipeline.data import IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, read_idx
+
+    run_id = json.loads((project / "metrics" / "mlflow_run.json").read_text())["run_id"]
+    champion = client.get_model_version_by_alias("mnist-cnn", "champion")
+    assert champion.run_id == run_id  # the registry lives on the server too
+
+    mlflow.set_tracking_uri(tracking_server[0])
+    try:
+        model = mlflow.pyfunc.load_model("models:/mnist-cnn@champion")
+    finally:
+        mlflow.set_tracking_uri(None)  # no server URI left behind for other tests (it also sets the env var)
+    pixels = read_idx(MNIST_MIRROR / "t10k-images-idx3-ubyte.gz", IDX_IMAGES_MAGIC)[:500]
+    labels = read_idx(MNIST_MIRROR / "t10k-labels-idx1-ubyte.gz", IDX_LABELS_MAGIC)[:500]
+    probabilities = model.predict(pixels.reshape(-1, 1, 28, 28).astype(np.float32))
+    assert probabilities.shape == (500, 10)
+    accuracy = float((probabilities.argmax(axis=1) == labels).mean())
+    evaluation = json.loads((project / "metrics" / "eval.json").read_text())
+    assert accuracy == pytest.approx(evaluation["test_accuracy"], abs=1e-9)
+    print(f"models:/mnist-cnn@champion is version {champion.version} of run {run_id}: "
+          f"{accuracy:.4f} on the first 500 test images")
