@@ -5,7 +5,7 @@ from mnist_pipeline.checkpoint import load_checkpoint, model_from_checkpoint, re
 from mnist_pipeline.cli import run_stage
 from mnist_pipeline.config import load_config, parse_config
 from mnist_pipeline.data import load_split
-from mnist_pipeline.device import resolve_device
+from mnist_pipeline.device import place_model, resolve_device
 from mnist_pipeline.evaluation import metrics_from_logits, mistakes_from_logits, predict
 from mnist_pipeline.reports import read_json, write_confusion, write_json, write_mistakes
 
@@ -19,7 +19,7 @@ def main() -> None:
     # checkpoint, not from today's params.yaml.
     trained_config = parse_config(checkpoint["config"])
     trained = trained_config.data
-    model = model_from_checkpoint(checkpoint).to(device)
+    model = place_model(model_from_checkpoint(checkpoint), device)
     test_split = load_split(config.data.dir, False, trained.mean, trained.std, trained.max_test_images).to(device)
 
     # One forward pass over the test set serves both the metrics and the list of mistakes.

@@ -1,28 +1,43 @@
-"""Stage train: the reference CNN and loop; a resumable checkpoint after every epoch, one MLflow run."""
+"""Stage train: the network and recipe params.yaml names; a resumable checkpoint after every epoch, one MLflow run.
 
+With `nproc` > 1 the stage relaunches itself under torchrun; rank 0 alone
+writes files and talks to MLflow.
+"""
+
+import contextlib
+import sys
 import time
 from pathlib import Path
 
-from mnist_pipeline import tracking
+from mnist_pipeline import distributed, tracking
 from mnist_pipeline.checkpoint import CheckpointError, load_checkpoint, restore_training, resume_decision, save_checkpoint
 from mnist_pipeline.cli import run_stage
 from mnist_pipeline.config import flatten, load_config
-from mnist_pipeline.data import load_split
-from mnist_pipeline.device import configure_determinism, resolve_device
-from mnist_pipeline.model import DigitClassifier, ModelConfig, build_model
+from mnist_pipeline.data import blank_value, load_split
+from mnist_pipeline.device import configure_determinism, place_model, resolve_device
+from mnist_pipeline.model import DigitClassifier, ModelConfig, build_model, parameter_count
 from mnist_pipeline.progress import epoch_bars
 from mnist_pipeline.reports import write_history, write_json
 from mnist_pipeline.seed import set_seed
-from mnist_pipeline.training import make_optimizer, train
+from mnist_pipeline.training import make_optimizer, make_schedule, steps_per_epoch, train
 
 
 def main() -> None:
     config = load_config()
     device = resolve_device(config.train.device)
+    ranks = distributed.current()
+    if config.train.nproc > 1 and not distributed.under_torchrun():
+        distributed.check_nproc(config.train.nproc, config.train.batch_size, device)
+        tracking.connect(config.tracking.experiment)  # a dead tracking server fails here, before the launch
+        print(f"train: launching {config.train.nproc} processes with torchrun")
+        sys.exit(distributed.launch(config.train.nproc, __file__))
+    if ranks.distributed:
+        device = distributed.init(ranks, device)
     configure_determinism(config.train.deterministic)
     # Connect before loading data or training: a dead tracking server fails now, not after the run.
-    _, experiment_id = tracking.connect(config.tracking.experiment)
+    experiment_id = tracking.connect(config.tracking.experiment)[1] if ranks.is_main else None
     paths, data, config_dict = config.paths, config.data, config.to_dict()
+    say = print if ranks.is_main else (lambda *args: None)
 
     # A checkpoint a killed run left behind (DVC keeps it: `persist` in dvc.yaml) resumes the same
     # params; anything else trains from scratch. Either way the user is told which, in one line.
@@ -31,48 +46,59 @@ def main() -> None:
         try:
             previous = load_checkpoint(paths.checkpoint)
         except CheckpointError as exc:
-            print(f"train: ignoring {exc}")
+            say(f"train: ignoring {exc}")
     resume, reason = resume_decision(previous, config_dict)
-    print(f"train: {reason}")
+    say(f"train: {reason}")
 
     train_split = load_split(data.dir, True, data.mean, data.std, data.max_train_images).to(device)
     test_split = load_split(data.dir, False, data.mean, data.std, data.max_test_images).to(device)
     generator = set_seed(config.train.seed)
-    model_config = ModelConfig()
-    model = build_model(model_config).to(device)
+    model_config = ModelConfig(architecture=config.train.model)
+    model = place_model(build_model(model_config), device)
     optimizer = make_optimizer(model, config.train)
-    history = restore_training(previous, model, optimizer, generator) if resume else []
+    schedule = make_schedule(optimizer, config.train, steps_per_epoch(len(train_split), config.train.batch_size))
+    history = restore_training(previous, model, optimizer, generator, schedule) if resume else []
 
     resume_run_id = previous.get("mlflow_run_id") if resume else None
-    with tracking.training_run(experiment_id, flatten(config_dict), resume_run_id) as run_id:
-        print(f"train: {len(train_split)} images, {config.train.epochs} epochs on {device}; MLflow run {run_id}")
-        already_logged = tracking.logged_epochs(run_id)
-        for result in history:  # epochs the killed run finished but did not get to log
-            if result.epoch not in already_logged:
-                tracking.log_epoch(result.as_metrics(), result.epoch)
+    run = (tracking.training_run(experiment_id, flatten(config_dict), resume_run_id) if ranks.is_main
+           else contextlib.nullcontext(None))
+    with run as run_id:
+        processes = f" in {ranks.world_size} processes" if ranks.distributed else ""
+        say(f"train: {config.train.model} network ({parameter_count(model):,} parameters), {len(train_split)} images, "
+            f"{config.train.epochs} epochs on {device}{processes}; MLflow run {run_id}")
+        if ranks.is_main:
+            already_logged = tracking.logged_epochs(run_id)
+            for result in history:  # epochs the killed run finished but did not get to log
+                if result.epoch not in already_logged:
+                    tracking.log_epoch(result.as_metrics(), result.epoch)
 
         def end_of_epoch(history_so_far):
             # Checkpoint first: an epoch in MLflow is always an epoch a resume will not redo.
             save_checkpoint(paths.checkpoint, model=model, optimizer=optimizer, generator=generator,
                             model_config=model_config, config=config_dict, history=history_so_far,
-                            mlflow_run_id=run_id)
+                            mlflow_run_id=run_id, schedule=schedule)
             tracking.log_epoch(history_so_far[-1].as_metrics(), history_so_far[-1].epoch)
 
         started = time.perf_counter()
         history = train(model, optimizer, train_split, test_split, config.train, generator, history=history,
-                        progress=epoch_bars(config.train.epochs), on_epoch_end=end_of_epoch)
+                        schedule=schedule, augment=config.augment, background=blank_value(data.mean, data.std),
+                        progress=epoch_bars(config.train.epochs) if ranks.is_main else None, ranks=ranks,
+                        on_epoch_end=end_of_epoch if ranks.is_main else None)
         train_seconds = time.perf_counter() - started
+        distributed.shutdown()
+        if not ranks.is_main:
+            return
         tracking.log_epoch({"train_seconds": train_seconds}, config.train.epochs)
 
         write_history(paths.history, history)
         last = history[-1]
-        write_json(paths.train_metrics, {"epochs": last.epoch, **last.as_metrics()})
+        write_json(paths.train_metrics, {"epochs": last.epoch, **last.as_metrics(), "train_seconds": round(train_seconds, 2)})
         write_json(paths.mlflow_run, {"run_id": run_id, "experiment": config.tracking.experiment})
         print(f"train: {train_seconds:.1f} s; test accuracy after epoch {last.epoch}: {last.test_accuracy:.2%}")
         print(f"train: checkpoint {paths.checkpoint}, history {paths.history}")
 
         if config.tracking.log_model:
-            classifier = DigitClassifier(model.cpu(), data.mean, data.std)
+            classifier = DigitClassifier(model.cpu(), data.mean, data.std).eval()  # dropout off, batch norm frozen
             example = (test_split.images[:4].cpu() * data.std + data.mean) * 255  # raw pixels, as served
             print(f"train: logged model {tracking.log_model(classifier, example.round().numpy())}")
 

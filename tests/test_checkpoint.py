@@ -11,7 +11,7 @@ from mnist_pipeline.data import Split
 from mnist_pipeline.model import ModelConfig, build_model
 from mnist_pipeline.seed import set_seed
 from mnist_pipeline.history import EpochResult
-from mnist_pipeline.training import make_optimizer, train
+from mnist_pipeline.training import make_optimizer, make_schedule, train
 
 HISTORY = [EpochResult(1, 0.5, 0.4, 0.9), EpochResult(2, 0.3, 0.2, 0.95), EpochResult(3, 0.2, 0.1, 0.97)]
 
@@ -159,3 +159,30 @@ def test_interrupted_and_resumed_training_is_bit_identical_to_an_uninterrupted_o
     assert resumed_history == straight_history
     for name, tensor in straight.state_dict().items():
         assert torch.equal(resumed.state_dict()[name], tensor), name
+
+
+@pytest.mark.parametrize("schedule_name", ["onecycle", "cosine"])
+def test_the_learning_rate_schedule_resumes_where_it_stopped(tmp_path, schedule_name):
+    config = TrainConfig(model="compact", optimizer="adamw", schedule=schedule_name, lr=0.01, epochs=3)
+    model_config = ModelConfig(architecture="compact")
+    model = build_model(model_config)
+    optimizer = make_optimizer(model, config)
+    schedule = make_schedule(optimizer, config, steps=5)
+    for _ in range(7):
+        optimizer.step()
+        schedule.step()
+    save_checkpoint(tmp_path / "model.pt", model=model, optimizer=optimizer, generator=torch.Generator(),
+                    model_config=model_config, config=parse_config({"epochs": 3}).to_dict(), history=HISTORY[:1],
+                    schedule=schedule)
+    loaded = load_checkpoint(tmp_path / "model.pt")
+    assert isinstance(model_from_checkpoint(loaded), type(model))  # rebuilt as the architecture it was trained as
+    fresh = build_model(model_config)
+    fresh_optimizer = make_optimizer(fresh, config)
+    fresh_schedule = make_schedule(fresh_optimizer, config, steps=5)
+    restore_training(loaded, fresh, fresh_optimizer, torch.Generator(), fresh_schedule)
+    assert fresh_optimizer.param_groups[0]["lr"] == pytest.approx(optimizer.param_groups[0]["lr"])
+    for _ in range(3):
+        for opt, sched in ((optimizer, schedule), (fresh_optimizer, fresh_schedule)):
+            opt.step()
+            sched.step()
+        assert fresh_optimizer.param_groups[0]["lr"] == pytest.approx(optimizer.param_groups[0]["lr"])

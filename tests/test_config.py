@@ -9,6 +9,8 @@ from mnist_pipeline.config import Config, ConfigError, TrainConfig, flatten, loa
 def test_repo_params_are_the_reference_defaults():
     config = load_config(REPO_ROOT / "params.yaml")
     assert config.train == TrainConfig(lr=0.01, momentum=0.5, batch_size=64, epochs=10, seed=1, device="auto")
+    assert (config.train.model, config.train.optimizer, config.train.schedule) == ("reference", "sgd", "constant")
+    assert config.train.nproc == 1 and not config.augment.enabled
     assert (config.data.mean, config.data.std) == (0.1307, 0.3081)
     assert config.data.max_train_images is None and config.data.max_test_images is None
 
@@ -52,6 +54,15 @@ def test_int_given_for_float_is_accepted_as_float():
         ({"data": [1, 2]}, "data: expected a mapping"),
         ({"tracking": {"log_model": "yes"}}, "tracking.log_model: got 'yes'; expected true or false"),
         ([1, 2], "params.yaml: expected a mapping of keys to values, got list"),
+        ({"model": "resnet"}, "model: got 'resnet'; allowed: reference, compact, wide"),
+        ({"optimizer": "lbfgs"}, "optimizer: got 'lbfgs'; allowed: sgd, adam, adamw"),
+        ({"schedule": "step"}, "schedule: got 'step'; allowed: constant, onecycle, cosine"),
+        ({"label_smoothing": 0.7}, "label_smoothing: got 0.7; must be >= 0.0 and <= 0.5"),
+        ({"weight_decay": -0.1}, "weight_decay: got -0.1; must be >= 0.0 and <= 1.0"),
+        ({"precision": "fp16"}, "precision: got 'fp16'; allowed: fp32, bf16"),
+        ({"nproc": 0}, "nproc: got 0; must be >= 1 and <= 64"),
+        ({"augment": {"shift": -1}}, "augment.shift: got -1.0; must be >= 0.0 and <= 6.0"),
+        ({"augment": {"flip": True}}, "augment.flip: unknown key; allowed here: shift, rotate"),
     ],
 )
 def test_bad_values_fail_with_one_line_naming_the_key(raw, message):
@@ -85,4 +96,4 @@ def test_flatten_names_params_as_dvc_does():
 
 
 def test_config_type_covers_every_section():
-    assert {f.name for f in dataclasses.fields(Config)} == {"train", "data", "paths", "plots", "tracking"}
+    assert {f.name for f in dataclasses.fields(Config)} == {"train", "augment", "data", "paths", "plots", "tracking"}

@@ -9,15 +9,20 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
-from conftest import requires_mnist_mirror
+from conftest import REPO_ROOT, requires_mnist_mirror
 from dvc_project import all_runs, environment, make_project, mlflow_client, run, stages_run, update_params
 from mnist_pipeline.checkpoint import load_checkpoint
+
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+from recipes import readme_recipes, recipe_params  # noqa: E402
 
 pytestmark = [pytest.mark.e2e, requires_mnist_mirror()]
 
@@ -137,3 +142,80 @@ def test_a_queued_sweep_is_one_named_mlflow_run_per_experiment_in_the_repo_store
     first, second = sorted(queued)[:2]
     diff = run(project, "dvc", "plots", "diff", first, second, "--json").stdout
     assert first in diff and second in diff and "test_accuracy" in diff
+
+
+def _committed_file(project: Path, path: str) -> Path:
+    """The DVC cache file of `path` as the commit HEAD's dvc.lock records it."""
+    lock = yaml.safe_load(run(project, "git", "show", "HEAD:dvc.lock").stdout)
+    md5 = next(out["md5"] for stage in lock["stages"].values() for out in stage.get("outs", []) if out["path"] == path)
+    return project / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+
+
+def test_two_processes_train_like_one_and_log_one_run(project):
+    """`dvc exp run -S nproc=2`: two processes under torchrun (Gloo), one MLflow run, the single process's model."""
+    single_metrics = json.loads(run(project, "git", "show", "HEAD:metrics/eval.json").stdout)
+    single_weights = load_checkpoint(_committed_file(project, "models/model.pt"))["model_state"]
+    runs_before = {r.info.run_id for r in all_runs(project)}
+
+    done = run(project, "dvc", "exp", "run", "-S", "nproc=2")
+    assert stages_run(done.stdout) == ["train", "evaluate", "plot"]
+    assert "train: launching 2 processes with torchrun" in done.stdout and "in 2 processes" in done.stdout
+    print("\n" + "\n".join(line for line in done.stdout.splitlines() if line.startswith("train:")))
+
+    new_runs = [r for r in all_runs(project) if r.info.run_id not in runs_before]
+    assert len(new_runs) == 1  # rank 0 alone talks to MLflow
+    (mlflow_run,) = new_runs
+    assert mlflow_run.info.status == "FINISHED" and mlflow_run.data.params["nproc"] == "2"
+    steps = [m.step for m in mlflow_client(project).get_metric_history(mlflow_run.info.run_id, "test_accuracy")]
+    assert sorted(steps) == [1, 2]  # each epoch logged once, not once per rank
+
+    # Each rank took half of every batch of 64 and DDP averaged their gradients: the same SGD steps as one
+    # process, up to float rounding.
+    metrics = json.loads((project / "metrics" / "eval.json").read_text())
+    assert metrics["test_accuracy"] == pytest.approx(single_metrics["test_accuracy"], abs=0.01)
+    assert metrics["test_loss"] == pytest.approx(single_metrics["test_loss"], rel=0.02)
+    weights = load_checkpoint(project / "models" / "model.pt")["model_state"]
+    gap = max((weights[name] - tensor).abs().max().item() for name, tensor in single_weights.items())
+    print(f"largest weight difference, 2 processes vs 1: {gap:.2e}")
+    assert 0 < gap < 1e-3
+
+
+RECIPES = readme_recipes((REPO_ROOT / "README.md").read_text())
+
+
+def test_the_readme_has_the_fast_and_best_recipes():
+    assert set(RECIPES) == {"fast", "best"}
+    assert recipe_params(RECIPES["best"])["augment"]["rotate"] > 0  # the best one augments
+
+
+def _flat(params, prefix=""):
+    for key, value in params.items():
+        if isinstance(value, dict):
+            yield from _flat(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def test_each_recipe_runs_through_dvc_exp_run_and_logs_the_values_it_set(project):
+    for name, assignments in RECIPES.items():
+        runs_before = {r.info.run_id for r in all_runs(project)}
+        # The recipe as the README writes it, then one epoch on the test slice to keep the test quick.
+        flags = [word for assignment in assignments for word in ("-S", assignment)]
+        done = run(project, "dvc", "exp", "run", "--temp", "-n", name, *flags, "-S", "epochs=1")
+        recipe = dict(_flat(recipe_params(assignments)), epochs=1)
+        assert f"train: {recipe['model']} network" in done.stdout
+
+        (mlflow_run,) = [r for r in all_runs(project) if r.info.run_id not in runs_before]
+        assert mlflow_run.info.status == "FINISHED" and mlflow_run.info.run_name == name
+        logged = mlflow_run.data.params
+        for key, value in recipe.items():
+            assert (logged[key] == value) if isinstance(value, str) else float(logged[key]) == value, (name, key)
+        assert mlflow_run.data.metrics["eval_accuracy"] > 0.5  # it learned, even from 2000 images in one epoch
+
+        shown = json.loads(run(project, "dvc", "exp", "show", "--json").stdout)
+        params = next(rev["data"]["params"]["params.yaml"]["data"] for revision in shown
+                      for experiment in (revision.get("experiments") or []) for rev in experiment["revs"]
+                      if rev["name"] == name)
+        for key, value in recipe.items():
+            section, _, leaf = key.rpartition(".")
+            assert (params[section][leaf] if section else params[key]) == value, (name, key)

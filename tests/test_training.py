@@ -1,12 +1,16 @@
+import math
+
 import pytest
 import torch
 
-from mnist_pipeline.config import TrainConfig
+from mnist_pipeline.config import AugmentConfig, TrainConfig, parse_config
 from mnist_pipeline.data import Split
+from mnist_pipeline.device import place_model
 from mnist_pipeline.model import ModelConfig, build_model
 from mnist_pipeline.seed import set_seed
 from mnist_pipeline.history import EpochResult
-from mnist_pipeline.training import make_optimizer, train, train_one_epoch
+from mnist_pipeline.training import (augment_batch, draw_augmentation, make_optimizer, make_schedule, train,
+                                     train_one_epoch)
 
 
 def _toy_split(n=96, seed=0):
@@ -97,3 +101,130 @@ def test_training_continues_after_the_given_history():
     done = [EpochResult(1, 1.0, 1.0, 0.1), EpochResult(2, 0.9, 0.9, 0.2)]
     history = train(model, make_optimizer(model, config), split, split, config, set_seed(0), history=done)
     assert [r.epoch for r in history] == [1, 2, 3] and history[:2] == done
+
+
+@pytest.mark.parametrize("name, optimizer_class", [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam),
+                                                    ("adamw", torch.optim.AdamW)])
+def test_each_optimizer_builds_and_takes_a_step(name, optimizer_class):
+    model = build_model(ModelConfig(architecture="compact"))
+    config = TrainConfig(optimizer=name, lr=0.01, momentum=0.9, weight_decay=0.05)
+    optimizer = make_optimizer(model, config)
+    assert isinstance(optimizer, optimizer_class)
+    group = optimizer.param_groups[0]
+    assert group["weight_decay"] == 0.05
+    assert (group["momentum"] if name == "sgd" else group["betas"][0]) == 0.9  # momentum is Adam's beta1
+    before = [p.detach().clone() for p in model.parameters()]
+    split = _toy_split(n=16)
+    torch.nn.functional.cross_entropy(model(split.images), split.labels).backward()
+    optimizer.step()
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def _lrs(schedule_name, epochs=4, steps=10, lr=0.1):
+    model = build_model(ModelConfig())
+    config = TrainConfig(lr=lr, epochs=epochs, schedule=schedule_name)
+    optimizer = make_optimizer(model, config)
+    schedule = make_schedule(optimizer, config, steps)
+    rates = []
+    for _ in range(epochs * steps):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        if schedule is not None:
+            schedule.step()
+    return schedule, rates
+
+
+def test_constant_schedule_is_no_schedule_at_all():
+    schedule, rates = _lrs("constant")
+    assert schedule is None and set(rates) == {0.1}
+
+
+def test_onecycle_warms_up_to_lr_then_anneals():
+    _, rates = _lrs("onecycle")
+    peak = rates.index(max(rates))
+    assert max(rates) == pytest.approx(0.1)
+    assert peak == pytest.approx(0.25 * len(rates), abs=1)
+    assert rates[0] < 0.01 and rates[-1] < 1e-3
+    assert all(a <= b for a, b in zip(rates[:peak], rates[1:peak + 1]))
+
+
+def test_cosine_decays_from_lr_towards_zero():
+    _, rates = _lrs("cosine")
+    assert rates[0] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(rates, rates[1:]))
+    assert rates[len(rates) // 2] == pytest.approx(0.05, rel=0.05) and rates[-1] < 0.001
+
+
+def test_augmentation_is_off_by_default():
+    assert not AugmentConfig().enabled and not parse_config({}).augment.enabled
+    assert AugmentConfig(shift=1).enabled and AugmentConfig(rotate=5).enabled
+
+
+def test_augmentation_without_movement_changes_nothing():
+    images = _toy_split(n=8).images
+    same = augment_batch(images, torch.zeros(8), torch.zeros(8, 2), background=-0.42)
+    assert same.shape == images.shape
+    assert torch.allclose(same, images, atol=1e-5)
+
+
+def test_a_whole_pixel_shift_moves_the_digit_and_fills_with_background():
+    background = -0.4242
+    images = torch.full((1, 1, 28, 28), background)
+    images[0, 0, 10:14, 10:14] = 2.0
+    moved = augment_batch(images, torch.zeros(1), torch.tensor([[2.0, -1.0]]), background)
+    expected = torch.full_like(images, background)
+    expected[0, 0, 9:13, 12:16] = 2.0  # two pixels right (x), one up (y)
+    assert torch.allclose(moved, expected, atol=1e-5)
+
+
+def test_augmentation_keeps_labels_shapes_and_draws_from_the_seed():
+    split = _toy_split(n=32)
+    config = AugmentConfig(shift=2, rotate=10)
+    angles, shifts = draw_augmentation(32, config, torch.Generator().manual_seed(3))
+    again = draw_augmentation(32, config, torch.Generator().manual_seed(3))
+    assert torch.equal(angles, again[0]) and torch.equal(shifts, again[1])
+    assert angles.abs().max() <= math.radians(10) and shifts.abs().max() <= 2
+    moved = augment_batch(split.images, angles, shifts, background=0.0)
+    assert moved.shape == split.images.shape and not torch.allclose(moved, split.images)
+    # Training with augmentation consumes the same labels and still learns the toy task.
+    generator = set_seed(0)
+    model = build_model(ModelConfig())
+    train_config = TrainConfig(lr=0.05, batch_size=16, epochs=4)
+    history = train(model, make_optimizer(model, train_config), split, split, train_config, generator, augment=config)
+    assert history[-1].test_accuracy > 0.5
+
+
+def test_the_fast_path_computes_what_the_plain_loop_computes():
+    """Channels-last layout and the fused optimizer change the speed, not the result (within float rounding)."""
+    split = _toy_split(n=64)
+    torch.manual_seed(0)
+    plain = build_model(ModelConfig())
+    fast = place_model(build_model(ModelConfig()), torch.device("cpu"))
+    fast.load_state_dict(plain.state_dict())
+    plain_optimizer = torch.optim.SGD(plain.parameters(), lr=0.01, momentum=0.5)  # the tutorial's
+    fast_optimizer = make_optimizer(fast, TrainConfig())
+    for step in range(4):
+        batch = slice(step * 16, (step + 1) * 16)
+        losses = []
+        for model, optimizer in ((plain, plain_optimizer), (fast, fast_optimizer)):
+            optimizer.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(split.images[batch]), split.labels[batch])
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    for a, b in zip(plain.parameters(), fast.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_label_smoothing_and_bf16_change_the_loss_the_way_they_should():
+    split = _toy_split(n=32)
+    config = TrainConfig(batch_size=32, epochs=1)
+    losses = {}
+    for name, kwargs in {"plain": {}, "smoothed": {"label_smoothing": 0.1}, "bf16": {"precision": "bf16"}}.items():
+        torch.manual_seed(0)
+        model = build_model(ModelConfig())
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # no update: the loss of the initial weights
+        losses[name] = train_one_epoch(model, optimizer, split, 32, torch.Generator().manual_seed(0), **kwargs)
+    assert losses["smoothed"] != pytest.approx(losses["plain"], rel=1e-4)
+    assert losses["bf16"] == pytest.approx(losses["plain"], rel=0.02)  # bf16 keeps about 3 significant digits

@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
 
 from mnist_pipeline.config import flatten
 from mnist_pipeline.errors import PipelineError
@@ -22,10 +23,11 @@ class CheckpointError(PipelineError):
 
 def save_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
                     generator: torch.Generator, model_config: ModelConfig, config: dict[str, Any],
-                    history: list[EpochResult], mlflow_run_id: Optional[str] = None) -> None:
+                    history: list[EpochResult], mlflow_run_id: Optional[str] = None,
+                    schedule: Optional[LRScheduler] = None) -> None:
     """Write everything that resumes or rebuilds the run to `path`, atomically.
 
-    Weights, optimizer state, the epochs done so far with their metrics, the
+    Weights, optimizer and learning-rate schedule state, the epochs done so far with their metrics, the
     random number generators' states, the config and the MLflow run id. The
     train stage calls this after every epoch; a crash, kill or full disk
     mid-write leaves the previous checkpoint intact.
@@ -34,6 +36,7 @@ def save_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.opti
     state = {
         "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "optimizer_state": optimizer.state_dict(),
+        "schedule_state": schedule.state_dict() if schedule is not None else None,
         "epoch": len(history),
         "complete": len(history) >= config["epochs"],
         "history": [asdict(result) for result in history],
@@ -95,10 +98,12 @@ def resume_decision(checkpoint: Optional[dict[str, Any]], config: dict[str, Any]
 
 
 def restore_training(checkpoint: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
-                     generator: torch.Generator) -> list[EpochResult]:
-    """Put weights, optimizer and random states back as they were after the last epoch; return its history."""
+                     generator: torch.Generator, schedule: Optional[LRScheduler] = None) -> list[EpochResult]:
+    """Put weights, optimizer, schedule and random states back as they were after the last epoch; return its history."""
     model.load_state_dict(checkpoint["model_state"])
     optimizer.load_state_dict(checkpoint["optimizer_state"])
+    if schedule is not None and checkpoint.get("schedule_state") is not None:
+        schedule.load_state_dict(checkpoint["schedule_state"])
     torch.set_rng_state(checkpoint["rng"]["torch"])
     generator.set_state(checkpoint["rng"]["shuffle"])
     if checkpoint["rng"]["cuda"] and torch.cuda.is_available():
@@ -108,6 +113,6 @@ def restore_training(checkpoint: dict[str, Any], model: nn.Module, optimizer: to
 
 def model_from_checkpoint(checkpoint: dict[str, Any]) -> nn.Module:
     """Rebuild the network the checkpoint was trained as, with its weights."""
-    model = build_model(ModelConfig(**checkpoint["model_config"]))
+    model = build_model(ModelConfig.from_dict(checkpoint["model_config"]))
     model.load_state_dict(checkpoint["model_state"])
     return model

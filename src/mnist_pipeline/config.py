@@ -74,16 +74,41 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class AugmentConfig:
+    """Random shifts and rotations of each training batch, on the device; 0 turns each off (the default)."""
+
+    shift: float = field(default=0.0, metadata=_spec(low=0.0, high=6.0))  # most pixels moved, each axis
+    rotate: float = field(default=0.0, metadata=_spec(low=0.0, high=45.0))  # most degrees turned, either way
+
+    @property
+    def enabled(self) -> bool:
+        return self.shift > 0 or self.rotate > 0
+
+
+ARCHITECTURES = ("reference", "compact", "wide")  # built by mnist_pipeline.model.build_model
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "onecycle", "cosine")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """The knobs of one training run (the top level of params.yaml)."""
 
     lr: float = field(default=0.01, metadata=_spec(low=0.0, low_open=True, high=10.0))
-    momentum: float = field(default=0.5, metadata=_spec(low=0.0, high=1.0))
+    momentum: float = field(default=0.5, metadata=_spec(low=0.0, high=1.0, doc="SGD momentum; Adam's beta1"))
     batch_size: int = field(default=64, metadata=_spec(low=1, high=60000))
     epochs: int = field(default=10, metadata=_spec(low=1, high=1000))
     seed: int = field(default=1, metadata=_spec(low=0, high=2**32 - 1))
     device: str = field(default="auto", metadata=_spec(choices=("auto", "cpu", "cuda")))
     deterministic: bool = False
+    model: str = field(default="reference", metadata=_spec(choices=ARCHITECTURES))
+    optimizer: str = field(default="sgd", metadata=_spec(choices=OPTIMIZERS))
+    schedule: str = field(default="constant", metadata=_spec(choices=SCHEDULES))
+    weight_decay: float = field(default=0.0, metadata=_spec(low=0.0, high=1.0))
+    label_smoothing: float = field(default=0.0, metadata=_spec(low=0.0, high=0.5))
+    precision: str = field(default="fp32", metadata=_spec(choices=("fp32", "bf16")))
+    compile: bool = False
+    nproc: int = field(default=1, metadata=_spec(low=1, high=64))
 
 
 @dataclass(frozen=True)
@@ -91,6 +116,7 @@ class Config:
     """The whole of params.yaml."""
 
     train: TrainConfig
+    augment: AugmentConfig = AugmentConfig()
     data: DataConfig = DataConfig()
     paths: PathsConfig = PathsConfig()
     plots: PlotsConfig = PlotsConfig()
@@ -103,7 +129,7 @@ class Config:
 
 
 # Sections of params.yaml besides the top-level training knobs.
-_SECTIONS = {"data": DataConfig, "paths": PathsConfig, "plots": PlotsConfig, "tracking": TrackingConfig}
+_SECTIONS = {"augment": AugmentConfig, "data": DataConfig, "paths": PathsConfig, "plots": PlotsConfig, "tracking": TrackingConfig}
 
 
 def _show_key(key: Any) -> str:

@@ -209,3 +209,8 @@ def load_split(data_dir: str | Path, train: bool, mean: float, std: float, limit
 def normalize(pixels: torch.Tensor, mean: float, std: float) -> torch.Tensor:
     """Raw 0-255 pixels -> float32, scaled to [0, 1] then standardised, as ToTensor + Normalize do."""
     return (pixels.to(torch.float32) / 255.0 - mean) / std
+
+
+def blank_value(mean: float, std: float) -> float:
+    """A blank (0) pixel after normalisation: what augmentation fills uncovered pixels with."""
+    return float(normalize(torch.zeros(()), mean, std))

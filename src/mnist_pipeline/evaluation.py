@@ -35,16 +35,20 @@ def confusion_matrix(labels: torch.Tensor, predictions: torch.Tensor, num_classe
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE) -> torch.Tensor:
-    """Logits (N, classes) for images already on the model's device, in batches."""
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE,
+            precision: str = "fp32") -> torch.Tensor:
+    """Logits (N, classes), in fp32, for images already on the model's device, in batches."""
     model.eval()
-    return torch.cat([model(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+    autocast = torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    with autocast:
+        return torch.cat([model(images[i : i + batch_size]).float() for i in range(0, len(images), batch_size)])
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, num_classes: int = 10, batch_size: int = EVAL_BATCH_SIZE) -> EvalResult:
+def evaluate(model: nn.Module, split: Split, num_classes: int = 10, batch_size: int = EVAL_BATCH_SIZE,
+             precision: str = "fp32") -> EvalResult:
     """Accuracy, mean loss and confusion matrix of `model` on `split` (on the model's device)."""
-    return metrics_from_logits(predict(model, split.images, batch_size), split.labels, num_classes)
+    return metrics_from_logits(predict(model, split.images, batch_size, precision), split.labels, num_classes)
 
 
 def metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor, num_classes: int = 10) -> EvalResult:

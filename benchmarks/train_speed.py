@@ -1,0 +1,260 @@
+"""Training speed: the tutorial's own loop against this project's, side by side in one process tree.
+
+Both train the reference CNN at the reference hyperparameters (SGD lr 0.01,
+momentum 0.5, batch 64, shuffled, test after every epoch) on the same MNIST
+files, one after the other on the same machine, so their ratio is fair even
+where absolute times are not comparable across machines. Also measured: the
+cost of the train stage's per-epoch MLflow logging, and the wall time of a
+`dvc repro` with nothing to do.
+
+    .venv/bin/python benchmarks/train_speed.py                  # 2 epochs, seed 1
+    .venv/bin/python benchmarks/train_speed.py --epochs 10 --seeds 1 2 3
+
+Prints a table and writes benchmarks/results/train_speed.json. Needs the
+pipeline's data (`dvc repro download` or `./setup.sh`). Timings go in this
+file and the README, never into test assertions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / "src"))
+
+from mnist_pipeline.config import TrainConfig  # noqa: E402
+from mnist_pipeline.data import load_split  # noqa: E402
+from mnist_pipeline.device import place_model, resolve_device  # noqa: E402
+from mnist_pipeline.model import ModelConfig, build_model  # noqa: E402
+from mnist_pipeline.seed import set_seed  # noqa: E402
+from mnist_pipeline.training import make_optimizer, make_schedule, steps_per_epoch, train  # noqa: E402
+
+MEAN, STD = 0.1307, 0.3081
+
+
+class TutorialNet(nn.Module):
+    """The tutorial's network, written as the tutorial writes it (independent of the project's code)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 10, kernel_size=5)
+        self.conv2 = nn.Conv2d(10, 20, kernel_size=5)
+        self.fc = nn.Linear(320, 10)
+
+    def forward(self, x):
+        x = F.relu(F.max_pool2d(self.conv1(x), 2))
+        x = F.relu(F.max_pool2d(self.conv2(x), 2))
+        return self.fc(x.view(-1, 320))
+
+
+def torchvision_root(data_dir: Path, workdir: Path) -> Path:
+    """torchvision's MNIST reads unpacked files from <root>/MNIST/raw: unpack the pipeline's .gz files there."""
+    raw = workdir / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for gz in data_dir.glob("*-ubyte.gz"):
+        with gzip.open(gz, "rb") as src, open(raw / gz.stem, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    return workdir
+
+
+def tutorial_loop(root: Path, epochs: int, seed: int, device: torch.device) -> dict:
+    """The tutorial's loop: torchvision MNIST with per-sample ToTensor + Normalize, DataLoaders, batch 64."""
+    from torchvision import datasets, transforms
+
+    torch.manual_seed(seed)
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))])
+    train_loader = torch.utils.data.DataLoader(datasets.MNIST(root, train=True, transform=transform),
+                                               batch_size=64, shuffle=True)
+    test_loader = torch.utils.data.DataLoader(datasets.MNIST(root, train=False, transform=transform),
+                                              batch_size=1000)
+    model = TutorialNet().to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.5)
+    train_seconds = test_seconds = 0.0
+    accuracies = []
+    for _ in range(epochs):
+        started = time.perf_counter()
+        model.train()
+        for data, target in train_loader:
+            data, target = data.to(device), target.to(device)
+            optimizer.zero_grad()
+            loss = F.cross_entropy(model(data), target)
+            loss.backward()
+            optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        train_seconds += time.perf_counter() - started
+        started = time.perf_counter()
+        model.eval()
+        correct = 0
+        with torch.no_grad():
+            for data, target in test_loader:
+                data, target = data.to(device), target.to(device)
+                correct += model(data).argmax(dim=1).eq(target).sum().item()
+        test_seconds += time.perf_counter() - started
+        accuracies.append(correct / len(test_loader.dataset))
+    return {"train_seconds": train_seconds, "test_seconds": test_seconds, "accuracies": accuracies}
+
+
+def project_loop(data_dir: Path, epochs: int, seed: int, device: torch.device, on_epoch_end=None,
+                 precision: str = "fp32", compile: bool = False) -> dict:
+    """This project's loop through its library, at the same hyperparameters (params.yaml's defaults)."""
+    config = TrainConfig(epochs=epochs, seed=seed, precision=precision, compile=compile)
+    started = time.perf_counter()
+    train_split = load_split(data_dir, True, MEAN, STD).to(device)
+    test_split = load_split(data_dir, False, MEAN, STD).to(device)
+    load_seconds = time.perf_counter() - started
+    generator = set_seed(seed)
+    model = place_model(build_model(ModelConfig()), device)
+    optimizer = make_optimizer(model, config)
+    schedule = make_schedule(optimizer, config, steps_per_epoch(len(train_split), config.batch_size))
+    marks = []
+
+    def mark(history):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        marks.append(time.perf_counter())
+        if on_epoch_end is not None:
+            on_epoch_end(history)
+
+    started = time.perf_counter()
+    history = train(model, optimizer, train_split, test_split, config, generator, schedule=schedule, on_epoch_end=mark)
+    return {"load_seconds": load_seconds, "seconds": marks[-1] - started,
+            "accuracies": [r.test_accuracy for r in history]}
+
+
+def mlflow_logging(data_dir: Path, epochs: int, seed: int, device: torch.device, workdir: Path) -> dict:
+    """The project's loop with the train stage's per-epoch MLflow logging to a fresh SQLite store."""
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir / 'mlflow.db'}"
+    from mnist_pipeline import tracking
+
+    _, experiment_id = tracking.connect("benchmark")
+    with tracking.training_run(experiment_id, {"lr": 0.01}):
+        return project_loop(data_dir, epochs, seed, device,
+                            on_epoch_end=lambda h: tracking.log_epoch(h[-1].as_metrics(), h[-1].epoch))
+
+
+def noop_repro_seconds() -> float | None:
+    """Wall time of `dvc repro` when every stage is up to date (None when it is not, or dvc is missing)."""
+    dvc = shutil.which("dvc") or str(Path(sys.executable).parent / "dvc")
+    if not Path(dvc).exists():
+        return None
+    status = subprocess.run([dvc, "status", "--json"], cwd=REPO_ROOT, capture_output=True, text=True)
+    if status.returncode != 0 or json.loads(status.stdout or "{}"):
+        return None  # something would run: that is not the no-op we measure
+    started = time.perf_counter()
+    subprocess.run([dvc, "repro"], cwd=REPO_ROOT, capture_output=True, check=True)
+    return time.perf_counter() - started
+
+
+def stage_startup_seconds() -> dict[str, float]:
+    """Per stage, the wall time of starting Python and importing everything the stage script imports.
+
+    Runs each script with a run name other than __main__, so its imports happen and its main() does not.
+    """
+    seconds = {}
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")}
+    for script in sorted((REPO_ROOT / "stages").glob("*.py")):
+        probe = f"import runpy; runpy.run_path({str(script)!r}, run_name='startup_probe')"
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, env=env, check=True)
+        seconds[script.stem] = round(time.perf_counter() - started, 2)
+    return seconds
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{cpu}, {os.cpu_count()} cores{gpu}; torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1])
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    parser.add_argument("--data", type=Path, default=REPO_ROOT / "data" / "mnist")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "train_speed.json")
+    parser.add_argument("--skip-mlflow", action="store_true", help="do not measure the MLflow logging overhead")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="the project loop's precision")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the project loop's network")
+    args = parser.parse_args()
+    if not all((args.data / f"{p}-{k}-idx{d}-ubyte.gz").exists()
+               for p in ("train", "t10k") for k, d in (("images", 3), ("labels", 1))):
+        sys.exit(f"error: {args.data}: the four MNIST .gz files are missing; run `dvc repro download` first")
+    device = resolve_device(args.device)
+    images = 60000 * args.epochs
+
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = torchvision_root(args.data, Path(tmp))
+        for seed in args.seeds:
+            tutorial = tutorial_loop(root, args.epochs, seed, device)
+            ours = project_loop(args.data, args.epochs, seed, device, precision=args.precision, compile=args.compile)
+            logged = None if args.skip_mlflow else mlflow_logging(args.data, args.epochs, seed, device, Path(tmp))
+            runs.append({"seed": seed, "tutorial": tutorial, "project": ours, "project_with_mlflow": logged})
+            tutorial_rate = images / tutorial["train_seconds"]
+            ours_rate = images / ours["seconds"]  # ours includes its per-epoch test passes
+            print(f"seed {seed}: tutorial {tutorial_rate:,.0f} images/s (train only), final {tutorial['accuracies'][-1]:.2%}; "
+                  f"project {ours_rate:,.0f} images/s (train + test), final {ours['accuracies'][-1]:.2%}; "
+                  f"ratio {ours_rate / tutorial_rate:.2f}x", flush=True)
+
+    def mean(values):
+        return sum(values) / len(values)
+
+    tutorial_rate = mean([images / r["tutorial"]["train_seconds"] for r in runs])
+    tutorial_total_rate = mean([images / (r["tutorial"]["train_seconds"] + r["tutorial"]["test_seconds"]) for r in runs])
+    project_rate = mean([images / r["project"]["seconds"] for r in runs])
+    summary = {
+        "machine": machine(),
+        "device": str(device),
+        "project_precision": args.precision,
+        "project_compile": args.compile,
+        "epochs": args.epochs,
+        "seeds": args.seeds,
+        "tutorial_images_per_second": round(tutorial_rate),
+        "tutorial_images_per_second_with_tests": round(tutorial_total_rate),
+        "project_images_per_second_with_tests": round(project_rate),
+        "speedup_vs_tutorial_training_only": round(project_rate / tutorial_rate, 2),
+        "speedup_vs_tutorial_with_tests": round(project_rate / tutorial_total_rate, 2),
+        "tutorial_final_accuracy_mean": mean([r["tutorial"]["accuracies"][-1] for r in runs]),
+        "project_final_accuracy_mean": mean([r["project"]["accuracies"][-1] for r in runs]),
+        "mlflow_logging_overhead": None if args.skip_mlflow else round(
+            mean([r["project_with_mlflow"]["seconds"] / r["project"]["seconds"] for r in runs]) - 1, 3),
+        "noop_dvc_repro_seconds": noop_repro_seconds(),
+        "stage_startup_seconds": stage_startup_seconds(),
+        "runs": runs,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"\n{summary['machine']}; {args.epochs} epochs, seeds {args.seeds}")
+    print(f"tutorial loop:  {tutorial_rate:10,.0f} images/s training ({tutorial_total_rate:,.0f} with its test passes), "
+          f"final accuracy {summary['tutorial_final_accuracy_mean']:.2%}")
+    print(f"project loop:   {project_rate:10,.0f} images/s training with its test passes, "
+          f"final accuracy {summary['project_final_accuracy_mean']:.2%}")
+    print(f"speed-up:       {summary['speedup_vs_tutorial_training_only']:.2f}x the tutorial's training alone, "
+          f"{summary['speedup_vs_tutorial_with_tests']:.2f}x with test passes on both sides")
+    if summary["mlflow_logging_overhead"] is not None:
+        print(f"MLflow logging: {summary['mlflow_logging_overhead']:+.1%} training time")
+    repro = summary["noop_dvc_repro_seconds"]
+    print(f"no-op dvc repro: {f'{repro:.1f} s' if repro is not None else 'not measured (the pipeline is not up to date)'}")
+    print("stage start-up (Python + imports): " + ", ".join(f"{k} {v:.1f} s" for k, v in summary["stage_startup_seconds"].items()))
+    print(f"wrote {args.out.relative_to(REPO_ROOT) if args.out.is_relative_to(REPO_ROOT) else args.out}")
+
+
+if __name__ == "__main__":
+    main()

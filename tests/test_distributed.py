@@ -1,0 +1,52 @@
+import pytest
+import torch
+
+from mnist_pipeline import distributed
+from mnist_pipeline.distributed import Ranks
+from mnist_pipeline.errors import PipelineError
+
+
+def test_a_single_process_is_rank_0_of_1(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    assert distributed.current() == Ranks(0, 1, 0)
+    assert Ranks().is_main and not Ranks().distributed and not distributed.under_torchrun()
+
+
+def test_ranks_come_from_torchruns_variables(monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    ranks = distributed.current()
+    assert ranks == Ranks(1, 2, 1) and not ranks.is_main and ranks.distributed and distributed.under_torchrun()
+
+
+def test_the_ranks_split_every_batch_between_them_without_overlap():
+    batch = torch.randperm(64)[:37]  # a short last batch
+    shards = [distributed.shard(batch, Ranks(rank, 3, rank)) for rank in range(3)]
+    assert torch.equal(torch.cat(shards), batch)
+    assert [len(s) for s in shards] == [13, 12, 12]
+    assert torch.equal(distributed.shard(batch, Ranks()), batch)
+
+
+def test_a_single_process_is_not_wrapped_and_needs_no_collective():
+    model = torch.nn.Linear(2, 2)
+    assert distributed.wrap(model, Ranks()) is model
+    value = torch.tensor(3.0)
+    assert distributed.mean_across_ranks(value, Ranks()) is value
+
+
+@pytest.mark.parametrize("nproc, batch_size, message", [
+    (4, 2, "nproc: 4 processes cannot share batch_size 2; use a batch_size of at least 4, or fewer processes"),
+])
+def test_impossible_process_counts_are_refused_in_one_line(nproc, batch_size, message):
+    with pytest.raises(PipelineError) as caught:
+        distributed.check_nproc(nproc, batch_size, torch.device("cpu"))
+    assert str(caught.value) == message
+
+
+def test_more_processes_than_gpus_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(PipelineError, match="nproc: got 2, but torch sees 1 GPU"):
+        distributed.check_nproc(2, 64, torch.device("cuda"))
+    distributed.check_nproc(2, 64, torch.device("cpu"))  # CPU processes need no GPU each
