@@ -10,6 +10,7 @@ seed, and prints (and with --update-readme writes) the table between the
     .venv/bin/python benchmarks/recipes.py                      # every recipe, seeds 1 2 3
     .venv/bin/python benchmarks/recipes.py fast --seeds 1       # one recipe, one seed
     .venv/bin/python benchmarks/recipes.py --update-readme
+    .venv/bin/python benchmarks/recipes.py --report --update-readme   # the table again, training nothing
 
 Needs data/mnist (`dvc repro download`); torch and PyYAML only.
 """
@@ -152,6 +153,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "recipes.json")
     parser.add_argument("--update-readme", action="store_true", help="write the table into README.md")
+    parser.add_argument("--report", action="store_true", help="train nothing: the table from the saved results")
     args = parser.parse_args()
     import yaml
 
@@ -161,7 +163,7 @@ def main() -> None:
         sys.exit(f"error: {unknown[0]}: no such recipe in README.md; there are: {', '.join(recipes)}")
     base = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
-    for name in args.names or list(recipes):
+    for name in [] if args.report else (args.names or list(recipes)):
         previous = results.get(name, {})
         # Runs of the same recipe on the same machine accumulate by seed (a rerun replaces its seed).
         same = previous.get("assignments") == recipes[name] and previous.get("machine") == machine()
