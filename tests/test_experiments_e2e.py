@@ -54,7 +54,11 @@ def _wait_for_epoch(project: Path, runs_before: int, epoch: int, process: subpro
 
 
 def test_killed_training_resumes_the_same_run_and_ends_bit_identical(project):
-    update_params(project, {"epochs": 4, "data": {"max_train_images": 12000}})
+    # The wide network with Adam, one-cycle, dropout and augmentation: every state a resume must restore
+    # (batch norm statistics, Adam moments, the schedule, both random generators), at ~2 s an epoch, slow
+    # enough to be killed mid-run.
+    update_params(project, {"epochs": 4, "model": "wide", "optimizer": "adamw", "schedule": "onecycle",
+                            "augment": {"shift": 1.0}, "data": {"max_train_images": 6000}})
     runs_before = len(all_runs(project))
     repro = subprocess.Popen(["dvc", "repro"], cwd=project, env=environment(), start_new_session=True,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
