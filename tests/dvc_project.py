@@ -80,3 +80,21 @@ def all_runs(project: Path):
     client = mlflow_client(project)
     experiment = client.get_experiment_by_name("mnist-cnn")
     return client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+def predicts_like_evaluate(model, project: Path, images: int = 500) -> float:
+    """Accuracy of a logged MLflow model on the first test images; asserts it equals the evaluate stage's."""
+    import json
+
+    import numpy as np
+
+    from mnist_pipeline.data import IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, read_idx
+
+    pixels = read_idx(MNIST_MIRROR / "t10k-images-idx3-ubyte.gz", IDX_IMAGES_MAGIC)[:images]
+    labels = read_idx(MNIST_MIRROR / "t10k-labels-idx1-ubyte.gz", IDX_LABELS_MAGIC)[:images]
+    probabilities = model.predict(pixels.reshape(-1, 1, 28, 28).astype(np.float32))
+    assert probabilities.shape == (images, 10)
+    accuracy = float((probabilities.argmax(axis=1) == labels).mean())
+    evaluation = json.loads((project / "metrics" / "eval.json").read_text())
+    assert accuracy == pytest.approx(evaluation["test_accuracy"], abs=1e-9)
+    return accuracy

@@ -10,11 +10,10 @@ import json
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from conftest import MNIST_MIRROR, requires_mnist_mirror
-from dvc_project import all_runs, make_project, mlflow_client, run, stages_run, update_params
+from conftest import requires_mnist_mirror
+from dvc_project import all_runs, make_project, mlflow_client, predicts_like_evaluate, run, stages_run, update_params
 
 pytestmark = [pytest.mark.e2e, requires_mnist_mirror()]
 
@@ -74,18 +73,10 @@ def test_first_repro_made_one_mlflow_run_with_params_metrics_plots_and_model(pro
 def test_logged_model_predicts_digits_like_the_evaluate_stage(project):
     import mlflow.pyfunc
 
-    from mnist_pipeline.data import IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, read_idx
-
     run_id = all_runs(project)[0].info.run_id
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
     model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
-    pixels = read_idx(MNIST_MIRROR / "t10k-images-idx3-ubyte.gz", IDX_IMAGES_MAGIC)[:500]
-    labels = read_idx(MNIST_MIRROR / "t10k-labels-idx1-ubyte.gz", IDX_LABELS_MAGIC)[:500]
-    probabilities = model.predict(pixels.reshape(-1, 1, 28, 28).astype(np.float32))
-    assert probabilities.shape == (500, 10)
-    accuracy = float((probabilities.argmax(axis=1) == labels).mean())
-    evaluation = json.loads((project / "metrics" / "eval.json").read_text())
-    assert accuracy == pytest.approx(evaluation["test_accuracy"], abs=1e-9)
+    predicts_like_evaluate(model, project)
 
 
 def test_second_repro_runs_nothing(project):

@@ -14,11 +14,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from conftest import MNIST_MIRROR, requires_mnist_mirror
-from dvc_project import environment, make_project, run, stages_run
+from conftest import requires_mnist_mirror
+from dvc_project import environment, make_project, predicts_like_evaluate, run, stages_run
 from servers import free_port, server
 
 pytestmark = [pytest.mark.e2e, requires_mnist_mirror()]
@@ -133,8 +132,6 @@ def test_repro_logs_one_finished_run_to_the_server_and_nothing_locally(project, 
 def test_champion_model_loads_through_the_server_and_predicts_like_the_evaluate_stage(project, tracking_server, client):
     import mlflow.pyfunc
 
-    from mnist_pipeline.data import IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, read_idx
-
     run_id = json.loads((project / "metrics" / "mlflow_run.json").read_text())["run_id"]
     champion = client.get_model_version_by_alias("mnist-cnn", "champion")
     assert champion.run_id == run_id  # the registry lives on the server too
@@ -144,12 +141,6 @@ def test_champion_model_loads_through_the_server_and_predicts_like_the_evaluate_
         model = mlflow.pyfunc.load_model("models:/mnist-cnn@champion")
     finally:
         mlflow.set_tracking_uri(None)  # no server URI left behind for other tests (it also sets the env var)
-    pixels = read_idx(MNIST_MIRROR / "t10k-images-idx3-ubyte.gz", IDX_IMAGES_MAGIC)[:500]
-    labels = read_idx(MNIST_MIRROR / "t10k-labels-idx1-ubyte.gz", IDX_LABELS_MAGIC)[:500]
-    probabilities = model.predict(pixels.reshape(-1, 1, 28, 28).astype(np.float32))
-    assert probabilities.shape == (500, 10)
-    accuracy = float((probabilities.argmax(axis=1) == labels).mean())
-    evaluation = json.loads((project / "metrics" / "eval.json").read_text())
-    assert accuracy == pytest.approx(evaluation["test_accuracy"], abs=1e-9)
+    accuracy = predicts_like_evaluate(model, project)
     print(f"models:/mnist-cnn@champion is version {champion.version} of run {run_id}: "
           f"{accuracy:.4f} on the first 500 test images")
