@@ -84,6 +84,26 @@ def test_train_one_epoch_returns_the_mean_batch_loss_and_reports_progress():
     assert reports[-1][1] == pytest.approx(loss, rel=1e-5)
 
 
+def test_train_one_epoch_runs_the_given_forward_even_when_it_is_falsy():
+    # torch.compile's wrapper raises on len(), so `forward or model` broke `compile: true`; a module
+    # whose len() is 0 is falsy the same way and must still be the one that runs.
+    split = _toy_split(n=32)
+    model = build_model(ModelConfig())
+    calls = []
+
+    class Falsy(torch.nn.Module):
+        def __len__(self):
+            return 0
+
+        def forward(self, images):
+            calls.append(len(images))
+            return model(images)
+
+    train_one_epoch(model, make_optimizer(model, TrainConfig()), split, 16, torch.Generator().manual_seed(0),
+                    forward=Falsy())
+    assert calls == [16, 16]
+
+
 def test_on_epoch_end_sees_the_history_so_far():
     seen = []
     config = TrainConfig(batch_size=32, epochs=2)

@@ -113,7 +113,8 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, split: S
     when a progress display asks for it).
     """
     model.train()
-    forward = forward or model
+    # Not `forward or model`: truth-testing a module calls len(), which torch.compile's wrapper refuses.
+    forward = model if forward is None else forward
     device = split.images.device
     order = torch.randperm(len(split), generator=generator).to(device)
     if augment.enabled:
