@@ -6,6 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-benchmarks/results}"
 mkdir -p "$out"
-python benchmarks/gpu_check.py
-python benchmarks/train_speed.py --device cuda --epochs 10 --skip-mlflow --out "$out/train_speed_gpu.json"
-python benchmarks/train_speed.py --device cuda --epochs 10 --skip-mlflow --skip-tutorial --precision bf16 --out "$out/train_speed_gpu_bf16.json"
+# Every part runs even when one fails, so a single call on a lent GPU reports everything; the exit status says
+# whether all passed.
+status=0
+python="${PYTHON:-python3}"  # the GPU image's python3 holds torch; PYTHON=.venv/bin/python elsewhere
+"$python" benchmarks/gpu_check.py || status=1
+"$python" benchmarks/train_speed.py --device cuda --epochs 10 --skip-mlflow --out "$out/train_speed_gpu.json" || status=1
+"$python" benchmarks/train_speed.py --device cuda --epochs 10 --skip-mlflow --skip-tutorial --precision bf16 --out "$out/train_speed_gpu_bf16.json" || status=1
+exit $status
