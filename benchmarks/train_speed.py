@@ -45,7 +45,8 @@ from mnist_pipeline.seed import set_seed  # noqa: E402
 from mnist_pipeline.training import make_optimizer, make_schedule, steps_per_epoch, train  # noqa: E402
 
 MEAN, STD = 0.1307, 0.3081
-SPEED_MARK = "<!-- speed-results -->"
+SPEED_MARK = "<!-- speed-results -->"  # the README block for the CPU figures
+GPU_SPEED_MARK = "<!-- speed-results-cuda -->"  # and for a GPU's (gpu_check.sh)
 
 
 class TutorialNet(nn.Module):
@@ -275,7 +276,7 @@ def report(summary: dict) -> list[str]:
                      f"{summary['speedup_vs_tutorial_with_tests']:.2f}x with test passes on both sides")
     if summary["mlflow_logging_overhead"] is not None:
         lines.append(f"MLflow logging:  {summary['mlflow_logging_overhead']:+.1%} training time (one batch of metrics per epoch)")
-    lines.append(f"no-op dvc repro: {f'{repro:.1f} s' if repro is not None else 'not measured (the pipeline was not up to date)'}")
+    lines.append(f"no-op dvc repro: {f'{repro:.1f} s' if repro is not None else 'not measured (no dvc here, or the pipeline was not up to date)'}")
     lines.append("stage start-up (Python + imports): "
                  + ", ".join(f"{k} {v:.1f} s" if v is not None else f"{k} (cannot start here)"
                              for k, v in summary["stage_startup_seconds"].items()))
@@ -287,11 +288,12 @@ def finish(summary: dict, args) -> None:
     print("\n" + "\n".join(lines))
     if args.update_readme:
         readme = REPO_ROOT / "README.md"
-        parts = readme.read_text().split(SPEED_MARK)
+        mark = GPU_SPEED_MARK if summary["device"].startswith("cuda") else SPEED_MARK
+        parts = readme.read_text().split(mark)
         if len(parts) != 3:
-            sys.exit(f"error: README.md: expected two {SPEED_MARK} markers around the figures")
+            sys.exit(f"error: README.md: expected two {mark} markers around the figures")
         block = "```\n" + "\n".join(lines) + "\n```"
-        readme.write_text(parts[0] + SPEED_MARK + "\n" + block + "\n" + SPEED_MARK + parts[2])
+        readme.write_text(parts[0] + mark + "\n" + block + "\n" + mark + parts[2])
         print("wrote the figures into README.md")
 
 
