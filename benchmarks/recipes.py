@@ -102,6 +102,8 @@ def run_recipe(params: dict[str, Any], seed: int) -> dict[str, Any]:
 
     config = parse_config(merged(params, {"seed": seed}))
     device = resolve_device(config.train.device)
+    if config.train.nproc != 1:  # `auto` may mean several processes in the train stage; this trains in one
+        sys.exit(f"error: recipes.py trains in one process; give the recipe `-S nproc=1` (it has nproc: {config.train.nproc})")
     data_dir = REPO_ROOT / config.data.dir
     train_split = load_split(data_dir, True, config.data.mean, config.data.std, config.data.max_train_images).to(device)
     test_split = load_split(data_dir, False, config.data.mean, config.data.std, config.data.max_test_images).to(device)

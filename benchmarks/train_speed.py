@@ -37,9 +37,11 @@ from torch.nn import functional as F
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "src"))
 
+from mnist_pipeline import distributed  # noqa: E402
 from mnist_pipeline.config import TrainConfig  # noqa: E402
 from mnist_pipeline.data import load_split  # noqa: E402
 from mnist_pipeline.device import place_model, resolve_device  # noqa: E402
+from mnist_pipeline.distributed import Ranks  # noqa: E402
 from mnist_pipeline.model import ModelConfig, build_model  # noqa: E402
 from mnist_pipeline.seed import set_seed  # noqa: E402
 from mnist_pipeline.training import make_optimizer, make_schedule, steps_per_epoch, train  # noqa: E402
@@ -115,8 +117,12 @@ def tutorial_loop(root: Path, epochs: int, seed: int, device: torch.device) -> d
 
 
 def project_loop(data_dir: Path, epochs: int, seed: int, device: torch.device, on_epoch_end=None,
-                 precision: str = "fp32", compile: bool = False) -> dict:
-    """This project's loop through its library, at the same hyperparameters (params.yaml's defaults)."""
+                 precision: str = "fp32", compile: bool = False, ranks: Ranks = Ranks()) -> dict:
+    """This project's loop through its library, at the same hyperparameters (params.yaml's defaults).
+
+    With `ranks` from torchrun, this process is one of several that split every batch, as the
+    train stage runs it under `nproc` > 1.
+    """
     config = TrainConfig(epochs=epochs, seed=seed, precision=precision, compile=compile)
     started = time.perf_counter()
     train_split = load_split(data_dir, True, MEAN, STD).to(device)
@@ -136,20 +142,59 @@ def project_loop(data_dir: Path, epochs: int, seed: int, device: torch.device, o
             on_epoch_end(history)
 
     started = time.perf_counter()
-    history = train(model, optimizer, train_split, test_split, config, generator, schedule=schedule, on_epoch_end=mark)
-    return {"load_seconds": load_seconds, "seconds": marks[-1] - started,
+    history = train(model, optimizer, train_split, test_split, config, generator, schedule=schedule,
+                    on_epoch_end=mark, ranks=ranks)
+    return {"load_seconds": load_seconds, "seconds": marks[-1] - started, "processes": ranks.world_size,
             "accuracies": [r.test_accuracy for r in history]}
 
 
-def mlflow_logging(data_dir: Path, epochs: int, seed: int, device: torch.device, workdir: Path) -> dict:
-    """The project's loop with the train stage's per-epoch MLflow logging to a fresh SQLite store."""
+def logged_project_loop(data_dir: Path, epochs: int, seed: int, device: torch.device, workdir: Path,
+                        ranks: Ranks = Ranks()) -> dict:
+    """The project's loop with the train stage's per-epoch MLflow logging (rank 0) to a fresh SQLite store."""
+    if not ranks.is_main:
+        return project_loop(data_dir, epochs, seed, device, ranks=ranks)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir / 'mlflow.db'}"
     from mnist_pipeline import tracking
 
     _, experiment_id = tracking.connect("benchmark")
     with tracking.training_run(experiment_id, {"lr": 0.01}):
-        return project_loop(data_dir, epochs, seed, device,
+        return project_loop(data_dir, epochs, seed, device, ranks=ranks,
                             on_epoch_end=lambda h: tracking.log_epoch(h[-1].as_metrics(), h[-1].epoch))
+
+
+def project_loop_in_processes(nproc: int, data_dir: Path, epochs: int, seed: int, device: torch.device,
+                              workdir: Path, precision: str = "fp32", compile: bool = False,
+                              mlflow: bool = False) -> dict:
+    """The project's loop in `nproc` processes under torchrun, as the train stage runs it (1: in this process).
+
+    `wall_seconds` is the whole launch, Python start-up and data loading included.
+    """
+    if nproc == 1:
+        if mlflow:
+            return logged_project_loop(data_dir, epochs, seed, device, workdir)
+        return project_loop(data_dir, epochs, seed, device, precision=precision, compile=compile)
+    result = workdir / f"worker-{nproc}-{seed}-{mlflow}.json"
+    worker = ["--worker", str(result), "--data", str(data_dir), "--epochs", str(epochs), "--seeds", str(seed),
+              "--device", device.type, "--precision", precision] + ["--compile"] * compile + ["--mlflow-dir", str(workdir)] * mlflow
+    started = time.perf_counter()
+    status = distributed.launch(nproc, __file__, worker)
+    if status != 0:
+        sys.exit(f"error: the {nproc}-process run failed (exit status {status})")
+    return {**json.loads(result.read_text()), "wall_seconds": time.perf_counter() - started}
+
+
+def worker(args) -> None:
+    """One rank of project_loop_in_processes (run by torchrun); rank 0 writes the result."""
+    ranks = distributed.current()
+    device = distributed.init(ranks, resolve_device(args.device))
+    if args.mlflow_dir is not None:
+        result = logged_project_loop(args.data, args.epochs, args.seeds[0], device, args.mlflow_dir, ranks)
+    else:
+        result = project_loop(args.data, args.epochs, args.seeds[0], device, precision=args.precision,
+                              compile=args.compile, ranks=ranks)
+    if ranks.is_main:
+        Path(args.worker).write_text(json.dumps(result))
+    distributed.shutdown()
 
 
 def noop_repro_seconds() -> float | None:
@@ -201,7 +246,13 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the project loop's network")
     parser.add_argument("--update-readme", action="store_true", help="write the figures into README.md")
     parser.add_argument("--report", action="store_true", help="measure nothing: the figures of the saved results")
+    parser.add_argument("--nproc", default="auto",
+                        help="the project loop's processes, as the `nproc` param (default auto, as the train stage resolves it)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # one rank of a multi-process run: write the result here
+    parser.add_argument("--mlflow-dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        return worker(args)
     if args.report:
         return finish(json.loads(args.out.read_text()), args)
     if not all((args.data / f"{p}-{k}-idx{d}-ubyte.gz").exists()
@@ -209,17 +260,28 @@ def main() -> None:
         sys.exit(f"error: {args.data}: the four MNIST .gz files are missing; run `dvc repro download` first")
     device = resolve_device(args.device)
     images = 60000 * args.epochs
+    nproc = distributed.resolve_nproc(args.nproc if args.nproc == "auto" else int(args.nproc), device, 64, images)
 
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         root = torchvision_root(args.data, Path(tmp))
         for seed in args.seeds:
             tutorial = None if args.skip_tutorial else tutorial_loop(root, args.epochs, seed, device)
-            ours = project_loop(args.data, args.epochs, seed, device, precision=args.precision, compile=args.compile)
-            logged = None if args.skip_mlflow else mlflow_logging(args.data, args.epochs, seed, device, Path(tmp))
-            runs.append({"seed": seed, "tutorial": tutorial, "project": ours, "project_with_mlflow": logged})
+            ours = project_loop_in_processes(nproc, args.data, args.epochs, seed, device, Path(tmp),
+                                             precision=args.precision, compile=args.compile)
+            # What the processes bring: the same loop in one process, with all the threads.
+            single = project_loop(args.data, args.epochs, seed, device, precision=args.precision,
+                                  compile=args.compile) if nproc > 1 else None
+            logged = None if args.skip_mlflow else project_loop_in_processes(
+                nproc, args.data, args.epochs, seed, device, Path(tmp), mlflow=True)
+            runs.append({"seed": seed, "tutorial": tutorial, "project": ours, "project_single_process": single,
+                         "project_with_mlflow": logged})
             ours_rate = images / ours["seconds"]  # ours includes its per-epoch test passes
-            print(f"seed {seed}: project {ours_rate:,.0f} images/s (train + test), final {ours['accuracies'][-1]:.2%}", flush=True)
+            print(f"seed {seed}: project {ours_rate:,.0f} images/s (train + test, {nproc} process(es)), "
+                  f"final {ours['accuracies'][-1]:.2%}", flush=True)
+            if single is not None:
+                print(f"seed {seed}: one process {images / single['seconds']:,.0f} images/s, final {single['accuracies'][-1]:.2%}",
+                      flush=True)
             if tutorial is not None:
                 tutorial_rate = images / tutorial["train_seconds"]
                 print(f"seed {seed}: tutorial {tutorial_rate:,.0f} images/s (train only), final {tutorial['accuracies'][-1]:.2%}; "
@@ -233,6 +295,7 @@ def main() -> None:
     tutorial_total_rate = mean([images / (r["tutorial"]["train_seconds"] + r["tutorial"]["test_seconds"])
                                 for r in runs]) if timed_tutorial else None
     project_rate = mean([images / r["project"]["seconds"] for r in runs])
+    single_rate = mean([images / r["project_single_process"]["seconds"] for r in runs]) if nproc > 1 else None
     summary = {
         "machine": machine(),
         "device": str(device),
@@ -242,7 +305,9 @@ def main() -> None:
         "seeds": args.seeds,
         "tutorial_images_per_second": round(tutorial_rate) if timed_tutorial else None,
         "tutorial_images_per_second_with_tests": round(tutorial_total_rate) if timed_tutorial else None,
+        "project_processes": nproc,
         "project_images_per_second_with_tests": round(project_rate),
+        "project_single_process_images_per_second_with_tests": round(single_rate) if single_rate else None,
         "project_training_seconds_mean": round(mean([r["project"]["seconds"] for r in runs]), 2),
         "speedup_vs_tutorial_training_only": round(project_rate / tutorial_rate, 2) if timed_tutorial else None,
         "speedup_vs_tutorial_with_tests": round(project_rate / tutorial_total_rate, 2) if timed_tutorial else None,
@@ -267,10 +332,15 @@ def report(summary: dict) -> list[str]:
         lines.append(f"tutorial loop:   {summary['tutorial_images_per_second']:,} images/s training "
                      f"({summary['tutorial_images_per_second_with_tests']:,} with its test passes), "
                      f"final test accuracy {summary['tutorial_final_accuracy_mean']:.2%}")
+    processes = summary.get("project_processes", 1)
     lines.append(f"project loop:    {summary['project_images_per_second_with_tests']:,} images/s training with its test "
                  f"passes ({sum(r['project']['seconds'] for r in summary['runs']) / len(summary['runs']):.1f} s for the "
-                 f"{summary['epochs']} epochs), "
+                 f"{summary['epochs']} epochs{f', {processes} processes' if processes > 1 else ''}), "
                  f"final test accuracy {summary['project_final_accuracy_mean']:.2%}")
+    if summary.get("project_single_process_images_per_second_with_tests"):
+        single = summary["project_single_process_images_per_second_with_tests"]
+        lines.append(f"one process:     {single:,} images/s with all the threads; {processes} processes are "
+                     f"{summary['project_images_per_second_with_tests'] / single:.2f}x that")
     if summary["speedup_vs_tutorial_training_only"] is not None:
         lines.append(f"speed-up:        {summary['speedup_vs_tutorial_training_only']:.2f}x the tutorial's training alone, "
                      f"{summary['speedup_vs_tutorial_with_tests']:.2f}x with test passes on both sides")

@@ -50,3 +50,45 @@ def test_more_processes_than_gpus_is_refused(monkeypatch):
     with pytest.raises(PipelineError, match="nproc: got 2, but torch sees 1 GPU"):
         distributed.check_nproc(2, 64, torch.device("cuda"))
     distributed.check_nproc(2, 64, torch.device("cpu"))  # CPU processes need no GPU each
+
+
+def test_nproc_given_as_a_number_is_taken_as_it_is():
+    assert distributed.resolve_nproc(3, torch.device("cpu"), 64, 10) == 3
+
+
+@pytest.mark.parametrize("cpus, batch_size, images_trained, expected", [
+    (2, 64, 600_000, 2),  # the reference on a 2-core CPU: one process per core
+    (8, 64, 600_000, 2),  # more cores than shards of 32 images
+    (8, 256, 600_000, 8),
+    (1, 64, 600_000, 1),
+    (2, 64, 99_999, 1),  # a short run does not pay for starting processes
+    (2, 16, 600_000, 1),  # nor does a batch too small to split
+])
+def test_auto_takes_one_process_per_core_for_runs_long_enough(monkeypatch, cpus, batch_size, images_trained, expected):
+    monkeypatch.setattr(distributed, "usable_cpus", lambda: cpus)
+    assert distributed.resolve_nproc("auto", torch.device("cpu"), batch_size, images_trained) == expected
+
+
+def test_auto_takes_one_process_per_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert distributed.resolve_nproc("auto", torch.device("cuda"), 64, 10) == 4
+
+
+def _gather_in_rank(rank, world_size, store_path, results):
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=world_size)
+    ranks = Ranks(rank, world_size, rank)
+    rows = torch.arange(7 * 2, dtype=torch.float32).reshape(7, 2)
+    mine = distributed.shard(torch.arange(7), ranks)
+    results[rank] = distributed.gather_shards(rows[mine] * 1.0, ranks, 7).tolist()
+    torch.distributed.destroy_process_group()
+
+
+def test_uneven_shards_gather_back_in_order_on_every_rank(tmp_path):
+    import torch.multiprocessing as mp
+
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_gather_in_rank, args=(2, str(tmp_path / "store"), results), nprocs=2)
+        expected = torch.arange(14, dtype=torch.float32).reshape(7, 2).tolist()
+        assert results[0] == expected and results[1] == expected
+    assert torch.equal(distributed.gather_shards(torch.ones(3), Ranks(), 3), torch.ones(3))

@@ -12,7 +12,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from mnist_pipeline.errors import PipelineError
 
@@ -23,9 +23,9 @@ class ConfigError(PipelineError):
     """params.yaml is missing, malformed, or holds a value that is not allowed."""
 
 
-def _spec(*, low=None, high=None, low_open=False, choices=None, doc=""):
-    """Field metadata: the allowed range or choices, checked on load."""
-    return {"low": low, "high": high, "low_open": low_open, "choices": choices, "doc": doc}
+def _spec(*, low=None, high=None, low_open=False, choices=None, auto=False, doc=""):
+    """Field metadata: the allowed range or choices, checked on load; `auto` also allows the string "auto"."""
+    return {"low": low, "high": high, "low_open": low_open, "choices": choices, "auto": auto, "doc": doc}
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,8 @@ class TrainConfig:
     label_smoothing: float = field(default=0.0, metadata=_spec(low=0.0, high=0.5))
     precision: str = field(default="fp32", metadata=_spec(choices=("fp32", "bf16")))
     compile: bool = False
-    nproc: int = field(default=1, metadata=_spec(low=1, high=64))
+    # "auto": mnist_pipeline.distributed.resolve_nproc picks the count on the machine that trains.
+    nproc: Union[int, str] = field(default="auto", metadata=_spec(low=1, high=64, auto=True))
 
 
 @dataclass(frozen=True)
@@ -145,14 +146,20 @@ def _type_name(tp) -> str:
 def _check_value(key: str, value: Any, f: dataclasses.Field, hints: dict) -> Any:
     """Return `value` converted to the field's type, or raise ConfigError naming `key`."""
     tp = hints[f.name]
+    spec = f.metadata or {}
+    auto = spec.get("auto", False)
+    if auto and value == "auto":
+        return value
     optional = False
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        tp, optional = args[0], True
+        args = typing.get_args(tp)
+        optional = type(None) in args
+        # Union[int, str] with `auto` is an int or the one string "auto", checked above.
+        tp = next(a for a in args if a is not type(None) and not (auto and a is str))
     if value is None:
         if optional:
             return None
-        raise ConfigError(f"{key}: got null; expected {_type_name(tp)}")
+        raise ConfigError(f"{key}: got null; expected {_type_name(tp)}{' or auto' if auto else ''}")
     # bool is a subclass of int in Python; `epochs: true` must not pass as 1.
     if tp is bool:
         ok = isinstance(value, bool)
@@ -165,10 +172,9 @@ def _check_value(key: str, value: Any, f: dataclasses.Field, hints: dict) -> Any
     else:
         ok = isinstance(value, tp)
     if not ok:
-        allowed = _type_name(tp) + (" or null" if optional else "")
+        allowed = _type_name(tp) + (" or null" if optional else "") + (" or auto" if auto else "")
         raise ConfigError(f"{key}: got {value!r}; expected {allowed}")
 
-    spec = f.metadata or {}
     choices = spec.get("choices")
     if choices and value not in choices:
         raise ConfigError(f"{key}: got {value!r}; allowed: {', '.join(choices)}")

@@ -1,7 +1,8 @@
 """Training on several processes with torch.distributed: the launch, the ranks, each rank's share of a batch.
 
 `nproc: N` in params.yaml makes the train stage relaunch itself under
-`torchrun --standalone --nproc_per_node N`. Every rank draws the same seeded
+`torchrun --standalone --nproc_per_node N`; `nproc: auto` (the default) picks
+N from the GPUs or CPU cores and the run's length. Every rank draws the same seeded
 permutation each epoch and takes its slice of every batch, so `batch_size`
 stays the batch of one optimizer step (split over the ranks) and `lr` keeps
 its meaning: DistributedDataParallel averages the ranks' gradients, which is
@@ -14,7 +15,7 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -51,6 +52,41 @@ def under_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_RANK" in os.environ
 
 
+# `nproc: auto` on a CPU: one process per core, but none with fewer images per step than this
+# (smaller shards stop paying for the per-step gradient all-reduce) ...
+AUTO_MIN_IMAGES_PER_PROCESS = 32
+# ... and only for runs that train on at least this many images in all (epochs x training images):
+# starting the extra processes costs a few seconds, which a 2-core CPU wins back after about this much.
+AUTO_MIN_IMAGES_TRAINED = 100_000
+
+
+def usable_cpus() -> int:
+    """CPU cores this process may run on (its affinity, which containers and taskset narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def resolve_nproc(nproc: int | str, device: torch.device, batch_size: int, images_trained: int) -> int:
+    """The number of training processes `nproc` means here: itself, or for `auto` what measured fastest.
+
+    `auto`: one process per GPU on CUDA. On a CPU, one single-threaded process per
+    core: these layers are too small for oneDNN to spread one batch over cores
+    well, and on the 2-core machine this project is measured on, two processes
+    that split each batch trained the reference faster than one process with
+    two threads (`benchmarks/train_speed.py` times both). Short runs (under
+    AUTO_MIN_IMAGES_TRAINED images) stay in one process.
+    """
+    if nproc != "auto":
+        return int(nproc)
+    if device.type == "cuda":
+        return max(1, torch.cuda.device_count())
+    if images_trained < AUTO_MIN_IMAGES_TRAINED:
+        return 1
+    return max(1, min(usable_cpus(), batch_size // AUTO_MIN_IMAGES_PER_PROCESS))
+
+
 def check_nproc(nproc: int, batch_size: int, device: torch.device) -> None:
     """Refuse, in one line and before any work, a process count the batch or the GPUs cannot take."""
     if batch_size < nproc:
@@ -61,12 +97,12 @@ def check_nproc(nproc: int, batch_size: int, device: torch.device) -> None:
                             "use at most one process per GPU")
 
 
-def launch(nproc: int, script: str) -> int:
-    """Run `script` under torchrun with `nproc` processes on this machine; return its exit status."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", script]
+def launch(nproc: int, script: str, args: Sequence[str] = ()) -> int:
+    """Run `script` (with `args`) under torchrun with `nproc` processes on this machine; return its exit status."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", script, *args]
     env = dict(os.environ)
     # torchrun sets one thread per process; on a CPU, share the cores instead.
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    env.setdefault("OMP_NUM_THREADS", str(max(1, usable_cpus() // nproc)))
     return subprocess.run(command, env=env).returncode
 
 
@@ -106,3 +142,16 @@ def mean_across_ranks(value: torch.Tensor, ranks: Ranks) -> torch.Tensor:
     total = value.clone()
     dist.all_reduce(total)
     return total / ranks.world_size
+
+
+def gather_shards(rows: torch.Tensor, ranks: Ranks, total: int) -> torch.Tensor:
+    """Every rank's `rows` (its tensor_split shard of `total` rows), concatenated in rank order, on every rank."""
+    if not ranks.distributed:
+        return rows
+    sizes = [len(part) for part in torch.tensor_split(torch.empty(total, 0), ranks.world_size)]
+    # all_gather needs equal sizes: pad each shard to the largest, then drop the padding.
+    padded = rows.new_zeros((sizes[0], *rows.shape[1:]))
+    padded[: len(rows)] = rows
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:size] for part, size in zip(parts, sizes)])

@@ -12,8 +12,8 @@ from torch.nn import functional as F
 
 from mnist_pipeline.config import AugmentConfig, TrainConfig
 from mnist_pipeline.data import Split
-from mnist_pipeline.distributed import Ranks, mean_across_ranks, shard, wrap
-from mnist_pipeline.evaluation import evaluate
+from mnist_pipeline.distributed import Ranks, gather_shards, mean_across_ranks, shard, wrap
+from mnist_pipeline.evaluation import EvalResult, evaluate, metrics_from_logits, predict
 from mnist_pipeline.history import EpochResult
 
 LOSS_REPORT_EVERY = 50  # steps between running-loss updates; each one costs a host sync on GPU
@@ -140,6 +140,15 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, split: S
     return mean_across_ranks(loss_sum / steps, ranks).item()
 
 
+def evaluate_across_ranks(model: nn.Module, split: Split, precision: str = "fp32", ranks: Ranks = Ranks()) -> EvalResult:
+    """The per-epoch test; under several processes each rank predicts its share and all get the whole result."""
+    if not ranks.distributed:
+        return evaluate(model, split, precision=precision)
+    mine = shard(torch.arange(len(split), device=split.images.device), ranks)
+    logits = gather_shards(predict(model, split.images[mine], precision=precision), ranks, len(split))
+    return metrics_from_logits(logits, split.labels)
+
+
 def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_split: Split, test_split: Split,
           config: TrainConfig, generator: torch.Generator, *, history: Sequence[EpochResult] = (),
           schedule: Optional[torch.optim.lr_scheduler.LRScheduler] = None,
@@ -152,8 +161,9 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_split: Split
     after the last of them. `on_epoch_end` gets the history so far after each
     epoch (the train stage saves a checkpoint and logs to MLflow there).
     `background` is the value of a blank pixel after normalisation, which
-    augmentation fills uncovered pixels with. Every rank tests the whole test
-    set (the weights are the same on all), so all hold the same history.
+    augmentation fills uncovered pixels with. Under several processes the
+    ranks split the test set and share their predictions, so all hold the same
+    history.
     """
     history = list(history)
     steps = steps_per_epoch(len(train_split), config.batch_size)
@@ -167,7 +177,7 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_split: Split
                                      schedule=schedule, label_smoothing=config.label_smoothing, augment=augment,
                                      background=background, precision=config.precision, forward=forward,
                                      ranks=ranks)
-        test = evaluate(model, test_split, precision=config.precision)
+        test = evaluate_across_ranks(model, test_split, config.precision, ranks)
         result = EpochResult(epoch=epoch, train_loss=train_loss, test_loss=test.loss, test_accuracy=test.accuracy)
         if display is not None:
             display.close(result)
