@@ -1,4 +1,4 @@
-"""Shared fixtures: where the real MNIST mirror is, and small IDX files written on the fly."""
+"""Shared fixtures: where the real MNIST mirror is, small IDX files written on the fly, one repro'd project."""
 
 from __future__ import annotations
 
@@ -41,3 +41,15 @@ def tiny_mnist(tmp_path: Path) -> Path:
         write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)), 2051)
         write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, (n,)), 2049)
     return folder
+
+
+@pytest.fixture(scope="session")
+def prepared_project(tmp_path_factory):
+    """One copy of the repository after `dvc repro` on the test slice, shared by the end-to-end modules.
+
+    A first repro costs most of a minute on 2 cores; a module that starts from one takes its own
+    `copy_project` of this instead (seconds). Nothing may change this one.
+    """
+    from dvc_project import prepare_project
+
+    return prepare_project(tmp_path_factory.mktemp("prepared"))

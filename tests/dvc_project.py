@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -68,6 +71,50 @@ def make_project(destination: Path) -> Path:
     run(destination, "git", "add", "-A")
     run(destination, "git", "commit", "-qm", "baseline")
     return destination
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A project after a command that costs most of a minute (`dvc repro`, `dvc exp run`), and what it printed."""
+
+    path: Path
+    output: subprocess.CompletedProcess
+
+
+def prepare_project(destination: Path) -> Prepared:
+    """make_project, then `dvc repro`: the starting point of most end-to-end modules (conftest shares one)."""
+    make_project(destination)
+    return Prepared(destination, run(destination, "dvc", "repro"))
+
+
+def copy_project(prepared: Prepared, destination: Path) -> Path:
+    """A copy of a prepared project (`cp -a`: git, DVC cache, MLflow store) that a test may change freely.
+
+    MLflow records where artifacts live as absolute paths (file:///<project>/mlartifacts/...), so the copy's
+    store is rewritten to name the copy: it logs to and loads from its own folder, never the original's.
+    """
+    destination.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["cp", "-a", f"{prepared.path}/.", str(destination)], check=True)
+    store = destination / "mlflow.db"
+    if store.exists():
+        _relocate_store(store, str(prepared.path), str(destination))
+    return destination
+
+
+def _relocate_store(store: Path, old: str, new: str) -> None:
+    """Replace the project path `old` by `new` in every text column of an MLflow SQLite store."""
+    with contextlib.closing(sqlite3.connect(store)) as db, db:
+        tables = [name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        for table in tables:
+            for _, column, kind, *_ in db.execute(f'PRAGMA table_info("{table}")').fetchall():
+                if any(word in kind.upper() for word in ("CHAR", "TEXT", "CLOB")):
+                    db.execute(f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) '
+                               f'WHERE instr("{column}", ?) > 0', (old, new, old))
+        leftovers = [table for table in tables for _, column, kind, *_ in
+                     db.execute(f'PRAGMA table_info("{table}")').fetchall()
+                     if db.execute(f'SELECT count(*) FROM "{table}" WHERE instr(CAST("{column}" AS TEXT), ?) > 0',
+                                   (old,)).fetchone()[0]]
+    assert not leftovers, f"{store} still names {old} in {leftovers}"
 
 
 def mlflow_client(project: Path):

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import MNIST_MIRROR, REPO_ROOT, requires_mnist_mirror
-from dvc_project import all_runs, environment, make_project, mlflow_client, run
+from dvc_project import all_runs, copy_project, environment, mlflow_client, run
 from servers import listening_addresses, server
 
 CHROMIUM = "/usr/bin/chromium"
@@ -28,9 +28,8 @@ needs_browser = pytest.mark.skipif(not Path(CHROMIUM).exists() or shutil.which("
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    project = make_project(tmp_path_factory.mktemp("browser"))
-    run(project, "dvc", "repro")
+def project(prepared_project, tmp_path_factory):
+    project = copy_project(prepared_project, tmp_path_factory.mktemp("browser"))
     run(project, "dvc", "exp", "run", "-S", "lr=0.05")
     return project
 

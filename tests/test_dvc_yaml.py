@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from conftest import REPO_ROOT, requires_mnist_mirror
-from dvc_project import make_project, run, update_params
+from dvc_project import copy_project, run, update_params
 
 PACKAGE = REPO_ROOT / "src" / "mnist_pipeline"
 STAGES = ("download", "train", "evaluate", "plot")
@@ -87,9 +87,8 @@ CODE_CASES = {
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    project = make_project(tmp_path_factory.mktemp("reruns"))
-    run(project, "dvc", "repro")
+def project(prepared_project, tmp_path_factory):
+    project = copy_project(prepared_project, tmp_path_factory.mktemp("reruns"))
     assert run(project, "dvc", "status").stdout.strip() == "Data and pipelines are up to date."
     return project
 

@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from conftest import REPO_ROOT, requires_mnist_mirror
-from dvc_project import all_runs, environment, make_project, mlflow_client, run, stages_run, update_params
+from dvc_project import all_runs, copy_project, environment, mlflow_client, run, stages_run, update_params
 from mnist_pipeline.checkpoint import load_checkpoint
 
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
@@ -30,9 +30,8 @@ RESULT_FILES = ("metrics/train.json", "metrics/history.csv", "metrics/eval.json"
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    project = make_project(tmp_path_factory.mktemp("experiments"))
-    run(project, "dvc", "repro")
+def project(prepared_project, tmp_path_factory):
+    project = copy_project(prepared_project, tmp_path_factory.mktemp("experiments"))
     run(project, "git", "add", "-A")
     run(project, "git", "commit", "-qm", "first run")  # the baseline every experiment below starts from
     return project

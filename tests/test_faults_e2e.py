@@ -18,7 +18,7 @@ import pytest
 
 from conftest import MNIST_MIRROR, requires_mnist_mirror
 from mnist_pipeline.checkpoint import load_checkpoint
-from dvc_project import all_runs, environment, make_project, run, stages_run, update_params
+from dvc_project import all_runs, copy_project, environment, run, stages_run, update_params
 
 pytestmark = [pytest.mark.e2e, requires_mnist_mirror()]
 
@@ -38,10 +38,8 @@ def dead_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    project = make_project(tmp_path_factory.mktemp("faults"))
-    run(project, "dvc", "repro")
-    return project
+def project(prepared_project, tmp_path_factory):
+    return copy_project(prepared_project, tmp_path_factory.mktemp("faults"))
 
 
 def test_exp_run_with_a_bad_param_fails_with_one_line_and_keeps_every_output(project):

@@ -1,35 +1,30 @@
 """The real `dvc repro` and `dvc exp run` on a copy of the repository, with a real MLflow store.
 
 The tests in this module are steps of one story and run in file order on one
-copy: first repro, a no-op repro, a plot-only change, then an experiment.
+copy: first repro (the session's, see conftest), a no-op repro, a plot-only
+change, then an experiment.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
-from pathlib import Path
 
 import pytest
 
 from conftest import requires_mnist_mirror
-from dvc_project import all_runs, make_project, mlflow_client, predicts_like_evaluate, run, stages_run, update_params
+from dvc_project import all_runs, copy_project, mlflow_client, predicts_like_evaluate, run, stages_run, update_params
 
 pytestmark = [pytest.mark.e2e, requires_mnist_mirror()]
 
-FIRST_REPRO: dict[Path, subprocess.CompletedProcess] = {}
-
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    """The copy, after a first `dvc repro` (whose output FIRST_REPRO keeps for the first test)."""
-    project = make_project(tmp_path_factory.mktemp("project"))
-    FIRST_REPRO[project] = run(project, "dvc", "repro")
-    return project
+def project(prepared_project, tmp_path_factory):
+    """A copy of the session's project after its first `dvc repro` (conftest's prepared_project)."""
+    return copy_project(prepared_project, tmp_path_factory.mktemp("project"))
 
 
-def test_first_repro_runs_every_stage_and_writes_every_output(project):
-    first = FIRST_REPRO[project]
+def test_first_repro_runs_every_stage_and_writes_every_output(project, prepared_project):
+    first = prepared_project.output
     assert stages_run(first.stdout) == ["download", "train", "evaluate", "plot"]
     for name in ("train-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
         assert (project / "data" / "mnist" / name).stat().st_size > 0

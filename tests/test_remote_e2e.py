@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import requires_mnist_mirror
-from dvc_project import environment, make_project, run, stages_run
+from dvc_project import copy_project, environment, run, stages_run
 
 pytestmark = [pytest.mark.e2e, requires_mnist_mirror()]
 
@@ -33,16 +33,18 @@ def in_remote(remote: Path, md5: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def team(tmp_path_factory):
-    """A with a default DVC remote committed in .dvc/config, after `dvc repro`, a commit, `dvc push` and `git push`."""
+def team(prepared_project, tmp_path_factory):
+    """A with a default DVC remote committed in .dvc/config, after `dvc repro`, a commit, `dvc push` and `git push`.
+
+    A is a copy of the session's project after its `dvc repro` (conftest); the remote does not change
+    what the stages produce, so adding it afterwards leaves the pipeline up to date.
+    """
     root = tmp_path_factory.mktemp("team")
     origin, remote, a = root / "origin.git", root / "dvc-remote", root / "a"
     run(root, "git", "init", "-q", "--bare", "--initial-branch=main", str(origin))
-    a.mkdir()
-    make_project(a)
+    copy_project(prepared_project, a)
     run(a, "dvc", "remote", "add", "-d", "shared", str(remote))
     run(a, "git", "remote", "add", "origin", str(origin))
-    run(a, "dvc", "repro")
     # dvc.lock and the uncached results (metrics/*.json, history.csv, ...) travel through git.
     run(a, "git", "add", "-A")
     run(a, "git", "commit", "-qm", "first run; the team's DVC remote")
