@@ -1,4 +1,4 @@
-"""Shared fixtures: where the real MNIST mirror is, small IDX files written on the fly, one repro'd project."""
+"""Shared fixtures: where the real MNIST mirror is, small IDX files written on the fly, repro'd projects."""
 
 from __future__ import annotations
 
@@ -53,3 +53,12 @@ def prepared_project(tmp_path_factory):
     from dvc_project import prepare_project
 
     return prepare_project(tmp_path_factory.mktemp("prepared"))
+
+
+@pytest.fixture(scope="session")
+def experimented_project(prepared_project, tmp_path_factory):
+    """A copy of prepared_project after `dvc exp run -S lr=0.05`: two MLflow runs, lr 0.01 and 0.05. Shared likewise."""
+    from dvc_project import Prepared, copy_project, run
+
+    project = copy_project(prepared_project, tmp_path_factory.mktemp("experimented"))
+    return Prepared(project, run(project, "dvc", "exp", "run", "-S", "lr=0.05"))

@@ -28,10 +28,8 @@ needs_browser = pytest.mark.skipif(not Path(CHROMIUM).exists() or shutil.which("
 
 
 @pytest.fixture(scope="module")
-def project(prepared_project, tmp_path_factory):
-    project = copy_project(prepared_project, tmp_path_factory.mktemp("browser"))
-    run(project, "dvc", "exp", "run", "-S", "lr=0.05")
-    return project
+def project(experimented_project, tmp_path_factory):
+    return copy_project(experimented_project, tmp_path_factory.mktemp("browser"))
 
 
 @contextmanager

@@ -1,8 +1,9 @@
 """The real `dvc repro` and `dvc exp run` on a copy of the repository, with a real MLflow store.
 
 The tests in this module are steps of one story and run in file order on one
-copy: first repro (the session's, see conftest), a no-op repro, a plot-only
-change, then an experiment.
+copy of the session's project after its first repro (see conftest): the first
+repro, a no-op repro, a plot-only change. The experiment is the session's copy
+that the browser tests also look at.
 """
 
 from __future__ import annotations
@@ -89,11 +90,10 @@ def test_changing_a_plot_param_reruns_only_plot(project):
     assert stages_run(rerun.stdout) == ["plot"]
     assert (project / "plots" / "accuracy.png").read_bytes() != before
     assert len(all_runs(project)) == 1
-    run(project, "git", "commit", "-qam", "smaller plots")
 
 
-def test_exp_run_with_a_new_lr_is_a_second_mlflow_run_named_after_the_experiment(project):
-    experiment = run(project, "dvc", "exp", "run", "-S", "lr=0.05")
+def test_exp_run_with_a_new_lr_is_a_second_mlflow_run_named_after_the_experiment(experimented_project):
+    project, experiment = experimented_project.path, experimented_project.output
     assert stages_run(experiment.stdout) == ["train", "evaluate", "plot"]  # not download
     names = run(project, "dvc", "exp", "list", "--name-only").stdout.split()
     assert len(names) == 1
