@@ -13,7 +13,7 @@ from mnist_pipeline import distributed, tracking
 from mnist_pipeline.checkpoint import CheckpointError, load_checkpoint, restore_training, resume_decision, save_checkpoint
 from mnist_pipeline.cli import run_stage
 from mnist_pipeline.config import flatten, load_config
-from mnist_pipeline.data import TRAIN_IMAGES, blank_value, load_split
+from mnist_pipeline.data import blank_value, load_split
 from mnist_pipeline.device import configure_determinism, place_model, resolve_device
 from mnist_pipeline.model import DigitClassifier, ModelConfig, build_model, parameter_count
 from mnist_pipeline.progress import epoch_bars
@@ -26,9 +26,7 @@ def main() -> None:
     config = load_config()
     device = resolve_device(config.train.device)
     ranks = distributed.current()
-    data = config.data
-    images_trained = config.train.epochs * min(data.max_train_images or TRAIN_IMAGES, TRAIN_IMAGES)
-    nproc = distributed.resolve_nproc(config.train.nproc, device, config.train.batch_size, images_trained)
+    nproc = distributed.resolve_nproc(config.train.nproc, device)
     if nproc > 1 and not distributed.under_torchrun():
         distributed.check_nproc(nproc, config.train.batch_size, device)
         tracking.connect(config.tracking.experiment)  # a dead tracking server fails here, before the launch
@@ -39,7 +37,7 @@ def main() -> None:
     configure_determinism(config.train.deterministic)
     # Connect before loading data or training: a dead tracking server fails now, not after the run.
     experiment_id = tracking.connect(config.tracking.experiment)[1] if ranks.is_main else None
-    paths, config_dict = config.paths, config.to_dict()
+    paths, data, config_dict = config.paths, config.data, config.to_dict()
     say = print if ranks.is_main else (lambda *args: None)
 
     # A checkpoint a killed run left behind (DVC keeps it: `persist` in dvc.yaml) resumes the same

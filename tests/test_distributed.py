@@ -53,25 +53,13 @@ def test_more_processes_than_gpus_is_refused(monkeypatch):
 
 
 def test_nproc_given_as_a_number_is_taken_as_it_is():
-    assert distributed.resolve_nproc(3, torch.device("cpu"), 64, 10) == 3
+    assert distributed.resolve_nproc(3, torch.device("cpu")) == 3
 
 
-@pytest.mark.parametrize("cpus, batch_size, images_trained, expected", [
-    (2, 64, 600_000, 2),  # the reference on a 2-core CPU: one process per core
-    (8, 64, 600_000, 2),  # more cores than shards of 32 images
-    (8, 256, 600_000, 8),
-    (1, 64, 600_000, 1),
-    (2, 64, 99_999, 1),  # a short run does not pay for starting processes
-    (2, 16, 600_000, 1),  # nor does a batch too small to split
-])
-def test_auto_takes_one_process_per_core_for_runs_long_enough(monkeypatch, cpus, batch_size, images_trained, expected):
-    monkeypatch.setattr(distributed, "usable_cpus", lambda: cpus)
-    assert distributed.resolve_nproc("auto", torch.device("cpu"), batch_size, images_trained) == expected
-
-
-def test_auto_takes_one_process_per_gpu(monkeypatch):
+def test_auto_takes_one_process_per_gpu_and_one_on_a_cpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
-    assert distributed.resolve_nproc("auto", torch.device("cuda"), 64, 10) == 4
+    assert distributed.resolve_nproc("auto", torch.device("cuda")) == 4
+    assert distributed.resolve_nproc("auto", torch.device("cpu")) == 1
 
 
 def _gather_in_rank(rank, world_size, store_path, results):

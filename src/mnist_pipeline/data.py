@@ -39,7 +39,6 @@ DOWNLOAD_ATTEMPTS = 2  # per mirror and file
 
 IDX_IMAGES_MAGIC = 2051
 IDX_LABELS_MAGIC = 2049
-TRAIN_IMAGES = 60_000  # images in MNIST's training set (max_train_images takes fewer)
 
 
 class DataError(PipelineError):
