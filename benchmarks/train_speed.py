@@ -37,7 +37,7 @@ from torch.nn import functional as F
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "src"))
 
-from mnist_pipeline import distributed  # noqa: E402
+from mnist_pipeline import distributed, fused  # noqa: E402
 from mnist_pipeline.config import TrainConfig  # noqa: E402
 from mnist_pipeline.data import load_split  # noqa: E402
 from mnist_pipeline.device import place_model, resolve_device  # noqa: E402
@@ -118,13 +118,13 @@ def tutorial_loop(root: Path, epochs: int, seed: int, device: torch.device) -> d
 
 
 def project_loop(data_dir: Path, epochs: int, seed: int, device: torch.device, on_epoch_end=None,
-                 precision: str = "fp32", compile: bool = False, ranks: Ranks = Ranks()) -> dict:
+                 precision: str = "fp32", compile: bool = False, ranks: Ranks = Ranks(), kernels: str = "auto") -> dict:
     """This project's loop through its library, at the same hyperparameters (params.yaml's defaults).
 
     With `ranks` from torchrun, this process is one of several that split every batch, as the
     train stage runs it under `nproc` > 1.
     """
-    config = TrainConfig(epochs=epochs, seed=seed, precision=precision, compile=compile)
+    config = TrainConfig(epochs=epochs, seed=seed, precision=precision, compile=compile, kernels=kernels)
     started = time.perf_counter()
     train_split = load_split(data_dir, True, MEAN, STD).to(device)
     test_split = load_split(data_dir, False, MEAN, STD).to(device)
@@ -160,37 +160,38 @@ def project_loop(data_dir: Path, epochs: int, seed: int, device: torch.device, o
     finally:
         training.evaluate_across_ranks = untimed
     return {"load_seconds": load_seconds, "seconds": marks[-1] - started, "test_seconds": sum(test_seconds),
-            "processes": ranks.world_size, "accuracies": [r.test_accuracy for r in history]}
+            "processes": ranks.world_size, "accuracies": [r.test_accuracy for r in history],
+            "kernels": fused.plan(kernels, model, device, precision, compile, ranks.world_size)[1]}
 
 
 def logged_project_loop(data_dir: Path, epochs: int, seed: int, device: torch.device, workdir: Path,
-                        ranks: Ranks = Ranks()) -> dict:
+                        ranks: Ranks = Ranks(), kernels: str = "auto") -> dict:
     """The project's loop with the train stage's per-epoch MLflow logging (rank 0) to a fresh SQLite store."""
     if not ranks.is_main:
-        return project_loop(data_dir, epochs, seed, device, ranks=ranks)
+        return project_loop(data_dir, epochs, seed, device, ranks=ranks, kernels=kernels)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir / 'mlflow.db'}"
     from mnist_pipeline import tracking
 
     _, experiment_id = tracking.connect("benchmark")
     with tracking.training_run(experiment_id, {"lr": 0.01}):
-        return project_loop(data_dir, epochs, seed, device, ranks=ranks,
+        return project_loop(data_dir, epochs, seed, device, ranks=ranks, kernels=kernels,
                             on_epoch_end=lambda h: tracking.log_epoch(h[-1].as_metrics(), h[-1].epoch))
 
 
 def project_loop_in_processes(nproc: int, data_dir: Path, epochs: int, seed: int, device: torch.device,
                               workdir: Path, precision: str = "fp32", compile: bool = False,
-                              mlflow: bool = False) -> dict:
+                              mlflow: bool = False, kernels: str = "auto") -> dict:
     """The project's loop in `nproc` processes under torchrun, as the train stage runs it (1: in this process).
 
     `wall_seconds` is the whole launch, Python start-up and data loading included.
     """
     if nproc == 1:
         if mlflow:
-            return logged_project_loop(data_dir, epochs, seed, device, workdir)
-        return project_loop(data_dir, epochs, seed, device, precision=precision, compile=compile)
+            return logged_project_loop(data_dir, epochs, seed, device, workdir, kernels=kernels)
+        return project_loop(data_dir, epochs, seed, device, precision=precision, compile=compile, kernels=kernels)
     result = workdir / f"worker-{nproc}-{seed}-{mlflow}.json"
     worker = ["--worker", str(result), "--data", str(data_dir), "--epochs", str(epochs), "--seeds", str(seed),
-              "--device", device.type, "--precision", precision] + ["--compile"] * compile + ["--mlflow-dir", str(workdir)] * mlflow
+              "--device", device.type, "--precision", precision, "--kernels", kernels] + ["--compile"] * compile + ["--mlflow-dir", str(workdir)] * mlflow
     started = time.perf_counter()
     status = distributed.launch(nproc, __file__, worker)
     if status != 0:
@@ -203,10 +204,11 @@ def worker(args) -> None:
     ranks = distributed.current()
     device = distributed.init(ranks, resolve_device(args.device))
     if args.mlflow_dir is not None:
-        result = logged_project_loop(args.data, args.epochs, args.seeds[0], device, args.mlflow_dir, ranks)
+        result = logged_project_loop(args.data, args.epochs, args.seeds[0], device, args.mlflow_dir, ranks,
+                                     kernels=args.kernels)
     else:
         result = project_loop(args.data, args.epochs, args.seeds[0], device, precision=args.precision,
-                              compile=args.compile, ranks=ranks)
+                              compile=args.compile, ranks=ranks, kernels=args.kernels)
     if ranks.is_main:
         Path(args.worker).write_text(json.dumps(result))
     distributed.shutdown()
@@ -259,6 +261,8 @@ def main() -> None:
     parser.add_argument("--skip-tutorial", action="store_true", help="time only the project's loop")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="the project loop's precision")
     parser.add_argument("--compile", action="store_true", help="torch.compile the project loop's network")
+    parser.add_argument("--kernels", default="auto", choices=("auto", "torch"),
+                        help="the `kernels` param of the project loop (torch: no fused first block)")
     parser.add_argument("--update-readme", action="store_true", help="write the figures into README.md")
     parser.add_argument("--report", action="store_true", help="measure nothing: the figures of the saved results")
     parser.add_argument("--nproc", default="auto",
@@ -283,12 +287,12 @@ def main() -> None:
         for seed in args.seeds:
             tutorial = None if args.skip_tutorial else tutorial_loop(root, args.epochs, seed, device)
             ours = project_loop_in_processes(nproc, args.data, args.epochs, seed, device, Path(tmp),
-                                             precision=args.precision, compile=args.compile)
+                                             precision=args.precision, compile=args.compile, kernels=args.kernels)
             # What the processes bring: the same loop in one process, with all the threads.
             single = project_loop(args.data, args.epochs, seed, device, precision=args.precision,
-                                  compile=args.compile) if nproc > 1 else None
+                                  compile=args.compile, kernels=args.kernels) if nproc > 1 else None
             logged = None if args.skip_mlflow else project_loop_in_processes(
-                nproc, args.data, args.epochs, seed, device, Path(tmp), mlflow=True)
+                nproc, args.data, args.epochs, seed, device, Path(tmp), mlflow=True, kernels=args.kernels)
             runs.append({"seed": seed, "tutorial": tutorial, "project": ours, "project_single_process": single,
                          "project_with_mlflow": logged})
             ours_rate = images / ours["seconds"]  # ours includes its per-epoch test passes
@@ -317,6 +321,7 @@ def main() -> None:
         "device": str(device),
         "project_precision": args.precision,
         "project_compile": args.compile,
+        "project_kernels": runs[0]["project"]["kernels"],
         "epochs": args.epochs,
         "seeds": args.seeds,
         "tutorial_images_per_second": round(tutorial_rate) if timed_tutorial else None,
@@ -357,6 +362,8 @@ def report(summary: dict) -> list[str]:
                     if training_alone else f"{summary['project_images_per_second_with_tests']:,} images/s training with its test passes (")
                  + f"{seconds:.1f} s for the {summary['epochs']} epochs{f', {processes} processes' if processes > 1 else ''}), "
                  f"final test accuracy {summary['project_final_accuracy_mean']:.2%}")
+    if summary.get("project_kernels"):
+        lines.append(f"project kernels: {summary['project_kernels']}")
     if summary.get("project_single_process_images_per_second_with_tests"):
         single = summary["project_single_process_images_per_second_with_tests"]
         lines.append(f"one process:     {single:,} images/s with its test passes, with all the threads; {processes} processes "

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from mnist_pipeline import distributed, tracking
+from mnist_pipeline import distributed, fused, tracking
 from mnist_pipeline.checkpoint import CheckpointError, load_checkpoint, restore_training, resume_decision, save_checkpoint
 from mnist_pipeline.cli import run_stage
 from mnist_pipeline.config import flatten, load_config
@@ -57,6 +57,8 @@ def main() -> None:
     model_config = ModelConfig(architecture=config.train.model)
     model = place_model(build_model(model_config), device)
     optimizer = make_optimizer(model, config.train)
+    kernels = fused.plan(config.train.kernels, model, device, config.train.precision, config.train.compile, ranks.world_size)
+    say(f"train: {kernels[1]}")
     schedule = make_schedule(optimizer, config.train, steps_per_epoch(len(train_split), config.train.batch_size))
     history = restore_training(previous, model, optimizer, generator, schedule) if resume else []
 

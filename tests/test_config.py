@@ -10,7 +10,7 @@ def test_repo_params_are_the_reference_defaults():
     config = load_config(REPO_ROOT / "params.yaml")
     assert config.train == TrainConfig(lr=0.01, momentum=0.5, batch_size=64, epochs=10, seed=1, device="auto")
     assert (config.train.model, config.train.optimizer, config.train.schedule) == ("reference", "sgd", "constant")
-    assert config.train.nproc == "auto" and not config.augment.enabled
+    assert config.train.nproc == "auto" and config.train.kernels == "auto" and not config.augment.enabled
     assert (config.data.mean, config.data.std) == (0.1307, 0.3081)
     assert config.data.max_train_images is None and config.data.max_test_images is None
 
@@ -64,6 +64,7 @@ def test_int_given_for_float_is_accepted_as_float():
         ({"nproc": "many"}, "nproc: got 'many'; expected an integer or auto"),
         ({"nproc": None}, "nproc: got null; expected an integer or auto"),
         ({"nproc": 1.5}, "nproc: got 1.5; expected an integer or auto"),
+        ({"kernels": "fused"}, "kernels: got 'fused'; allowed: auto, torch"),
         ({"augment": {"shift": -1}}, "augment.shift: got -1.0; must be >= 0.0 and <= 6.0"),
         ({"augment": {"flip": True}}, "augment.flip: unknown key; allowed here: shift, rotate"),
     ],

@@ -67,6 +67,7 @@ PARAM_CASES = [
     ({"tracking": {"log_model": False}}, TRAINING), ({"model": "compact"}, TRAINING), ({"optimizer": "adam"}, TRAINING),
     ({"schedule": "onecycle"}, TRAINING), ({"weight_decay": 0.01}, TRAINING), ({"label_smoothing": 0.1}, TRAINING),
     ({"precision": "bf16"}, TRAINING), ({"compile": True}, TRAINING), ({"nproc": 2}, TRAINING),
+    ({"kernels": "torch"}, TRAINING),
     ({"augment": {"shift": 2.0}}, TRAINING),
     ({"plots": {"dpi": 70}}, ["plot"]), ({"plots": {"cmap": "viridis"}}, ["plot"]),
     ({"plots": {"width": 5.0}}, ["plot"]),
@@ -80,7 +81,8 @@ CODE_CASES = {
     "src/mnist_pipeline/progress.py": TRAINING, "src/mnist_pipeline/files.py": TRAINING,
     "src/mnist_pipeline/reports.py": TRAINING, "src/mnist_pipeline/tracking.py": TRAINING,
     "stages/train.py": TRAINING, "stages/evaluate.py": ["evaluate", "plot"],
-    "src/mnist_pipeline/history.py": TRAINING,
+    "src/mnist_pipeline/history.py": TRAINING, "src/mnist_pipeline/fused.py": TRAINING,
+    "src/mnist_pipeline/csrc/reference_block1.c": TRAINING,
     "src/mnist_pipeline/plots.py": ["plot"], "stages/plot.py": ["plot"],
     "src/mnist_pipeline/predict.py": [], "predict.py": [],  # the predict command: no stage runs it
 }

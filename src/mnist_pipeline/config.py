@@ -110,6 +110,8 @@ class TrainConfig:
     compile: bool = False
     # "auto": mnist_pipeline.distributed.resolve_nproc picks the count on the machine that trains.
     nproc: Union[int, str] = field(default="auto", metadata=_spec(low=1, high=64, auto=True))
+    # "auto": the reference network's first block as one fused CPU kernel where it applies (mnist_pipeline.fused).
+    kernels: str = field(default="auto", metadata=_spec(choices=("auto", "torch")))
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mnist_pipeline import fused
 from mnist_pipeline.config import AugmentConfig, TrainConfig
 from mnist_pipeline.data import Split
 from mnist_pipeline.distributed import Ranks, gather_shards, mean_across_ranks, shard, wrap
@@ -163,7 +164,8 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_split: Split
     `background` is the value of a blank pixel after normalisation, which
     augmentation fills uncovered pixels with. Under several processes the
     ranks split the test set and share their predictions, so all hold the same
-    history.
+    history. On a CPU the reference network trains with its first block fused
+    (`config.kernels`, mnist_pipeline.fused); the per-epoch test uses torch's layers.
     """
     history = list(history)
     steps = steps_per_epoch(len(train_split), config.batch_size)
@@ -171,6 +173,9 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_split: Split
     forward = wrap(model, ranks)
     if config.compile:
         forward = torch.compile(forward)
+    elif fused.plan(config.kernels, model, train_split.images.device, config.precision, config.compile,
+                    ranks.world_size)[0]:
+        forward = fused.reference_forward(model)
     for epoch in range(len(history) + 1, config.epochs + 1):
         display = progress(epoch, steps) if progress else None
         train_loss = train_one_epoch(model, optimizer, train_split, config.batch_size, generator, display,
