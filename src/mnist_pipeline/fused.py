@@ -101,7 +101,7 @@ def load() -> ctypes.CDLL:
     pointer, size = ctypes.c_void_p, ctypes.c_int64
     lib.block1_forward.argtypes = [pointer] * 5 + [size]
     lib.block1_forward.restype = None
-    lib.block1_backward.argtypes = [pointer] * 8 + [size]
+    lib.block1_backward.argtypes = [pointer] * 8 + [size, ctypes.c_int]
     lib.block1_backward.restype = None
     return lib
 
@@ -160,14 +160,15 @@ class FusedBlock1(torch.autograd.Function):
         images, out, arg = ctx.saved_tensors
         n = images.shape[0]
         grad = grad.permute(0, 2, 3, 1).contiguous()  # free when the gradient is channels-last already
-        groups = (n + LANES - 1) // LANES
-        dc_scratch = torch.empty((groups, CHANNELS * CONV_SIDE * CONV_SIDE * LANES))
+        groups, threads = (n + LANES - 1) // LANES, torch.get_num_threads()
+        # Per thread, not per group: a batch of 60000 would otherwise take 1.4 GB of scratch.
+        dc_scratch = torch.empty((threads, CHANNELS * CONV_SIDE * CONV_SIDE * LANES))
         part_scratch = torch.empty((groups, PART))
         weight_grad = torch.empty((CHANNELS, 1, KERNEL, KERNEL))
         bias_grad = torch.empty(CHANNELS)
         load().block1_backward(images.data_ptr(), out.data_ptr(), arg.data_ptr(), grad.data_ptr(),
                                weight_grad.data_ptr(), bias_grad.data_ptr(), dc_scratch.data_ptr(),
-                               part_scratch.data_ptr(), n)
+                               part_scratch.data_ptr(), n, threads)
         return None, weight_grad, bias_grad
 
 

@@ -18,8 +18,9 @@
  *   arg    (n, 12, 12, 10)    which of its window's four positions (0..3, row by row) each output came from
  *   grad   (n, 12, 12, 10)    the gradient of the loss with respect to out
  *   dw, db (10, 25), (10)     written, not accumulated
- *   dc     (groups, 10 * 24 * 24 * 8) and part (groups, 260): scratch, groups = ceil(n / 8)
+ *   dc     (threads, 10 * 24 * 24 * 8) and part (groups, 260): scratch, groups = ceil(n / 8); at most `threads` threads
  */
+#include <omp.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -93,12 +94,13 @@ void block1_forward(const float *x, const float *w, const float *b, float *out, 
 }
 
 void block1_backward(const float *x, const float *out, const uint8_t *arg, const float *grad, float *dw, float *db,
-                     float *dc_scratch, float *part_scratch, int64_t n) {
+                     float *dc_scratch, float *part_scratch, int64_t n, int threads) {
     const int64_t groups = (n + LANES - 1) / LANES;
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t g = 0; g < groups; g++) {
         vf xt[SIDE * SIDE];
-        vf *dc = (vf *)(dc_scratch + g * CO * CS * CS * LANES);  /* gradient of the conv output, (10, 24, 24) vectors */
+        /* this thread's gradient of the conv output, (10, 24, 24) vectors: 184 KB, too big for a thread's stack */
+        vf *dc = (vf *)(dc_scratch + (int64_t)omp_get_thread_num() * CO * CS * CS * LANES);
         float *part = part_scratch + g * PART;
         load_group(x, n, g, xt);
         memset(dc, 0, sizeof(vf) * CO * CS * CS);
