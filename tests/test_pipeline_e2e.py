@@ -9,6 +9,7 @@ that the browser tests also look at.
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -42,6 +43,10 @@ def test_first_repro_runs_every_stage_and_writes_every_output(project, prepared_
     assert "epoch 2/2" in first.stderr + first.stdout
     assert "evaluate: test accuracy" in first.stdout
     assert "plot: plots/accuracy.png" in first.stdout
+    # Which kernels trained, in one line: the fused first block wherever a C compiler can build it.
+    kernels = ("train: the reference network's first block as one fused CPU kernel" if shutil.which("cc")
+               else "train: torch's kernels (kernels: auto, but no C compiler")
+    assert kernels in first.stdout
     assert run(project, "dvc", "status").stdout.strip() == "Data and pipelines are up to date."
 
 
