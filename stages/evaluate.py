@@ -7,11 +7,14 @@ from mnist_pipeline.config import load_config, parse_config
 from mnist_pipeline.data import load_split
 from mnist_pipeline.device import place_model, resolve_device
 from mnist_pipeline.evaluation import metrics_from_logits, mistakes_from_logits, predict
+from mnist_pipeline.timing import StageClock
 from mnist_pipeline.reports import read_json, write_confusion, write_json, write_mistakes
 
 
 def main() -> None:
+    clock = StageClock("evaluate")
     config = load_config()
+    clock.mark("start-up and imports")
     device = resolve_device(config.train.device)
     checkpoint = load_checkpoint(config.paths.checkpoint)
     require_complete(checkpoint, config.paths.checkpoint)
@@ -22,6 +25,7 @@ def main() -> None:
     model = place_model(model_from_checkpoint(checkpoint), device)
     test_split = load_split(config.data.dir, False, trained.mean, trained.std, trained.max_test_images).to(device)
 
+    clock.mark("data and model")
     # One forward pass over the test set serves both the metrics and the list of mistakes.
     logits = predict(model, test_split.images)
     result = metrics_from_logits(logits, test_split.labels)
@@ -37,6 +41,7 @@ def main() -> None:
     print(f"evaluate: test accuracy {result.accuracy:.2%}, test loss {result.loss:.4f} on {len(test_split)} images")
     print("evaluate: per digit " + "  ".join(f"{d}:{acc:.1%}" for d, acc in enumerate(result.per_class_accuracy)))
 
+    clock.mark("evaluation")
     run_id = read_json(config.paths.mlflow_run)["run_id"]
     metrics = {"eval_accuracy": result.accuracy, "eval_loss": result.loss}
     metrics.update({f"eval_accuracy_digit_{d}": acc for d, acc in enumerate(result.per_class_accuracy)})
@@ -47,6 +52,8 @@ def main() -> None:
         promoted = tracking.promote_if_best(config.tracking.experiment, run_id, config.tracking.registered_model)
         if promoted:
             print(f"evaluate: best so far: registered as {promoted}")
+    clock.mark("logging and registry")
+    clock.report()
 
 
 if __name__ == "__main__":

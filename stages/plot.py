@@ -8,11 +8,14 @@ from mnist_pipeline.config import load_config
 from mnist_pipeline.data import raw_images
 from mnist_pipeline.plots import (accuracy_figure, check_colormap, confusion_figure, loss_figure, mistakes_figure,
                                   save_figure)
+from mnist_pipeline.timing import StageClock
 from mnist_pipeline.reports import read_confusion, read_history, read_json, read_mistakes
 
 
 def main() -> None:
+    clock = StageClock("plot")
     config = load_config()
+    clock.mark("start-up and imports")
     check_colormap(config.plots.cmap)
     history = read_history(config.paths.history)
     confusion = read_confusion(config.paths.confusion)
@@ -29,9 +32,12 @@ def main() -> None:
     for path in written:
         print(f"plot: {path}")
 
+    clock.mark("plotting")
     run_id = read_json(config.paths.mlflow_run)["run_id"]
     if not tracking.log_results(config.tracking.experiment, run_id, files=tuple(written), artifact_path="plots"):
         print(f"plot: warning: MLflow run {run_id} is not in the store; nothing logged (dvc repro -f train makes a new run)")
+    clock.mark("logging")
+    clock.report()
 
 
 if __name__ == "__main__":

@@ -19,10 +19,12 @@ from mnist_pipeline.model import DigitClassifier, ModelConfig, build_model, para
 from mnist_pipeline.progress import epoch_bars
 from mnist_pipeline.reports import write_history, write_json
 from mnist_pipeline.seed import set_seed
+from mnist_pipeline.timing import StageClock
 from mnist_pipeline.training import make_optimizer, make_schedule, steps_per_epoch, train
 
 
 def main() -> None:
+    clock = StageClock("train")
     config = load_config()
     device = resolve_device(config.train.device)
     ranks = distributed.current()
@@ -36,7 +38,9 @@ def main() -> None:
         device = distributed.init(ranks, device)
     configure_determinism(config.train.deterministic)
     # Connect before loading data or training: a dead tracking server fails now, not after the run.
+    clock.mark("start-up and imports")
     experiment_id = tracking.connect(config.tracking.experiment)[1] if ranks.is_main else None
+    clock.mark("store")
     paths, data, config_dict = config.paths, config.data, config.to_dict()
     say = print if ranks.is_main else (lambda *args: None)
 
@@ -53,6 +57,7 @@ def main() -> None:
 
     train_split = load_split(data.dir, True, data.mean, data.std, data.max_train_images).to(device)
     test_split = load_split(data.dir, False, data.mean, data.std, data.max_test_images).to(device)
+    clock.mark("data")
     generator = set_seed(config.train.seed)
     model_config = ModelConfig(architecture=config.train.model)
     model = place_model(build_model(model_config), device)
@@ -82,12 +87,14 @@ def main() -> None:
                             mlflow_run_id=run_id, schedule=schedule)
             tracking.log_epoch(history_so_far[-1].as_metrics(), history_so_far[-1].epoch)
 
+        clock.mark("model, optimizer and run")
         started = time.perf_counter()
         history = train(model, optimizer, train_split, test_split, config.train, generator, history=history,
                         schedule=schedule, augment=config.augment, background=blank_value(data.mean, data.std),
                         progress=epoch_bars(config.train.epochs) if ranks.is_main else None, ranks=ranks,
                         on_epoch_end=end_of_epoch if ranks.is_main else None)
         train_seconds = time.perf_counter() - started
+        clock.mark("training")
         distributed.shutdown()
         if not ranks.is_main:
             return
@@ -105,6 +112,9 @@ def main() -> None:
             classifier = DigitClassifier(model.cpu(), data.mean, data.std).eval()  # dropout off, batch norm frozen
             example = (test_split.images[:4].cpu() * data.std + data.mean) * 255  # raw pixels, as served
             print(f"train: logged model {tracking.log_model(classifier, example.round().numpy())}")
+        clock.mark("model logging")
+    clock.mark("closing the run")
+    clock.report()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,191 @@
+"""The fixed costs of a quick experiment: what `dvc exp run` pays besides training, and where it goes.
+
+In a fresh copy of this repository (its files as a clone would have them, the
+working tree's versions), it runs a warm-up experiment, then times one-epoch
+experiments exactly as a user types them:
+
+    dvc exp run -S lr=0.05 -S epochs=1
+
+The fixed cost is the command's wall time minus the `train_seconds` the run
+logs to MLflow. Its unit U is the wall time of `python -c "import torch, mlflow"`
+in the same venv, measured in the same run, so the figure holds on a faster or
+slower machine. Each stage reports its phases (MNIST_PIPELINE_TIMINGS, see
+mnist_pipeline.timing); what the stages do not account for is DVC itself.
+
+    .venv/bin/python benchmarks/overhead.py                   # about 3 minutes on 2 cores
+    .venv/bin/python benchmarks/overhead.py --update-docs     # and write the figures into docs/performance.md
+    .venv/bin/python benchmarks/overhead.py --report --update-docs   # the docs block from the saved JSON
+
+Writes benchmarks/results/overhead.json. Needs the MNIST files: MNIST_MIRROR, or ../shared/data/mnist.
+A benchmark, not a test: no timing here is asserted anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RESULT = REPO_ROOT / "benchmarks" / "results" / "overhead.json"
+DOCS = REPO_ROOT / "docs" / "performance.md"
+MARK = "<!-- overhead-results -->"
+WARM_UP = ("lr=0.02", "epochs=1")
+MEASURED = ("lr=0.05", "lr=0.03", "lr=0.04", "lr=0.06", "lr=0.07")  # each with epochs=1; a new value each time
+
+
+def copy_repository(destination: Path) -> Path:
+    """The repository's files as a clone would have them (tracked and untracked-not-ignored), committed."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
+    for name in filter(None, listed.split("\0")):
+        source = REPO_ROOT / name
+        if source.is_file():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination / name)
+    for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "benchmark baseline"]):
+        subprocess.run(command, cwd=destination, env=environment(), check=True, capture_output=True)
+    return destination
+
+
+def environment(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("MNIST_MIRROR", str(REPO_ROOT.parent / "shared" / "data" / "mnist"))
+    env["DVC_NO_ANALYTICS"] = "1"
+    for role in ("AUTHOR", "COMMITTER"):
+        env[f"GIT_{role}_NAME"] = "benchmark"
+        env[f"GIT_{role}_EMAIL"] = "benchmark@example.invalid"
+    env.update(extra)
+    return env
+
+
+def timed(command: list[str], cwd: Path, env: dict[str, str]) -> float:
+    """Wall seconds of `command`; exits with its output when it fails."""
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        sys.exit(f"error: {' '.join(command)} exited {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return seconds
+
+
+def unit_seconds(env: dict[str, str], repeats: int = 3) -> float:
+    """U: the median wall time of `python -c "import torch, mlflow"`."""
+    return statistics.median(timed([sys.executable, "-c", "import torch, mlflow"], REPO_ROOT, env)
+                             for _ in range(repeats))
+
+
+def last_train_seconds(project: Path) -> float:
+    """The train_seconds metric of the newest MLflow run (read with sqlite3: the benchmark imports no MLflow)."""
+    with sqlite3.connect(project / "mlflow.db") as db:
+        row = db.execute("SELECT m.value FROM metrics m JOIN runs r ON m.run_uuid = r.run_uuid "
+                         "WHERE m.key = 'train_seconds' ORDER BY r.start_time DESC LIMIT 1").fetchone()
+    return float(row[0])
+
+
+def stage_records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def measure(repeats: int) -> dict:
+    with tempfile.TemporaryDirectory(prefix="overhead-") as tmp:
+        project = copy_repository(Path(tmp) / "project")
+        timings = Path(tmp) / "timings.jsonl"
+        env = environment(MNIST_PIPELINE_TIMINGS=str(timings))
+        unit = unit_seconds(env)
+        warm_up = timed(["dvc", "exp", "run", *sum((["-S", s] for s in WARM_UP), [])], project, env)
+        experiments = []
+        for value in MEASURED[:repeats]:
+            timings.unlink(missing_ok=True)
+            wall = timed(["dvc", "exp", "run", "-S", value, "-S", "epochs=1"], project, env)
+            stages = stage_records(timings)
+            experiments.append({"command": f"dvc exp run -S {value} -S epochs=1", "wall": round(wall, 3),
+                                "train_seconds": round(last_train_seconds(project), 3), "stages": stages})
+        noop = [timed(["dvc", "repro"], project, env) for _ in range(3)]
+        unit_after = unit_seconds(env)
+    return {
+        "machine": machine(),
+        "unit_seconds": round(statistics.median([unit, unit_after]), 3),
+        "unit_seconds_before_after": [round(unit, 3), round(unit_after, 3)],
+        "warm_up_seconds": round(warm_up, 3),
+        "experiments": experiments,
+        "noop_repro_seconds": [round(s, 3) for s in noop],
+    }
+
+
+def machine() -> str:
+    cpu = platform.processor()
+    if Path("/proc/cpuinfo").exists():
+        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")), cpu)
+    return f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}"
+
+
+def report(summary: dict) -> list[str]:
+    """The figures as text lines: per experiment, then the median experiment's stages and phases."""
+    unit = summary["unit_seconds"]
+    lines = [f"{summary['machine']}; U = {unit:.2f} s (python -c \"import torch, mlflow\", median; "
+             f"{summary['unit_seconds_before_after'][0]:.2f} s before and {summary['unit_seconds_before_after'][1]:.2f} s after)"]
+    for e in summary["experiments"]:
+        fixed = e["wall"] - e["train_seconds"]
+        lines.append(f"{e['command']}: {e['wall']:.1f} s wall, {e['train_seconds']:.1f} s training, "
+                     f"fixed cost {fixed:.1f} s = {fixed / unit:.1f} U")
+    fixed = statistics.median(e["wall"] - e["train_seconds"] for e in summary["experiments"])
+    lines.append(f"median fixed cost: {fixed:.1f} s = {fixed / unit:.2f} U")
+    middle = sorted(summary["experiments"], key=lambda e: e["wall"] - e["train_seconds"])[len(summary["experiments"]) // 2]
+    stage_total = 0.0
+    for record in middle["stages"]:
+        stage_total += record["total"]
+        phases = ", ".join(f"{name} {seconds:.2f}" for name, seconds in record["phases"].items())
+        lines.append(f"  {record['stage']:<9} {record['total']:5.2f} s: {phases}")
+    lines.append(f"  DVC itself {middle['wall'] - stage_total:5.2f} s (the command's wall time less its stages')")
+    noop = summary["noop_repro_seconds"]
+    lines.append(f"no-op dvc repro: {statistics.median(noop):.2f} s (median of {', '.join(f'{s:.2f}' for s in noop)})")
+    return lines
+
+
+def update_docs(lines: list[str]) -> None:
+    parts = DOCS.read_text().split(MARK) if DOCS.exists() else []
+    if len(parts) != 3:
+        sys.exit(f"error: {DOCS}: expected two {MARK} markers around the figures")
+    DOCS.write_text(parts[0] + MARK + "\n```\n" + "\n".join(lines) + "\n```\n" + MARK + parts[2])
+    print(f"wrote the figures into {DOCS.relative_to(REPO_ROOT)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3, choices=range(1, len(MEASURED) + 1),
+                        help="one-epoch experiments to time after the warm-up (default 3)")
+    parser.add_argument("--out", type=Path, default=RESULT)
+    parser.add_argument("--report", action="store_true", help="only print (and with --update-docs write) the saved figures")
+    parser.add_argument("--update-docs", action="store_true", help=f"write the figures into {DOCS.relative_to(REPO_ROOT)}")
+    args = parser.parse_args()
+    if args.report:
+        summary = json.loads(args.out.read_text())
+    else:
+        summary = measure(args.repeats)
+        summary["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT,
+                                           capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True).stdout.strip()
+        summary["working_tree"] = "with uncommitted changes" if dirty else "clean"
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(summary, indent=2) + "\n")
+    lines = report(summary)
+    print("\n".join(lines))
+    if args.update_docs:
+        update_docs(lines)
+
+
+if __name__ == "__main__":
+    main()
