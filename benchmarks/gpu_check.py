@@ -27,7 +27,9 @@ MEAN, STD = 0.1307, 0.3081
 
 
 def check(name: str, ok: bool, detail: str) -> bool:
-    print(f"{'PASS' if ok else 'FAIL'} {name}: {detail}", flush=True)
+    """Print one result line: PASS or FAIL for what `name` says is checked; RAN in a dry run, which checks none."""
+    verdict = "RAN" if DEVICE.type != "cuda" else "PASS" if ok else "FAIL"
+    print(f"{verdict} {name}: {detail}", flush=True)
     return ok
 
 
@@ -101,18 +103,17 @@ def main() -> None:
     one_run(train_split, test_split, **{**fast, "epochs": 1})  # warm-up: cuDNN picks its kernels
     for seed in (1, 2, 3):
         history, seconds, _ = one_run(train_split, test_split, **fast, seed=seed)
-        results.append(check(f"fast recipe, seed {seed} (goal: >= 99.0% in <= 1 s on an H100)", history[-1].test_accuracy > 0.985,
-                             f"{history[-1].test_accuracy:.2%} in {seconds:.2f} s"))
+        results.append(check(f"fast recipe, seed {seed}, >= 99.0%", history[-1].test_accuracy >= 0.99,
+                             f"{history[-1].test_accuracy:.2%} in {seconds:.2f} s (the time goal, <= 1 s on an H100, is not checked)"))
     history, seconds, _ = one_run(train_split, test_split, **fast, augment=AugmentConfig(shift=2, rotate=10))
     results.append(check("augmentation on the GPU", history[-1].test_accuracy > 0.98, f"{history[-1].test_accuracy:.2%} in {seconds:.2f} s"))
     if dry_run:
         print("skipped torch.compile in the dry run (it takes minutes on a CPU)")
+        print("dry run: every part ran; no threshold is checked on a CPU slice, so it exits 0 unless a part crashed")
         sys.exit(0)
     history, seconds, _ = one_run(train_split, test_split, compile=True, epochs=2)
     results.append(check("torch.compile, 2 epochs", history[-1].test_accuracy > 0.97, f"{history[-1].test_accuracy:.2%} in {seconds:.2f} s (includes compiling)"))
     print(f"{sum(results)} of {len(results)} checks passed")
-    if dry_run:  # a slice cannot reach the thresholds; the dry run checks that everything runs
-        sys.exit(0)
     sys.exit(0 if all(results) else 1)
 
 

@@ -1,16 +1,17 @@
-"""The README's recipes, measured: test accuracy over seeds and training time, as the README's results table.
+"""The README's recipes, measured: test accuracy over seeds and training time, as a table in docs/performance.md.
 
 The recipes are the `dvc exp run` commands between the README's
 `<!-- recipes -->` markers; this script parses them from there (so the table
 measures exactly what the README tells people to run), trains each with the
 library's own train loop and the params they set over params.yaml, once per
-seed, and prints (and with --update-readme writes) the table between the
-`<!-- recipe-results -->` markers.
+seed, writes benchmarks/results/recipes.json, and prints (and with
+--update-docs writes) the table between the `<!-- recipe-results -->` markers
+of docs/performance.md.
 
     .venv/bin/python benchmarks/recipes.py                      # every recipe, seeds 1 2 3
     .venv/bin/python benchmarks/recipes.py fast --seeds 1       # one recipe, one seed
-    .venv/bin/python benchmarks/recipes.py --update-readme
-    .venv/bin/python benchmarks/recipes.py --report --update-readme   # the table again, training nothing
+    .venv/bin/python benchmarks/recipes.py --update-docs
+    .venv/bin/python benchmarks/recipes.py --report --update-docs   # the table again, training nothing
 
 Needs data/mnist (`dvc repro download`); torch and PyYAML only.
 """
@@ -28,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-README = REPO_ROOT / "README.md"
+README = REPO_ROOT / "README.md"  # holds the recipes
+DOCS = REPO_ROOT / "docs" / "performance.md"  # holds their measured table
 RECIPES_MARK = "<!-- recipes -->"
 RESULTS_MARK = "<!-- recipe-results -->"
 
@@ -149,12 +151,20 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def write_table(doc: Path, text: str) -> None:
+    """Replace what stands between the two `<!-- recipe-results -->` markers of `doc` with `text`."""
+    parts = doc.read_text().split(RESULTS_MARK)
+    if len(parts) != 3:
+        sys.exit(f"error: {doc.name}: expected two {RESULTS_MARK} markers around the results table")
+    doc.write_text(parts[0] + RESULTS_MARK + "\n" + text + "\n" + RESULTS_MARK + parts[2])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help="recipes to run (default: all in the README)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "recipes.json")
-    parser.add_argument("--update-readme", action="store_true", help="write the table into README.md")
+    parser.add_argument("--update-docs", action="store_true", help="write the table into docs/performance.md")
     parser.add_argument("--report", action="store_true", help="train nothing: the table from the saved results")
     args = parser.parse_args()
     import yaml
@@ -178,12 +188,9 @@ def main() -> None:
         args.out.write_text(json.dumps(results, indent=2) + "\n")
     results = {name: results[name] for name in recipes if name in results}  # README order
     print(table(results))
-    if args.update_readme:
-        parts = README.read_text().split(RESULTS_MARK)
-        if len(parts) != 3:
-            sys.exit(f"error: README.md: expected two {RESULTS_MARK} markers around the results table")
-        README.write_text(parts[0] + RESULTS_MARK + "\n" + table(results) + "\n" + RESULTS_MARK + parts[2])
-        print("wrote the table into README.md")
+    if args.update_docs:
+        write_table(DOCS, table(results))
+        print(f"wrote the table into {DOCS.relative_to(REPO_ROOT)}")
 
 
 if __name__ == "__main__":

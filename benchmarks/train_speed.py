@@ -8,12 +8,13 @@ cost of the train stage's per-epoch MLflow logging, and the wall time of a
 `dvc repro` with nothing to do.
 
     .venv/bin/python benchmarks/train_speed.py                  # 2 epochs, seed 1
-    .venv/bin/python benchmarks/train_speed.py --epochs 10 --seeds 1 2 --update-readme
-    .venv/bin/python benchmarks/train_speed.py --report --update-readme   # the README block from the saved JSON
+    .venv/bin/python benchmarks/train_speed.py --epochs 10 --seeds 1 2 --update-docs
+    .venv/bin/python benchmarks/train_speed.py --report --update-docs   # the docs block from the saved JSON
 
-Prints a table and writes benchmarks/results/train_speed.json. Needs the
-pipeline's data (`dvc repro download` or `./setup.sh`). Timings go in this
-file and the README, never into test assertions.
+Prints a table and writes benchmarks/results/train_speed.json; --update-docs
+also writes the figures into docs/performance.md. Needs the pipeline's data
+(`dvc repro download` or `./setup.sh`). Timings go in this file and the docs,
+never into test assertions.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ from mnist_pipeline import training  # noqa: E402
 from mnist_pipeline.training import make_optimizer, make_schedule, steps_per_epoch, train  # noqa: E402
 
 MEAN, STD = 0.1307, 0.3081
-SPEED_MARK = "<!-- speed-results -->"  # the README block for the CPU figures
+DOCS = REPO_ROOT / "docs" / "performance.md"  # where --update-docs writes the figures
+SPEED_MARK = "<!-- speed-results -->"  # the docs block for the CPU figures
 GPU_SPEED_MARK = "<!-- speed-results-cuda -->"  # and for a GPU's (gpu_check.sh)
 
 
@@ -263,7 +265,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the project loop's network")
     parser.add_argument("--kernels", default="auto", choices=("auto", "torch"),
                         help="the `kernels` param of the project loop (torch: no fused first block)")
-    parser.add_argument("--update-readme", action="store_true", help="write the figures into README.md")
+    parser.add_argument("--update-docs", action="store_true", help="write the figures into docs/performance.md")
     parser.add_argument("--report", action="store_true", help="measure nothing: the figures of the saved results")
     parser.add_argument("--nproc", default="auto",
                         help="the project loop's processes, as the `nproc` param (default auto, as the train stage resolves it)")
@@ -347,7 +349,7 @@ def main() -> None:
 
 
 def report(summary: dict) -> list[str]:
-    """The benchmark's figures as lines of text (also the README's performance block)."""
+    """The benchmark's figures as lines of text (also the block in docs/performance.md)."""
     repro = summary["noop_dvc_repro_seconds"]
     lines = [f"{summary['machine']}; {summary['device']}; {summary['epochs']} epochs, seeds {summary['seeds']}"]
     if summary["tutorial_images_per_second"] is not None:
@@ -386,15 +388,14 @@ def report(summary: dict) -> list[str]:
 def finish(summary: dict, args) -> None:
     lines = report(summary)
     print("\n" + "\n".join(lines))
-    if args.update_readme:
-        readme = REPO_ROOT / "README.md"
+    if args.update_docs:
         mark = GPU_SPEED_MARK if summary["device"].startswith("cuda") else SPEED_MARK
-        parts = readme.read_text().split(mark)
+        parts = DOCS.read_text().split(mark)
         if len(parts) != 3:
-            sys.exit(f"error: README.md: expected two {mark} markers around the figures")
+            sys.exit(f"error: {DOCS.relative_to(REPO_ROOT)}: expected two {mark} markers around the figures")
         block = "```\n" + "\n".join(lines) + "\n```"
-        readme.write_text(parts[0] + mark + "\n" + block + "\n" + mark + parts[2])
-        print("wrote the figures into README.md")
+        DOCS.write_text(parts[0] + mark + "\n" + block + "\n" + mark + parts[2])
+        print(f"wrote the figures into {DOCS.relative_to(REPO_ROOT)}")
 
 
 if __name__ == "__main__":

@@ -23,8 +23,8 @@ def place_model(model: nn.Module, device: torch.device) -> nn.Module:
     """Move `model` to `device` in channels-last layout.
 
     oneDNN's CPU convolutions and cuDNN's tensor-core kernels both run faster on
-    NHWC activations; for the reference CNN a training step measured 1.6x faster
-    on a 2-core CPU. One-channel MNIST images are NCHW and NHWC at once, so the
+    NHWC activations; for the reference CNN a training step measured about 1.6x
+    faster on a 2-core CPU (a one-off measurement, not kept: docs/performance.md). One-channel MNIST images are NCHW and NHWC at once, so the
     data needs no conversion. Results differ from NCHW only in rounding.
     """
     return model.to(device=device, memory_format=torch.channels_last)

@@ -59,7 +59,8 @@ def resolve_nproc(nproc: int | str, device: torch.device) -> int:
     process per core: on the 2-core machine this project is measured on, two
     processes splitting each batch trained the reference at 5,000-5,200 images/s
     against 6,300-7,400 for one (the per-step gradient all-reduce costs more
-    than splitting these small layers saves).
+    than splitting these small layers saves). An earlier measurement, not kept
+    in benchmarks/results/ (commit 1a35ea4; see docs/performance.md).
     """
     if nproc != "auto":
         return int(nproc)

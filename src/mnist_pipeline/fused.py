@@ -4,7 +4,8 @@
 this block replaced by csrc/reference_block1.c, built on first use with the
 machine's C compiler (`cc`, or $CC) and cached; everything else stays torch's.
 It computes what torch's layers compute, up to float rounding, and makes a
-training step about 1.3x faster on a 2-core CPU (benchmarks/fused_block.py).
+training epoch about 1.3x faster on a 2-core CPU (benchmarks/fused_block.py, whose
+run is benchmarks/results/fused_block.json).
 Where it does not apply (another network, a GPU, bf16, torch.compile, several
 processes), or cannot be built, training uses torch's kernels and the train
 stage says why in one line. `kernels: torch` uses torch's everywhere.

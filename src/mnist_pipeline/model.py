@@ -92,7 +92,8 @@ class CompactCNN(nn.Module):
     conv, before batch norm and ReLU (as fast-training CNNs such as airbench
     do), so the costly layers run on few pixels: 28 -> 13 -> 11 -> 5 -> 3. On a
     2-core CPU this trained at about 1.4x the images per second of a pooled
-    first stage, for the same accuracy after two epochs. Widths (16, 32, 64) by
+    first stage, for the same accuracy after two epochs (a one-off measurement,
+    not kept: docs/performance.md). Widths (16, 32, 64) by
     default: 29k parameters, 0.75M multiply-adds per image (the reference: 0.47M).
     """
 

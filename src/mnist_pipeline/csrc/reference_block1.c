@@ -3,7 +3,8 @@
  * Why hand-written: on a 2-core CPU, oneDNN spends about 3 ms of a 9 ms training step (batch 64) on this
  * block, because one input channel and ten output channels fit its vector kernels badly. Here the SIMD
  * lanes run across images instead (eight images per vector), so every operation is a full-width vector
- * operation with no shuffles: about 0.3 ms forward and 0.3 ms backward for the same batch.
+ * operation with no shuffles: about 0.3 ms forward and 0.3 ms backward for the same batch. (Both figures are
+ * one-off profiles, not kept; benchmarks/results/fused_block.json has the measured end-to-end gain.)
  *
  * Same results as PyTorch up to float rounding: max pooling keeps the first maximum of each 2x2 window,
  * scanning row by row, and lets NaN win, as torch's max_pool2d does; ReLU keeps NaN; the backward pass

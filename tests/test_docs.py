@@ -1,0 +1,82 @@
+"""The README stays a short guide, and the README and docs/ point only at things that exist."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO_ROOT
+
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+import recipes  # noqa: E402
+import train_speed  # noqa: E402
+
+README = REPO_ROOT / "README.md"
+DOCS = sorted((REPO_ROOT / "docs").glob("*.md"))
+PAGES = [README, *DOCS]
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")  # [text](target)
+MENTIONED_PATH = re.compile(r"(?<![\w/.])((?:benchmarks|src|stages|tests|docs)/[\w./*-]*\w)")  # `tests/test_*.py` too
+
+
+def section(text: str, heading: str) -> str:
+    """The text under `## heading`, up to the next heading of that level."""
+    match = re.search(rf"^## {re.escape(heading)}\n(.*?)(?=^## |\Z)", text, re.M | re.S)
+    assert match, f"no '## {heading}' section"
+    return match.group(1)
+
+
+def anchor(heading: str) -> str:
+    """The fragment GitHub gives a heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def anchors(page: Path) -> set[str]:
+    text = re.sub(r"^```.*?^```", "", page.read_text(), flags=re.M | re.S)  # no headings inside code blocks
+    return {anchor(line.lstrip("#")) for line in text.splitlines() if re.match(r"#{1,6} ", line)}
+
+
+def test_the_readme_is_a_guide_of_at_most_300_lines():
+    lines = README.read_text().count("\n")
+    assert lines <= 300, f"README.md has {lines} lines; move details to docs/"
+
+
+def test_the_quick_start_is_the_two_commands():
+    commands = [line.split("#")[0].strip() for line in section(README.read_text(), "Quick start").splitlines()]
+    assert "./setup.sh" in commands
+    assert ".venv/bin/python -m pytest" in commands
+
+
+def test_the_anchor_of_a_heading_is_githubs():
+    assert anchor("Sharing: a team MLflow server and a DVC remote") == "sharing-a-team-mlflow-server-and-a-dvc-remote"
+    assert anchor("Recipes, measured") == "recipes-measured"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(REPO_ROOT)))
+def test_every_relative_link_points_to_an_existing_file_and_heading(page):
+    targets = [t for t in LINK.findall(page.read_text()) if not re.match(r"[a-z]+:", t)]  # not http:, mailto:
+    assert page != README or any(t.startswith("docs/") for t in targets)  # the README leads to docs/
+    for target in targets:
+        path, _, fragment = target.partition("#")
+        linked = (page.parent / path).resolve() if path else page
+        assert linked.exists(), f"{page.name}: link to {target}: no such file"
+        if fragment:
+            assert fragment in anchors(linked), f"{page.name}: link to {target}: no such heading"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(REPO_ROOT)))
+def test_every_file_the_text_names_exists(page):
+    for path in MENTIONED_PATH.findall(page.read_text()):
+        assert list(REPO_ROOT.glob(path)), f"{page.name} names {path}, which does not exist"
+
+
+def test_each_block_a_benchmark_rewrites_has_its_two_markers():
+    performance = (REPO_ROOT / "docs" / "performance.md").read_text()
+    assert recipes.DOCS.name == train_speed.DOCS.name == "performance.md"
+    for mark in (train_speed.SPEED_MARK, train_speed.GPU_SPEED_MARK, recipes.RESULTS_MARK, "<!-- overhead-results -->"):
+        assert performance.count(mark) == 2, mark
+    readme = README.read_text()
+    assert readme.count(recipes.RECIPES_MARK) == 2  # the recipes people run stay in the README
+    assert set(recipes.readme_recipes(readme)) == {"fast", "best"}
