@@ -74,7 +74,8 @@ PARAM_CASES = [
 ]
 CODE_CASES = {
     "src/mnist_pipeline/config.py": ALL, "src/mnist_pipeline/errors.py": ALL, "src/mnist_pipeline/cli.py": ALL,
-    "src/mnist_pipeline/data.py": ALL, "stages/download.py": ALL,
+    "src/mnist_pipeline/download.py": ALL, "src/mnist_pipeline/timing.py": ALL, "stages/download.py": ALL,
+    "src/mnist_pipeline/data.py": TRAINING,
     "src/mnist_pipeline/model.py": TRAINING, "src/mnist_pipeline/training.py": TRAINING,
     "src/mnist_pipeline/checkpoint.py": TRAINING, "src/mnist_pipeline/evaluation.py": TRAINING,
     "src/mnist_pipeline/device.py": TRAINING, "src/mnist_pipeline/distributed.py": TRAINING, "src/mnist_pipeline/seed.py": TRAINING,
