@@ -42,14 +42,16 @@ def main() -> None:
     print("evaluate: per digit " + "  ".join(f"{d}:{acc:.1%}" for d, acc in enumerate(result.per_class_accuracy)))
 
     clock.mark("evaluation")
-    run_id = read_json(config.paths.mlflow_run)["run_id"]
+    run = read_json(config.paths.mlflow_run)
+    run_id = run["run_id"]
     metrics = {"eval_accuracy": result.accuracy, "eval_loss": result.loss}
     metrics.update({f"eval_accuracy_digit_{d}": acc for d, acc in enumerate(result.per_class_accuracy)})
     if not tracking.log_results(config.tracking.experiment, run_id, metrics=metrics,
                                 files=(config.paths.eval_metrics,), artifact_path="metrics"):
         print(f"evaluate: warning: MLflow run {run_id} is not in the store; nothing logged (dvc repro -f train makes a new run)")
-    elif trained_config.tracking.log_model:
-        promoted = tracking.promote_if_best(config.tracking.experiment, run_id, config.tracking.registered_model)
+    elif run.get("model_uri"):
+        promoted = tracking.promote_if_best(config.tracking.experiment, run_id, run["model_uri"],
+                                            config.tracking.registered_model)
         if promoted:
             print(f"evaluate: best so far: registered as {promoted}")
     clock.mark("logging and registry")

@@ -104,15 +104,19 @@ def main() -> None:
         last = history[-1]
         # No timing in here: the metrics files are results, bit-identical for the same params (MLflow has the time).
         write_json(paths.train_metrics, {"epochs": last.epoch, **last.as_metrics()})
-        write_json(paths.mlflow_run, {"run_id": run_id, "experiment": config.tracking.experiment})
         print(f"train: {train_seconds:.1f} s; test accuracy after epoch {last.epoch}: {last.test_accuracy:.2%}")
         print(f"train: checkpoint {paths.checkpoint}, history {paths.history}")
 
+        model_uri = None
         if config.tracking.log_model:
             classifier = DigitClassifier(model.cpu(), data.mean, data.std).eval()  # dropout off, batch norm frozen
             example = (test_split.images[:4].cpu() * data.std + data.mean) * 255  # raw pixels, as served
-            print(f"train: logged model {tracking.log_model(classifier, example.round().numpy())}")
+            model_uri = tracking.log_model(classifier, example.round().numpy())
+            print(f"train: logged model {model_uri}")
         clock.mark("model logging")
+        # The evaluate stage registers this model (by its URI) when it beats the champion.
+        write_json(paths.mlflow_run, {"run_id": run_id, "experiment": config.tracking.experiment,
+                                      "model_uri": model_uri})
     clock.mark("closing the run")
     clock.report()
 

@@ -11,12 +11,6 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-import mlflow
-import sqlalchemy.exc
-from mlflow.tracking import MlflowClient
-
-from mnist_pipeline.errors import PipelineError
-
 STORE_FILE = "mlflow.db"
 PID_TAG = "pipeline.pid"  # with HOST_TAG: lets a later run tell a crashed training from a live one
 HOST_TAG = "pipeline.host"
@@ -25,6 +19,15 @@ ARTIFACTS_DIR = "mlartifacts"
 # Servers that do not answer should fail the run in seconds, not after minutes of retries.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+# MLflow's usage telemetry fetches its config over the network from every process that logs: a call
+# that offline can only wait or fail. Off unless the user turns it on (MLFLOW_DISABLE_TELEMETRY=false).
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import mlflow  # noqa: E402 (after the environment above)
+import sqlalchemy.exc  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from mnist_pipeline.errors import PipelineError  # noqa: E402
 
 
 class TrackingError(PipelineError):
@@ -139,11 +142,16 @@ def log_epoch(metrics: dict[str, float], epoch: int) -> None:
 
 
 def log_model(model, example_pixels) -> str:
-    """Log the digit classifier (raw 0-255 pixels in, class probabilities out); return its URI."""
+    """Log the digit classifier (raw 0-255 pixels in, class probabilities out); return its URI.
+
+    Saved as torch.export's graph archive (pt2): no pickle to trust, and no project code
+    to ship with it. torch.export traces the model once; channels-last weights become
+    contiguous first, since the archive writer expects each weight to fill its storage
+    (it warns "No complete tensor found in the group" otherwise). The results are the same.
+    """
     import numpy as np
     import torch
 
-    import mnist_pipeline
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
@@ -152,8 +160,9 @@ def log_model(model, example_pixels) -> str:
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 10))]),
     )
     info = mlflow.pytorch.log_model(
-        model,
+        model.to(memory_format=torch.contiguous_format),
         name="model",
+        serialization_format="pt2",
         signature=signature,
         input_example=example_pixels,
         # Listed, not inferred: inference loads the model in a subprocess and takes seconds.
@@ -162,8 +171,6 @@ def log_model(model, example_pixels) -> str:
             f"mlflow=={mlflow.__version__}",
             f"numpy=={np.__version__}",
         ],
-        # The pickled model refers to our classes; ship the package with it.
-        code_paths=[str(Path(mnist_pipeline.__file__).parent)],
     )
     return info.model_uri
 
@@ -261,8 +268,10 @@ def close_orphaned_runs(client: MlflowClient, experiment_id: str) -> list[str]:
 CHAMPION_ALIAS = "champion"
 
 
-def promote_if_best(experiment: str, run_id: str, model_name: str, metric: str = "eval_accuracy") -> Optional[str]:
-    """Register the run's model and point the `champion` alias at it when it beats the current champion.
+def promote_if_best(experiment: str, run_id: str, model_uri: str, model_name: str,
+                    metric: str = "eval_accuracy") -> Optional[str]:
+    """Register the run's model (`model_uri`, models:/m-...) and point the `champion` alias at it
+    when the run beats the current champion.
 
     Returns "name version N" when it did, None when the champion stays. Moving
     the alias by hand (UI or client) is respected: a run must beat whatever
@@ -279,6 +288,7 @@ def promote_if_best(experiment: str, run_id: str, model_name: str, metric: str =
         best = float("-inf")
     if score <= best:
         return None
-    version = mlflow.register_model(f"runs:/{run_id}/model", model_name)
+    # By the logged model's own URI: a runs:/ URI makes MLflow 3 look for run artifacts first and warn.
+    version = mlflow.register_model(model_uri, model_name)
     client.set_registered_model_alias(model_name, CHAMPION_ALIAS, version.version)
     return f"{model_name} version {version.version} (alias {CHAMPION_ALIAS})"
