@@ -27,9 +27,7 @@ MEAN, STD = 0.1307, 0.3081
 
 
 def check(name: str, ok: bool, detail: str) -> bool:
-    """Print one result line: PASS or FAIL for what `name` says is checked; RAN in a dry run, which checks none."""
-    verdict = "RAN" if DEVICE.type != "cuda" else "PASS" if ok else "FAIL"
-    print(f"{verdict} {name}: {detail}", flush=True)
+    print(f"{'PASS' if ok else 'FAIL'} {name}: {detail}", flush=True)
     return ok
 
 
@@ -53,7 +51,8 @@ def same_loss_on_gpu_and_cpu(split) -> bool:
     gpu_loss = F.cross_entropy(gpu_model(images.to(DEVICE)), labels.to(DEVICE))
     gpu_loss.backward()
     grad_gap = max((a.grad - b.grad.cpu()).abs().max().item() for a, b in zip(cpu_model.parameters(), gpu_model.parameters()))
-    return check("same loss and gradients as the CPU", abs(cpu_loss.item() - gpu_loss.item()) < 1e-4 and grad_gap < 1e-3,
+    return check("same loss (within 1e-4) and gradients (within 1e-3) as the CPU",
+                 abs(cpu_loss.item() - gpu_loss.item()) < 1e-4 and grad_gap < 1e-3,
                  f"loss {cpu_loss.item():.6f} vs {gpu_loss.item():.6f}, largest gradient gap {grad_gap:.2e}")
 
 
@@ -72,7 +71,14 @@ def one_run(train_split, test_split, **overrides):
     return history, time.perf_counter() - started, model
 
 
-def main() -> None:
+# Test-accuracy floors: (the GPU run on all of MNIST, the dry run on its slice of 3,000 training images).
+# The dry run's sit well under what one CPU run of the slice reached: 65.9% (reference, fp32 and bf16),
+# 92.0-94.3% (the fast recipe, seeds 1-3), 93.4% (augmentation).
+FLOORS = {"reference": (0.95, 0.55), "fast": (0.99, 0.85), "augment": (0.98, 0.85), "compile": (0.97, None)}
+FAST_GOAL_SECONDS = 1.0  # the fast recipe's goal on an H100; not reached yet (README: needs CUDA graphs)
+
+
+def main() -> int:
     global DEVICE
     # `--dry-run`: the same checks on the CPU on a slice, to try the script where there is no GPU.
     dry_run = "--dry-run" in sys.argv
@@ -80,17 +86,23 @@ def main() -> None:
         DEVICE = torch.device("cpu")
     else:
         assert torch.cuda.is_available(), "no CUDA GPU: this script checks the GPU path (--dry-run tries it on the CPU)"
-    print(f"{torch.cuda.get_device_name() if DEVICE.type == 'cuda' else 'CPU dry run'}; torch {torch.__version__}", flush=True)
+    where = torch.cuda.get_device_name() if DEVICE.type == "cuda" else "the CPU (dry run)"
+    print(f"{where}; torch {torch.__version__}", flush=True)
     train_cpu = load_split(DATA, True, MEAN, STD, 3000 if dry_run else None)
     test_cpu = load_split(DATA, False, MEAN, STD, 1000 if dry_run else None)
     train_split, test_split = train_cpu.to(DEVICE), test_cpu.to(DEVICE)
     results = [same_loss_on_gpu_and_cpu(train_cpu)]
 
+    def accuracy_check(name: str, kind: str, history, seconds: float, note: str = "") -> bool:
+        floor = FLOORS[kind][dry_run]
+        accuracy = history[-1].test_accuracy
+        return check(f"{name}: test accuracy >= {floor:.1%}", accuracy >= floor, f"{accuracy:.2%} in {seconds:.2f} s{note}")
+
     history, seconds, _ = one_run(train_split, test_split)
-    results.append(check("reference, 1 epoch fp32", history[-1].test_accuracy > 0.95,
-                         f"{history[-1].test_accuracy:.2%} in {seconds:.2f} s (first run: includes cuDNN warm-up)"))
+    results.append(accuracy_check("reference, 1 epoch fp32", "reference", history, seconds,
+                                  " (first run: includes cuDNN warm-up)"))
     history, seconds, _ = one_run(train_split, test_split, precision="bf16")
-    results.append(check("reference, 1 epoch bf16", history[-1].test_accuracy > 0.95, f"{history[-1].test_accuracy:.2%} in {seconds:.2f} s"))
+    results.append(accuracy_check("reference, 1 epoch bf16", "reference", history, seconds))
     configure_determinism(True)
     first, _, model_a = one_run(train_split, test_split)
     second, _, model_b = one_run(train_split, test_split)
@@ -101,21 +113,24 @@ def main() -> None:
     torch.backends.cudnn.benchmark = True
     fast = recipe_params(readme_recipes((REPO_ROOT / "README.md").read_text())["fast"])  # the README's fast recipe
     one_run(train_split, test_split, **{**fast, "epochs": 1})  # warm-up: cuDNN picks its kernels
+    fast_seconds = []
     for seed in (1, 2, 3):
         history, seconds, _ = one_run(train_split, test_split, **fast, seed=seed)
-        results.append(check(f"fast recipe, seed {seed}, >= 99.0%", history[-1].test_accuracy >= 0.99,
-                             f"{history[-1].test_accuracy:.2%} in {seconds:.2f} s (the time goal, <= 1 s on an H100, is not checked)"))
+        fast_seconds.append(seconds)
+        results.append(accuracy_check(f"fast recipe, seed {seed}", "fast", history, seconds))
+    # A measurement, not a check: the goal is for an H100 and is not reached yet, so a check would fail every run.
+    print(f"TIME fast recipe: {min(fast_seconds):.2f}-{max(fast_seconds):.2f} s of training per seed on {where} "
+          f"(goal: <= {FAST_GOAL_SECONDS:g} s on an H100)", flush=True)
     history, seconds, _ = one_run(train_split, test_split, **fast, augment=AugmentConfig(shift=2, rotate=10))
-    results.append(check("augmentation on the GPU", history[-1].test_accuracy > 0.98, f"{history[-1].test_accuracy:.2%} in {seconds:.2f} s"))
+    results.append(accuracy_check(f"augmentation on the {DEVICE.type.upper()}", "augment", history, seconds))
     if dry_run:
         print("skipped torch.compile in the dry run (it takes minutes on a CPU)")
-        print("dry run: every part ran; no threshold is checked on a CPU slice, so it exits 0 unless a part crashed")
-        sys.exit(0)
-    history, seconds, _ = one_run(train_split, test_split, compile=True, epochs=2)
-    results.append(check("torch.compile, 2 epochs", history[-1].test_accuracy > 0.97, f"{history[-1].test_accuracy:.2%} in {seconds:.2f} s (includes compiling)"))
+    else:
+        history, seconds, _ = one_run(train_split, test_split, compile=True, epochs=2)
+        results.append(accuracy_check("torch.compile, 2 epochs", "compile", history, seconds, " (includes compiling)"))
     print(f"{sum(results)} of {len(results)} checks passed")
-    sys.exit(0 if all(results) else 1)
+    return 0 if all(results) else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

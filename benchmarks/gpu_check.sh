@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check, in one command on a machine with a CUDA GPU and torch + torchvision (no dvc or mlflow
 # needed), from the repository root with data/mnist present (`dvc pull` or `dvc repro download`).
-# Its one run so far took 249 s on one H200 (benchmarks/results/gpu_check_h200.log; the time is from commit
-# 3e9e5a4's message, not the log). Results land in ${OUT:-benchmarks/results}.
+# It has run once, on a lent H200: benchmarks/results/gpu_check_h200.log (torch.compile crashed there, a bug
+# fixed since; the log predates gpu_check.py's current check names). Results land in ${OUT:-benchmarks/results}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-benchmarks/results}"

@@ -1,26 +1,77 @@
-"""Shared fixtures: where the real MNIST mirror is, small IDX files written on the fly, repro'd projects."""
+"""Shared fixtures: where the real MNIST mirror is, what a test needs installed, small IDX files, repro'd projects."""
 
 from __future__ import annotations
 
 import gzip
 import os
+import shutil
 import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+pytest_plugins = ["pytester"]  # test_conftest.py runs small suites through require()
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # CI and the developers' machines keep the four original files in ../shared/data/mnist.
 MNIST_MIRROR = Path(os.environ.get("MNIST_MIRROR") or REPO_ROOT.parent / "shared" / "data" / "mnist")
 
 
-def requires_mnist_mirror():
-    """Skip (with the reason) when the local copy of MNIST is not there."""
+def on_ci() -> bool:
+    """Whether this is a CI run (CI=true, which .ci/run sets): there, nothing a test needs may be missing."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def require(present: object, what: str, how_to_fix: str) -> None:
+    """Go on when `present` is true; otherwise skip the test on a developer's machine, and fail it under CI.
+
+    Every test that needs something installed outside the venv (the MNIST
+    mirror, Chromium, the Vega scripts, PostgreSQL, a C compiler) goes through
+    here, so a CI host that lacks one fails with one line naming it instead of
+    passing having run nothing.
+    """
+    if present:
+        return
+    message = f"missing {what}: {how_to_fix}"
+    if on_ci():
+        pytest.fail(f"{message} (CI=true: CI runs every test)", pytrace=False)
+    pytest.skip(message)
+
+
+def prerequisite(present: object, what: str, how_to_fix: str) -> pytest.MarkDecorator:
+    """require() as a mark, for a test or a module's pytestmark: checked before the test's fixtures are set up."""
+    return pytest.mark.prerequisite(present=bool(present), what=what, how_to_fix=how_to_fix)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "prerequisite(present, what, how_to_fix): see conftest.require")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    # Before fixtures: a module without its prerequisite must not start a minute of `dvc repro` first.
+    for mark in item.iter_markers("prerequisite"):
+        require(**mark.kwargs)
+
+
+def requires_mnist_mirror() -> pytest.MarkDecorator:
+    """The four original MNIST files at MNIST_MIRROR (every end-to-end test reads them)."""
     names = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
              "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
     missing = [n for n in names if not (MNIST_MIRROR / n).is_file()]
-    return pytest.mark.skipif(bool(missing), reason=f"no local MNIST mirror at {MNIST_MIRROR} (set MNIST_MIRROR)")
+    return prerequisite(not missing, f"the MNIST mirror at {MNIST_MIRROR}",
+                        "put the four original .gz files there, or set MNIST_MIRROR to a folder that has them")
+
+
+def c_compiler() -> str | None:
+    """The C compiler the fused kernel is built with ($CC, else cc), as fused.build finds it; None if absent."""
+    return shutil.which(os.environ.get("CC") or "cc")
+
+
+def requires_c_compiler() -> pytest.MarkDecorator:
+    return prerequisite(c_compiler(), f"a C compiler (`{os.environ.get('CC') or 'cc'}`) for the fused kernel",
+                        "apt-get install gcc (as .ci/run does), or set CC")
 
 
 def write_idx(path: Path, array: np.ndarray, magic: int, compress: bool = True) -> Path:

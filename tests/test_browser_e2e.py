@@ -16,15 +16,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import MNIST_MIRROR, REPO_ROOT, requires_mnist_mirror
+from conftest import MNIST_MIRROR, REPO_ROOT, prerequisite, requires_mnist_mirror
 from dvc_project import all_runs, copy_project, environment, mlflow_client, run
 from servers import listening_addresses, server
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 pytestmark = [pytest.mark.e2e, requires_mnist_mirror()]
-needs_browser = pytest.mark.skipif(not Path(CHROMIUM).exists() or shutil.which("chromium") is None,
-                                   reason="Debian's chromium is not installed (apt-get install chromium)")
+needs_browser = prerequisite(Path(CHROMIUM).exists() and shutil.which("chromium"), f"Debian's Chromium ({CHROMIUM})",
+                             "apt-get install chromium chromium-driver (as .ci/run does)")
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +94,8 @@ def _fulfill_with(script: str):
 
 
 @needs_browser
-@pytest.mark.skipif(not VEGA_ASSETS.exists(),
-                    reason="Vega scripts not installed: npm ci --prefix tests/browser_assets (as .ci/run does)")
+@prerequisite(VEGA_ASSETS.exists(), f"the Vega scripts ({VEGA_ASSETS.relative_to(REPO_ROOT)})",
+              "npm ci --prefix tests/browser_assets (as .ci/run does)")
 def test_dvc_plots_render_curves_confusion_and_mistakes(project):
     run(project, "dvc", "plots", "show")
     index = project / "dvc_plots" / "index.html"

@@ -1,11 +1,10 @@
 """The fused first block against torch's own layers: same outputs and gradients, and when training uses it."""
 
-import shutil
-
 import pytest
 import torch
 from torch.nn import functional as F
 
+from conftest import requires_c_compiler
 from mnist_pipeline import fused
 from mnist_pipeline.config import TrainConfig
 from mnist_pipeline.data import Split
@@ -14,7 +13,7 @@ from mnist_pipeline.model import ModelConfig, build_model
 from mnist_pipeline.training import make_optimizer, train_one_epoch
 
 CPU = torch.device("cpu")
-needs_compiler = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler (cc) to build the fused kernel")
+needs_compiler = requires_c_compiler()
 
 
 def _reference(seed=0):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import requires_mnist_mirror
+from conftest import require, requires_mnist_mirror
 from dvc_project import environment, make_project, predicts_like_evaluate, run, stages_run
 from servers import free_port, server
 
@@ -35,8 +35,8 @@ def postgres_bin() -> Path | None:
 def postgres():
     """A throwaway PostgreSQL cluster on a free 127.0.0.1 port with an empty `mlflow` database; always stopped."""
     bin_dir = postgres_bin()
-    if bin_dir is None:
-        pytest.skip("no PostgreSQL server (/usr/lib/postgresql/*/bin/initdb): apt-get install postgresql")
+    require(bin_dir, "a PostgreSQL server (/usr/lib/postgresql/*/bin/initdb)",
+            "apt-get install postgresql (as .ci/run does)")
     # initdb and postgres refuse to run as root: as root, the cluster belongs to Debian's `postgres` user.
     owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     # Not pytest's tmp_path: its parents are private to root, and the postgres user must reach the cluster.

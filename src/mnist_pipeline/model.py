@@ -76,15 +76,6 @@ class ReferenceCNN(nn.Module):
         return self.fc(x)  # -> (N, 10) logits
 
 
-def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
-    """3x3 conv (padding keeps the size) -> batch norm -> ReLU; the conv needs no bias before batch norm."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    )
-
-
 class CompactCNN(nn.Module):
     """Three stages of unpadded 3x3 conv -> batch norm -> ReLU, then a linear head.
 

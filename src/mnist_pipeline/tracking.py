@@ -281,11 +281,27 @@ def promote_if_best(experiment: str, run_id: str, model_uri: str, model_name: st
     score = client.get_run(run_id).data.metrics.get(metric)
     if score is None:
         return None
+    # Only "no such model" or "no such alias" means there is no champion yet. Any other failure (a locked
+    # database, a server hiccup) stops here: taking it for "none" would put a worse run over the real champion.
+    # The alias is read off the registered model, not by get_model_version_by_alias, whose "no such alias"
+    # (INVALID_PARAMETER_VALUE) is also its answer to a malformed request.
     try:
-        champion = client.get_model_version_by_alias(model_name, CHAMPION_ALIAS)
-        best = client.get_run(champion.run_id).data.metrics.get(metric, float("-inf"))
-    except mlflow.exceptions.MlflowException:  # no registered model or no alias yet
+        try:
+            aliases = client.get_registered_model(model_name).aliases
+        except mlflow.exceptions.MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            aliases = {}
+        champion_version = aliases.get(CHAMPION_ALIAS)
         best = float("-inf")
+        if champion_version is not None:
+            champion = client.get_model_version(model_name, champion_version)
+            best = client.get_run(champion.run_id).data.metrics.get(metric, float("-inf"))
+    except (mlflow.exceptions.MlflowException, sqlalchemy.exc.SQLAlchemyError) as exc:
+        raise TrackingError(
+            f"MLflow registry {mlflow.get_tracking_uri()}: cannot read model {model_name!r}'s {CHAMPION_ALIAS} "
+            f"({_reason(exc)}); nothing registered, the alias left as it was; run `dvc repro` again"
+        ) from None
     if score <= best:
         return None
     # By the logged model's own URI: a runs:/ URI makes MLflow 3 look for run artifacts first and warn.
