@@ -124,13 +124,14 @@ class _Constant(mlflow.pyfunc.PythonModel):
         return model_input
 
 
-def _run_with_model(experiment: str, accuracy: float) -> str:
-    """A finished run with an `eval_accuracy` and a logged model, as the evaluate stage leaves one."""
+def _run_with_model(experiment: str, accuracy: float) -> tuple[str, str]:
+    """A finished run with an `eval_accuracy` and a logged model, as the evaluate stage leaves one: (run id, model URI)."""
     _, experiment_id = tracking.connect(experiment)
     with tracking.training_run(experiment_id, {}) as run_id:
         mlflow.log_metric("eval_accuracy", accuracy)
-        mlflow.pyfunc.log_model(name="model", python_model=_Constant(), pip_requirements=[])  # listed: no inference
-    return run_id
+        # pip_requirements listed: no inference
+        info = mlflow.pyfunc.log_model(name="model", python_model=_Constant(), pip_requirements=[])
+    return run_id, info.model_uri
 
 
 def _champion(client, name: str) -> tuple[int, int]:
@@ -141,20 +142,20 @@ def _champion(client, name: str) -> tuple[int, int]:
 
 def test_the_first_run_becomes_champion_and_only_a_better_one_replaces_it(store):
     first = _run_with_model("exp-g", 0.90)
-    assert tracking.promote_if_best("exp-g", first, "digits") == "digits version 1 (alias champion)"
+    assert tracking.promote_if_best("exp-g", *first, "digits") == "digits version 1 (alias champion)"
     client, _ = tracking.connect("exp-g")
     assert _champion(client, "digits") == (1, 1)
-    assert tracking.promote_if_best("exp-g", _run_with_model("exp-g", 0.85), "digits") is None
+    assert tracking.promote_if_best("exp-g", *_run_with_model("exp-g", 0.85), "digits") is None
     assert _champion(client, "digits") == (1, 1)
-    assert tracking.promote_if_best("exp-g", _run_with_model("exp-g", 0.95), "digits") == "digits version 2 (alias champion)"
+    assert tracking.promote_if_best("exp-g", *_run_with_model("exp-g", 0.95), "digits") == "digits version 2 (alias champion)"
     assert _champion(client, "digits") == (2, 2)
 
 
 def test_a_registered_model_without_the_alias_has_no_champion_yet(store):
-    run_id = _run_with_model("exp-h", 0.5)
+    run = _run_with_model("exp-h", 0.5)
     client, _ = tracking.connect("exp-h")
     client.create_registered_model("digits")  # registered by hand, no version, no alias
-    assert tracking.promote_if_best("exp-h", run_id, "digits") == "digits version 1 (alias champion)"
+    assert tracking.promote_if_best("exp-h", *run, "digits") == "digits version 1 (alias champion)"
     assert _champion(client, "digits") == (1, 1)
 
 
@@ -168,7 +169,7 @@ STORE_FAILURES = [
 
 def test_a_store_failure_reading_the_champion_stops_and_leaves_the_alias(store, monkeypatch):
     client, _ = tracking.connect("exp-i")
-    tracking.promote_if_best("exp-i", _run_with_model("exp-i", 0.90), "digits")
+    tracking.promote_if_best("exp-i", *_run_with_model("exp-i", 0.90), "digits")
     better = _run_with_model("exp-i", 0.99)
     for failure in STORE_FAILURES:
         def fail(self, name, failure=failure):
@@ -180,8 +181,8 @@ def test_a_store_failure_reading_the_champion_stops_and_leaves_the_alias(store, 
             with pytest.raises(tracking.TrackingError, match=r"^MLflow registry sqlite:///.*: cannot read model "
                                r"'digits''s champion \(.+\); nothing registered, the alias left as it was; "
                                r"run `dvc repro` again$") as caught:
-                tracking.promote_if_best("exp-i", better, "digits")
+                tracking.promote_if_best("exp-i", *better, "digits")
         assert "\n" not in str(caught.value)
         assert _champion(client, "digits") == (1, 1), failure
     # The store answers again: the better run takes over.
-    assert tracking.promote_if_best("exp-i", better, "digits") == "digits version 2 (alias champion)"
+    assert tracking.promote_if_best("exp-i", *better, "digits") == "digits version 2 (alias champion)"
