@@ -66,6 +66,23 @@ def test_a_dead_tracking_server_fails_before_training_and_keeps_every_output(pro
     run(project, "git", "checkout", "params.yaml")
 
 
+def test_a_damaged_store_fails_before_training_with_one_line_and_keeps_every_output(project, tmp_path):
+    before = snapshot(project)
+    store = project / "mlflow.db"
+    shutil.copy2(store, tmp_path / "mlflow.db")
+    store.write_bytes(store.read_bytes()[: store.stat().st_size // 2])  # as a copy cut short would be
+    update_params(project, {"lr": 0.02})
+    failed = run(project, "dvc", "repro", check=False)
+    assert failed.returncode != 0
+    assert (f"error: MLflow store sqlite:///{project.resolve() / 'mlflow.db'}: database disk image is malformed; "
+            "move it aside or restore a backup\n") in failed.stderr
+    assert "Traceback" not in failed.stderr
+    assert "epoch 1/" not in failed.stderr + failed.stdout
+    assert snapshot(project) == before
+    shutil.copy2(tmp_path / "mlflow.db", store)
+    run(project, "git", "checkout", "params.yaml")
+
+
 def _wait_for_first_epoch(project: Path, runs_before: int, process: subprocess.Popen) -> str:
     """Poll the MLflow store until the new run has logged epoch 1; return its id."""
     deadline = time.monotonic() + 300
