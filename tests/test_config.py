@@ -166,12 +166,17 @@ def test_a_stale_git_index_is_named_and_the_restore_still_works(exp_run_repo, ca
 
 @pytest.mark.parametrize("case", ["plain dvc repro", "queued or temp copy", "bad value committed"])
 def test_no_restore_hint_where_restoring_would_not_apply(exp_run_repo, capsys, monkeypatch, tmp_path_factory, case):
+    exp_run_repo.write_text(WRITTEN)
     if case == "plain dvc repro":
         monkeypatch.delenv("DVC_EXP_NAME")
     elif case == "queued or temp copy":
         monkeypatch.setenv("DVC_ROOT", str(tmp_path_factory.mktemp("users-repo")))
     else:
-        exp_run_repo.write_text(WRITTEN)
         _git(exp_run_repo.parent, "commit", "-qam", "bad")
-    exp_run_repo.write_text(WRITTEN)
     assert _stage_error(capsys) == "error: lr: got -1.0; must be > 0.0 and <= 10.0\n"
+
+
+def test_a_deleted_params_file_gets_no_restore_hint(exp_run_repo, capsys):
+    exp_run_repo.unlink()
+    assert _stage_error(capsys) == ("error: params.yaml: not found; run from the repository root, "
+                                    "where params.yaml lives\n")

@@ -257,7 +257,11 @@ def exp_run_hint(path: str | Path = PARAMS_FILE) -> str:
     if not os.environ.get("DVC_EXP_NAME") or (root and Path(root).resolve() != Path.cwd().resolve()):
         return ""
     committed = _git("show", f"HEAD:{path}")
-    if committed is None or committed.returncode != 0 or committed.stdout == Path(path).read_bytes():
+    try:
+        current = Path(path).read_bytes()
+    except OSError:  # deleted: not something -S did
+        return ""
+    if committed is None or committed.returncode != 0 or committed.stdout == current:
         return ""
     import yaml
 
