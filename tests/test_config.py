@@ -1,8 +1,12 @@
 import dataclasses
+import os
+import subprocess
+import time
 
 import pytest
 
 from conftest import REPO_ROOT
+from mnist_pipeline.cli import run_stage
 from mnist_pipeline.config import Config, ConfigError, TrainConfig, flatten, load_config, parse_config
 
 
@@ -101,3 +105,78 @@ def test_flatten_names_params_as_dvc_does():
 
 def test_config_type_covers_every_section():
     assert {f.name for f in dataclasses.fields(Config)} == {"train", "augment", "data", "paths", "plots", "tracking"}
+
+
+# After `dvc exp run -S lr=-1` fails, params.yaml still holds lr: -1; the error line says how to get
+# the committed one back. Each test is a real git repository in the state DVC leaves behind.
+
+COMMITTED, WRITTEN = "lr: 0.01\n", "lr: -1.0\n"  # the same size, as a stale index needs
+RESTORE = "git show HEAD:params.yaml > params.yaml restores the committed one)"
+
+
+def _git(repo, *args) -> subprocess.CompletedProcess:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.invalid"}
+    return subprocess.run(["git", *args], cwd=repo, env=env, capture_output=True, text=True)
+
+
+@pytest.fixture
+def exp_run_repo(tmp_path, monkeypatch):
+    """A git repository with params.yaml committed, as `dvc exp run` runs a stage in it."""
+    params = tmp_path / "params.yaml"
+    params.write_text(COMMITTED)
+    past = time.time_ns() - 100 * 10**9  # older than the index: git trusts the file's size and time
+    os.utime(params, ns=(past, past))
+    for args in (("init", "-q"), ("config", "core.trustctime", "false"), ("add", "params.yaml"), ("commit", "-qm", "c")):
+        assert _git(tmp_path, *args).returncode == 0
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DVC_EXP_NAME", "bad-lr")
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    return params
+
+
+def _stage_error(capsys) -> str:
+    with pytest.raises(SystemExit) as exited:
+        run_stage(load_config)
+    assert exited.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_a_bad_value_from_exp_run_says_how_to_restore_params(exp_run_repo, capsys):
+    exp_run_repo.write_text(WRITTEN)
+    assert _stage_error(capsys) == ("error: lr: got -1.0; must be > 0.0 and <= 10.0 (dvc exp run -S wrote this "
+                                    f"into params.yaml; {RESTORE}\n")
+    subprocess.run("git show HEAD:params.yaml > params.yaml", shell=True, check=True)
+    assert exp_run_repo.read_text() == COMMITTED
+
+
+def test_a_stale_git_index_is_named_and_the_restore_still_works(exp_run_repo, capsys):
+    past = exp_run_repo.stat().st_mtime_ns
+    exp_run_repo.write_text(WRITTEN)
+    os.utime(exp_run_repo, ns=(past, past))  # same size and time: git's index entry still matches
+    assert _git(exp_run_repo.parent, "status", "--porcelain").stdout == ""  # the issue's symptom
+    _git(exp_run_repo.parent, "checkout", "params.yaml")
+    assert exp_run_repo.read_text() == WRITTEN  # ... and checkout does nothing
+    assert _stage_error(capsys) == ("error: lr: got -1.0; must be > 0.0 and <= 10.0 (dvc exp run -S wrote this "
+                                    "into params.yaml, though git's index is stale and git status does not show it; "
+                                    f"{RESTORE}\n")
+    subprocess.run("git show HEAD:params.yaml > params.yaml", shell=True, check=True)
+    assert exp_run_repo.read_text() == COMMITTED
+
+
+@pytest.mark.parametrize("case", ["plain dvc repro", "queued or temp copy", "bad value committed"])
+def test_no_restore_hint_where_restoring_would_not_apply(exp_run_repo, capsys, monkeypatch, tmp_path_factory, case):
+    exp_run_repo.write_text(WRITTEN)
+    if case == "plain dvc repro":
+        monkeypatch.delenv("DVC_EXP_NAME")
+    elif case == "queued or temp copy":
+        monkeypatch.setenv("DVC_ROOT", str(tmp_path_factory.mktemp("users-repo")))
+    else:
+        _git(exp_run_repo.parent, "commit", "-qam", "bad")
+    assert _stage_error(capsys) == "error: lr: got -1.0; must be > 0.0 and <= 10.0\n"
+
+
+def test_a_deleted_params_file_gets_no_restore_hint(exp_run_repo, capsys):
+    exp_run_repo.unlink()
+    assert _stage_error(capsys) == ("error: params.yaml: not found; run from the repository root, "
+                                    "where params.yaml lives\n")

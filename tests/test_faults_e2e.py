@@ -46,11 +46,25 @@ def test_exp_run_with_a_bad_param_fails_with_one_line_and_keeps_every_output(pro
     before, runs_before = snapshot(project), len(all_runs(project))
     failed = run(project, "dvc", "exp", "run", "-S", "lr=-1", check=False)
     assert failed.returncode != 0
-    assert "error: lr: got -1.0; must be > 0.0 and <= 10.0\n" in failed.stderr
+    # DVC wrote lr: -1 into params.yaml and leaves it there; the line says how to get the committed file back
+    # (git's index may be left stale by DVC, which the line then says too).
+    restore = "git show HEAD:params.yaml > params.yaml"
+    lines = [f"error: lr: got -1.0; must be > 0.0 and <= 10.0 (dvc exp run -S wrote this into params.yaml{stale}; "
+             f"{restore} restores the committed one)\n"
+             for stale in ("", ", though git's index is stale and git status does not show it")]
+    assert any(line in failed.stderr for line in lines), failed.stderr
     assert "epoch 1/" not in failed.stderr + failed.stdout  # stopped before any training
     assert snapshot(project) == before
     assert len(all_runs(project)) == runs_before
-    run(project, "git", "checkout", "params.yaml")
+
+    # The command the line gives works at once, and the next experiment no longer fails on lr (the
+    # download stage, forced, is the cheapest stage that reads all of params.yaml).
+    run(project, "sh", "-c", restore)
+    committed = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=project, capture_output=True, check=True).stdout
+    assert (project / "params.yaml").read_bytes() == committed
+    run(project, "dvc", "exp", "run", "-S", "batch_size=32", "-f", "download")
+    assert snapshot(project) == before
+    (project / "params.yaml").write_bytes(committed)
 
 
 def test_a_dead_tracking_server_fails_before_training_and_keeps_every_output(project):
@@ -63,6 +77,23 @@ def test_a_dead_tracking_server_fails_before_training_and_keeps_every_output(pro
             "start it, or fix or unset MLFLOW_TRACKING_URI\n") in failed.stderr
     assert "epoch 1/" not in failed.stderr + failed.stdout
     assert snapshot(project) == before
+    run(project, "git", "checkout", "params.yaml")
+
+
+def test_a_damaged_store_fails_before_training_with_one_line_and_keeps_every_output(project, tmp_path):
+    before = snapshot(project)
+    store = project / "mlflow.db"
+    shutil.copy2(store, tmp_path / "mlflow.db")
+    store.write_bytes(store.read_bytes()[: store.stat().st_size // 2])  # as a copy cut short would be
+    update_params(project, {"lr": 0.02})
+    failed = run(project, "dvc", "repro", check=False)
+    assert failed.returncode != 0
+    assert (f"error: MLflow store sqlite:///{project.resolve() / 'mlflow.db'}: database disk image is malformed; "
+            "move it aside or restore a backup\n") in failed.stderr
+    assert "Traceback" not in failed.stderr
+    assert "epoch 1/" not in failed.stderr + failed.stdout
+    assert snapshot(project) == before
+    shutil.copy2(tmp_path / "mlflow.db", store)
     run(project, "git", "checkout", "params.yaml")
 
 

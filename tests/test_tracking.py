@@ -1,6 +1,12 @@
-import socket
+import contextlib
 import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import mlflow
 import mlflow.pyfunc
@@ -186,3 +192,94 @@ def test_a_store_failure_reading_the_champion_stops_and_leaves_the_alias(store, 
         assert _champion(client, "digits") == (1, 1), failure
     # The store answers again: the better run takes over.
     assert tracking.promote_if_best("exp-i", *better, "digits") == "digits version 2 (alias champion)"
+
+
+# A local store that cannot be used fails in connect(), before any data is loaded, with one line
+# that says what to do; each case below is a real SQLite file in that state.
+
+@pytest.fixture(scope="module")
+def valid_store(tmp_path_factory):
+    """A valid mlflow.db, made once under a URI of its own: MLflow caches a store it has opened, per URI."""
+    db = tmp_path_factory.mktemp("valid-store") / "mlflow.db"
+    MlflowClient(f"sqlite:///{db}").create_experiment("exp-h")
+    return db
+
+
+@pytest.fixture
+def store_file(store, valid_store):
+    """The test's store: a copy of the valid one, for the test to damage."""
+    db = store / "mlflow.db"
+    shutil.copy(valid_store, db)
+    return db
+
+
+def _connect_fails(expected: str) -> None:
+    with pytest.raises(tracking.TrackingError) as caught:
+        tracking.connect("exp-h")
+    assert str(caught.value) == expected  # one line: PipelineError's contract
+
+
+def test_a_truncated_store_is_called_damaged(store_file):
+    store_file.write_bytes(store_file.read_bytes()[: store_file.stat().st_size // 2])
+    _connect_fails(f"MLflow store sqlite:///{store_file}: database disk image is malformed; "
+                   "move it aside or restore a backup")
+
+
+def test_a_store_from_a_newer_mlflow_says_so(store_file):
+    expected = _alembic_version(store_file)
+    _set_alembic_version(store_file, "ffffffffffff")  # a migration the installed MLflow does not have
+    _connect_fails(f"MLflow store sqlite:///{store_file}: its schema version ffffffffffff is newer than "
+                   f"mlflow {mlflow.__version__} uses ({expected}); use the newer MLflow that wrote it, "
+                   "or move it aside to start a new store")
+
+
+def test_a_store_the_user_may_not_write_is_called_read_only(store_file):
+    # chmod a-w stops a normal user. Root writes anyway (CAP_DAC_OVERRIDE), so as root the check runs
+    # in a process without that capability: root then obeys the mode bits as any owner would.
+    store_file.chmod(0o444)
+    expected = (f"error: MLflow store sqlite:///{store_file}: attempt to write a readonly database; "
+                "make the file and its folder writable, or move it aside\n")
+    command = [sys.executable, "-c", "from mnist_pipeline import cli, tracking; cli.run_stage(lambda: tracking.connect('exp-h'))"]
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("running as root and no setpriv to drop CAP_DAC_OVERRIDE")
+        command = ["setpriv", "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search", *command]
+    src = Path(tracking.__file__).parents[1]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(src)}, timeout=120)
+    assert (done.returncode, done.stderr) == (2, expected)
+
+
+def test_an_immutable_store_is_called_read_only_even_for_root(store_file):
+    if subprocess.run(["chattr", "+i", str(store_file)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i needs root and a file system with the immutable flag")
+    try:
+        with pytest.raises(PermissionError):
+            store_file.open("ab")  # really read-only, for root too
+        _connect_fails(f"MLflow store sqlite:///{store_file}: attempt to write a readonly database; "
+                       "make the file and its folder writable, or move it aside")
+    finally:
+        subprocess.run(["chattr", "-i", str(store_file)], check=True)
+
+
+@pytest.mark.parametrize("lock", ["EXCLUSIVE", "IMMEDIATE"])  # blocks everyone / only other writers
+def test_a_store_locked_past_its_timeout_is_called_locked(store_file, monkeypatch, lock):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store_file}?timeout=1")
+    with contextlib.closing(sqlite3.connect(store_file, isolation_level=None)) as holder:
+        holder.execute(f"BEGIN {lock}")
+        started = time.monotonic()
+        _connect_fails(f"MLflow store sqlite:///{store_file}: database is locked; another process held its lock "
+                       "for the whole 1 s timeout: let that process finish or stop it, then run again")
+        print(f"failed after {time.monotonic() - started:.1f} s")
+        holder.execute("ROLLBACK")
+    _, experiment_id = tracking.connect("exp-h")  # the lock released, the same store works
+    assert experiment_id
+
+
+def _alembic_version(db) -> str:
+    with contextlib.closing(sqlite3.connect(db)) as connection:
+        return connection.execute("SELECT version_num FROM alembic_version").fetchone()[0]
+
+
+def _set_alembic_version(db, version: str) -> None:
+    with contextlib.closing(sqlite3.connect(db)) as connection, connection:
+        connection.execute("UPDATE alembic_version SET version_num = ?", (version,))

@@ -6,6 +6,7 @@ import signal
 import sys
 from typing import Callable
 
+from mnist_pipeline.config import ConfigError, exp_run_hint
 from mnist_pipeline.errors import PipelineError
 
 EXIT_USER_ERROR = 2
@@ -18,7 +19,8 @@ def run_stage(main: Callable[[], None]) -> None:
     try:
         main()
     except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        hint = exp_run_hint() if isinstance(exc, ConfigError) else ""
+        print(f"error: {exc}{hint}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
 
 
