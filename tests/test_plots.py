@@ -45,9 +45,12 @@ def test_mistakes_grid_titles_true_predicted_and_confidence(tmp_path):
 
     images = np.zeros((10, 28, 28), dtype=np.uint8)
     mistakes = [Mistake(i, 1, 7, 0.9) for i in range(5)]
+    images[3, 10:20, 12:16] = 255  # a stroke in the fourth digit, to find in the grid
     fig = mistakes_figure(images, mistakes, PlotsConfig(dpi=40, mistakes_shown=4))
-    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
-    assert titles == ["1→7 90%"] * 4  # only mistakes_shown of them, in a 2x2 grid
-    assert len(fig.axes) == 4
+    (ax,) = fig.axes  # one image, not a subplot per digit
+    assert [text.get_text() for text in ax.texts] == ["1→7 90%"] * 4  # only mistakes_shown of them
+    grid = ax.get_images()[0].get_array()
+    assert grid.shape == (2 * (28 + 12), 2 * (28 + 4))  # 2x2 digits, each with room for its label
+    assert grid[40 + 12 + 10, 32 + 12] == 255 and grid.sum() == 255 * 10 * 4  # digit 4 sits bottom right
     assert "5 misclassified" in fig._suptitle.get_text()
     assert save_figure(fig, tmp_path / "mistakes.png").stat().st_size > 0
