@@ -9,6 +9,7 @@ that the browser tests also look at.
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -119,3 +120,12 @@ def test_exp_run_with_a_new_lr_is_a_second_mlflow_run_named_after_the_experiment
     assert newest.info.run_name == names[0]
     assert newest.data.tags["dvc.exp_name"] == names[0]
     assert json.loads((project / "metrics" / "mlflow_run.json").read_text())["run_id"] == newest.info.run_id
+
+
+def test_a_clean_repro_and_exp_run_print_no_warning_and_no_traceback(prepared_project, experimented_project):
+    """What a user reads: progress and results, nothing that looks as if something went wrong."""
+    noise = re.compile(r"Warning\b|WARNING|Traceback")
+    for done in (prepared_project.output, experimented_project.output):
+        lines = (done.stdout + done.stderr).splitlines()
+        assert [line for line in lines if noise.search(line)] == []
+        assert any(line.startswith("train: logged model models:/") for line in lines)  # the model was logged
