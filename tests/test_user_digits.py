@@ -30,7 +30,8 @@ def test_the_set_holds_every_kind_of_image_with_its_label(tmp_path):
     assert {"inverted", "rgba", "jpeg", "noisy", "specks", "colour"} <= kinds
     for item in items:
         image = Image.open(item.path)
-        assert item.label == labels[item.mnist_index] and item.path.name.endswith(f"_{item.label}.{image.format.lower().replace('jpeg', 'jpg')}")
+        extension = "jpg" if image.format == "JPEG" else "png"
+        assert item.label == labels[item.mnist_index] and item.path.name.endswith(f"_{item.label}.{extension}")
         assert max(image.size) <= 256 and min(image.size) > 28  # larger than MNIST's frame
         assert (image.mode == "RGBA") == ("rgba" in item.kinds)
         assert (image.format == "JPEG") == ("jpeg" in item.kinds)

@@ -29,6 +29,7 @@ SPECK_FRACTION = 0.05  # a mark with less ink than this fraction of the digit's 
 JOIN_MARGIN = 0.25  # marks within this fraction of the digit's size of it are pieces of it
 OTHER_DIGIT_MASS = 0.3  # a separate mark with this much of the digit's ink ...
 OTHER_DIGIT_HEIGHT = 0.5  # ... and this much of its height is a second digit
+RESAMPLING = Image.Resampling.LANCZOS  # into the 20x20 box: anti-aliased, sharp
 MIN_DIGIT_FRACTION = 0.03  # a digit spans at least this fraction of the longer side (and 3 px): less is noise
 # EXIF orientations (phone photos are stored sideways and tagged) and the transpose that undoes each.
 EXIF_ORIENTATION_TAG = 0x0112
@@ -216,7 +217,7 @@ def _place_in_frame(digit: np.ndarray) -> np.ndarray:
     height, width = digit.shape
     scale = BOX / max(height, width)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    scaled = np.asarray(Image.fromarray(digit.astype(np.float32), mode="F").resize(size, Image.Resampling.LANCZOS))
+    scaled = np.asarray(Image.fromarray(digit.astype(np.float32), mode="F").resize(size, RESAMPLING))
     scaled = np.clip(scaled, 0, None)  # Lanczos rings slightly below zero beside strokes
     scaled = np.clip(scaled / scaled.max(), 0, 1)  # thin strokes fade when shrunk: their cores back to full ink
     centre_row, centre_col = _centre_of_mass(scaled)
