@@ -62,10 +62,7 @@ def read_image(path: str | Path) -> Image.Image:
         raise PipelineError(f"{path}: too large to read ({exc})") from None
     except (Image.UnidentifiedImageError, OSError, ValueError) as exc:
         raise PipelineError(f"{path}: not a readable image ({exc})") from None
-    image = _common_mode(image)
-    factor = math.ceil(max(image.size) / WORKING_SIDE)
-    if factor > 1:
-        image = image.reduce(factor)  # block averages: anti-aliased, and the full-size copy is freed
+    image = _reduced(_common_mode(image))
     if orientation in EXIF_TRANSPOSE:
         image = image.transpose(EXIF_TRANSPOSE[orientation])
     return image
@@ -77,10 +74,9 @@ def frame_digit(image: Image.Image, name: str = "image") -> np.ndarray:
     An image that is already framed that way (28x28, black background, the
     digit 19-20 pixels on its longer side, centred by mass) is returned as is.
     Raises PipelineError, naming `name`, when the image is blank or holds more
-    than one digit side by side.
+    than one digit (specks and small marks are ignored, see _crop_to_digit).
     """
-    image = _common_mode(image)
-    grey = _flatten(image)
+    grey = _flatten(_reduced(_common_mode(image)))
     if grey.shape == (FRAME, FRAME):
         pixels = np.round(grey * 255).astype(np.uint8)
         if is_mnist_framed(pixels):
@@ -107,13 +103,20 @@ def _reduced_size(size: tuple[int, int]) -> tuple[int, int]:
     return max(1, math.ceil(size[0] * scale)), max(1, math.ceil(size[1] * scale))
 
 
+def _reduced(image: Image.Image) -> Image.Image:
+    factor = math.ceil(max(image.size) / WORKING_SIDE)
+    return image.reduce(factor) if factor > 1 else image  # block averages: anti-aliased, the full size freed
+
+
 def _common_mode(image: Image.Image) -> Image.Image:
     """The image as L, LA, RGB or RGBA (16-bit grey scaled to 8 bits, palettes expanded)."""
     if image.mode in ("L", "LA", "RGB", "RGBA"):
         return image
-    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+    if image.mode.startswith("I;16"):  # a 16-bit grey PNG: the high byte, in integers (Pillow cannot reduce I;16)
+        return Image.fromarray((np.asarray(image, dtype=np.uint16) >> 8).astype(np.uint8), mode="L")
+    if image.mode in ("I", "F"):
         values = np.asarray(image, dtype=np.float64)
-        full_scale = 65535 if image.mode.startswith("I") and values.max() > 255 else 255
+        full_scale = 65535 if values.max() > 255 else 255
         return Image.fromarray(np.clip(values / full_scale * 255, 0, 255).astype(np.uint8), mode="L")
     if image.mode == "1":
         return image.convert("L")
