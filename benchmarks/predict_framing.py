@@ -37,6 +37,7 @@ from mnist_pipeline.predict import probabilities_from_checkpoint  # noqa: E402
 from mnist_pipeline.user_digits import write_user_digits  # noqa: E402
 
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "predict_framing.json"
+TURN_BINS = ((0, 3), (3, 6), (6, 11))  # |turn| in degrees; the set turns by up to 10
 
 
 def old_load_png(path: str | Path) -> np.ndarray:
@@ -141,6 +142,8 @@ def main() -> None:
     for number, item in enumerate(items):
         for kind in item.kinds or ("plain",):
             by_kind[kind].append(number)
+    turns = np.abs([item.turn_degrees for item in items])
+    by_turn = {f"{low}-{high} degrees": np.flatnonzero((turns >= low) & (turns < high)) for low, high in TURN_BINS}
     result = {
         "checkpoint": str(args.checkpoint),
         "images": len(items),
@@ -155,6 +158,10 @@ def main() -> None:
                            "accuracy_after": float((new_predictions[numbers] == truth[numbers]).mean()),
                            "accuracy_on_mnist_framing": float((ceiling_predictions[numbers] == truth[numbers]).mean())}
                     for kind, numbers in sorted(by_kind.items())},
+        "by_turn": {turn: {"images": len(numbers),
+                           "accuracy_after": float((new_predictions[numbers] == truth[numbers]).mean()),
+                           "accuracy_on_mnist_framing": float((ceiling_predictions[numbers] == truth[numbers]).mean())}
+                    for turn, numbers in by_turn.items()},
         "seconds": {"write_images": round(written_s, 1), "frame_before": round(old_s, 1),
                     "frame_after": round(new_s, 1)},
         "command": "benchmarks/predict_framing.py " + " ".join(sys.argv[1:]),
@@ -166,6 +173,9 @@ def main() -> None:
           f" (after agrees with it on {result['agreement_after_with_mnist_framing']:.2%})")
     for kind, row in result["by_kind"].items():
         print(f"  {kind:9s} {row['images']:5d} images: {row['accuracy_before']:7.2%} -> {row['accuracy_after']:7.2%}"
+              f" (MNIST's framing: {row['accuracy_on_mnist_framing']:.2%})")
+    for turn, row in result["by_turn"].items():
+        print(f"  turned {turn:12s} {row['images']:5d} images: after {row['accuracy_after']:7.2%}"
               f" (MNIST's framing: {row['accuracy_on_mnist_framing']:.2%})")
     if new_errors:
         print(f"refused after: {len(new_errors)}: {new_errors[:3]}")

@@ -35,3 +35,5 @@ def test_the_set_holds_every_kind_of_image_with_its_label(tmp_path):
         assert max(image.size) <= 256 and min(image.size) > 28  # larger than MNIST's frame
         assert (image.mode == "RGBA") == ("rgba" in item.kinds)
         assert (image.format == "JPEG") == ("jpeg" in item.kinds)
+    turns = [item.turn_degrees for item in items]
+    assert max(abs(turn) for turn in turns) <= 10 and min(turns) < -1 and max(turns) > 1

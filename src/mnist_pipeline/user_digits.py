@@ -36,6 +36,7 @@ class UserDigit:
     label: int
     mnist_index: int
     kinds: tuple[str, ...]  # e.g. ("inverted", "jpeg", "noisy")
+    turn_degrees: float  # counter-clockwise
 
 
 def write_user_digits(digits: np.ndarray, labels: np.ndarray, directory: str | Path, seed: int,
@@ -47,19 +48,19 @@ def write_user_digits(digits: np.ndarray, labels: np.ndarray, directory: str | P
     indices = rng.choice(len(digits), size=count, replace=False)
     written = []
     for number, index in enumerate(indices):
-        image, kinds, extension = draw_user_digit(digits[index], rng, max_side)
+        image, kinds, extension, turn = draw_user_digit(digits[index], rng, max_side)
         path = directory / f"{number:05d}_{int(labels[index])}.{extension}"
         if extension == "jpg":
             image.save(path, quality=int(rng.integers(70, 96)))
         else:
             image.save(path)
-        written.append(UserDigit(path, int(labels[index]), int(index), kinds))
+        written.append(UserDigit(path, int(labels[index]), int(index), kinds, round(turn, 2)))
     return written
 
 
 def draw_user_digit(digit: np.ndarray, rng: np.random.Generator,
-                    max_side: int | None = None) -> tuple[Image.Image, tuple[str, ...], str]:
-    """One MNIST digit (28, 28) uint8 redrawn on a canvas: (image, kinds, file extension)."""
+                    max_side: int | None = None) -> tuple[Image.Image, tuple[str, ...], str, float]:
+    """One MNIST digit (28, 28) uint8 redrawn on a canvas: (image, kinds, file extension, turn in degrees)."""
     kinds = []
     large = rng.random() < LARGE_SHARE
     longer = LARGE_CANVAS_SIDE if large else int(rng.choice(CANVAS_SIDES))
@@ -104,7 +105,7 @@ def draw_user_digit(digit: np.ndarray, rng: np.random.Generator,
         pixels = np.empty((height, width, 4), dtype=np.uint8)
         pixels[..., :3] = colour.astype(np.uint8)
         pixels[..., 3] = np.round(ink * 255).astype(np.uint8)
-        return Image.fromarray(pixels, mode="RGBA"), tuple(kinds), "png"
+        return Image.fromarray(pixels, mode="RGBA"), tuple(kinds), "png", turn
 
     grey = background_level + (ink_level - background_level) * ink
     if rng.random() < NOISY_SHARE:
@@ -120,5 +121,5 @@ def draw_user_digit(digit: np.ndarray, rng: np.random.Generator,
         image = Image.fromarray(np.round(grey * 255).astype(np.uint8), mode="L")
     if rng.random() < JPEG_SHARE:
         kinds.append("jpeg")
-        return image, tuple(kinds), "jpg"
-    return image, tuple(kinds), "png"
+        return image, tuple(kinds), "jpg", turn
+    return image, tuple(kinds), "png", turn
