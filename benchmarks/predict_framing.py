@@ -143,7 +143,7 @@ def main() -> None:
         for kind in item.kinds or ("plain",):
             by_kind[kind].append(number)
     turns = np.abs([item.turn_degrees for item in items])
-    by_turn = {f"{low}-{high} degrees": np.flatnonzero((turns >= low) & (turns < high)) for low, high in TURN_BINS}
+    by_turn = {f"[{low}, {high}) degrees": np.flatnonzero((turns >= low) & (turns < high)) for low, high in TURN_BINS}
     result = {
         "checkpoint": str(args.checkpoint),
         "images": len(items),
@@ -175,7 +175,7 @@ def main() -> None:
         print(f"  {kind:9s} {row['images']:5d} images: {row['accuracy_before']:7.2%} -> {row['accuracy_after']:7.2%}"
               f" (MNIST's framing: {row['accuracy_on_mnist_framing']:.2%})")
     for turn, row in result["by_turn"].items():
-        print(f"  turned {turn:12s} {row['images']:5d} images: after {row['accuracy_after']:7.2%}"
+        print(f"  turned {turn:16s} {row['images']:5d} images: after {row['accuracy_after']:7.2%}"
               f" (MNIST's framing: {row['accuracy_on_mnist_framing']:.2%})")
     if new_errors:
         print(f"refused after: {len(new_errors)}: {new_errors[:3]}")
