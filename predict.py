@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Classify PNG images of digits: `.venv/bin/python predict.py digit.png [--checkpoint models/model.pt]`."""
+"""Classify images of digits: `.venv/bin/python predict.py digit.png photo.jpg [--checkpoint models/model.pt]`."""
 
 import sys
 from pathlib import Path

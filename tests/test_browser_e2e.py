@@ -163,7 +163,7 @@ def test_served_champion_answers_invocations_with_real_digits(project):
 def test_predict_command_classifies_pngs_with_the_champion_and_a_checkpoint(project, tmp_path):
     from PIL import Image
 
-    pixels, _ = _test_pixels(4)
+    pixels, labels = _test_pixels(8)
     paths = []
     for i, image in enumerate(pixels):
         path = tmp_path / f"digit{i}.png"
@@ -177,7 +177,14 @@ def test_predict_command_classifies_pngs_with_the_champion_and_a_checkpoint(proj
     assert all(line.startswith(f"{p}: ") and line.endswith("%)") for line, p in zip(lines, paths))
 
     from_checkpoint = run(project, sys.executable, "predict.py", "--checkpoint", "models/model.pt", *paths)
-    assert len(from_checkpoint.stdout.strip().splitlines()) == 4
+    lines = from_checkpoint.stdout.strip().splitlines()
+    assert [line.split(": ")[0] for line in lines] == paths
+    predicted = np.array([int(line.split(": ")[1].split()[0]) for line in lines])
+    # The checkpoint's own answers on these pixels, and mostly the digits' labels (it trained on a slice).
+    from mnist_pipeline.predict import probabilities_from_checkpoint
+
+    assert predicted.tolist() == probabilities_from_checkpoint(pixels, project / "models/model.pt").argmax(1).tolist()
+    assert (predicted == labels).mean() >= 0.75
 
     missing = run(project, sys.executable, "predict.py", str(tmp_path / "nope.png"), check=False)
     assert missing.returncode == 2 and missing.stderr.strip() == f"error: {tmp_path / 'nope.png'}: no such file"

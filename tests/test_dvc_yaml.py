@@ -86,6 +86,7 @@ CODE_CASES = {
     "src/mnist_pipeline/csrc/reference_block1.c": TRAINING,
     "src/mnist_pipeline/plots.py": ["plot"], "stages/plot.py": ["plot"],
     "src/mnist_pipeline/predict.py": [], "predict.py": [],  # the predict command: no stage runs it
+    "src/mnist_pipeline/images.py": [], "src/mnist_pipeline/user_digits.py": [],  # predict's framing, its test set
 }
 
 

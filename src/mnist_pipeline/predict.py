@@ -1,4 +1,4 @@
-"""Classify PNG images of digits with the registered champion model or a checkpoint."""
+"""Classify images of digits (PNG or JPEG, any size) with the registered champion model or a checkpoint."""
 
 from __future__ import annotations
 
@@ -9,26 +9,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from mnist_pipeline.errors import PipelineError
-
-
-def load_png(path: str | Path) -> np.ndarray:
-    """A PNG as MNIST stores digits: (28, 28) uint8, light digit on a dark background.
-
-    Other sizes are resized; a dark digit on a light background (a scan, a
-    drawing) is inverted, judged by the mean brightness.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        image = Image.open(path).convert("L")
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise PipelineError(f"{path}: not a readable image ({exc})") from None
-    if image.size != (28, 28):
-        image = image.resize((28, 28), Image.LANCZOS)
-    pixels = np.asarray(image, dtype=np.uint8)
-    return 255 - pixels if pixels.mean() > 127 else pixels
+from mnist_pipeline.images import load_digit
 
 
 def probabilities_from_checkpoint(pixels: np.ndarray, checkpoint_path: str | Path) -> np.ndarray:
@@ -68,14 +49,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     from mnist_pipeline.config import load_config
     from mnist_pipeline.tracking import CHAMPION_ALIAS
 
-    parser = argparse.ArgumentParser(description="Classify PNG images of handwritten digits.")
-    parser.add_argument("images", nargs="+", help="PNG files, one digit each (any size; 28x28 is native)")
+    parser = argparse.ArgumentParser(description="Classify images of handwritten digits, one digit per image.")
+    parser.add_argument("images", nargs="+", help="PNG or JPEG files, one digit each: any size, grey, RGB or RGBA, "
+                        "either polarity; framed as MNIST framed its digits (docs/predict.md)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--checkpoint", help="a checkpoint such as models/model.pt (no MLflow needed)")
     source.add_argument("--model", help=f"an MLflow model URI (default: models:/<registered_model>@{CHAMPION_ALIAS})")
     args = parser.parse_args(argv)
 
-    pixels = np.stack([load_png(path) for path in args.images])
+    pixels = np.stack([load_digit(path) for path in args.images])  # every file checked before the model loads
     if args.checkpoint:
         probabilities = probabilities_from_checkpoint(pixels, args.checkpoint)
     else:

@@ -1,0 +1,239 @@
+"""Any image of one digit framed the way MNIST framed its digits: (28, 28) uint8, light digit on black.
+
+MNIST's authors cropped each digit to its bounding box, scaled it with
+anti-aliasing to fit a 20x20 box keeping its aspect ratio, and placed it in
+the 28x28 frame so that its centre of mass sits at the centre. The model has
+only ever seen digits framed that way; `frame_digit` does the same to a scan,
+a photo or a drawing, after working out what is background and what is ink.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from mnist_pipeline.errors import PipelineError
+
+FRAME = 28  # MNIST's frame, pixels per side
+BOX = 20  # the box the digit is scaled into, pixels per side
+WORKING_SIDE = 1024  # larger images are reduced to about this before any float work
+BORDER_FRACTION = 0.03  # the ring that tells the background, as a fraction of the shorter side (at least 1 px)
+NOISE_SIGMAS = 3.0  # ink must stand this many noise deviations (of the border) off the background
+MIN_CONTRAST = 0.1  # the ink must differ from the background by this fraction of the full scale
+MASK_LEVEL = 0.3  # a pixel belongs to a stroke when its ink is this fraction of the strongest ink
+EDGE_LEVEL = 0.1  # the box is measured down to this fraction: MNIST's boxes include anti-aliased edges
+SPECK_FRACTION = 0.05  # a mark with less ink than this fraction of the digit's largest stroke is a speck
+JOIN_MARGIN = 0.25  # marks within this fraction of the digit's size of it are pieces of it
+OTHER_DIGIT_MASS = 0.3  # a separate mark with this much of the digit's ink ...
+OTHER_DIGIT_HEIGHT = 0.5  # ... and this much of its height is a second digit
+RESAMPLING = Image.Resampling.LANCZOS  # into the 20x20 box: anti-aliased, sharp
+MIN_DIGIT_FRACTION = 0.03  # a digit spans at least this fraction of the longer side (and 3 px): less is noise
+# EXIF orientations (phone photos are stored sideways and tagged) and the transpose that undoes each.
+EXIF_ORIENTATION_TAG = 0x0112
+EXIF_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                  4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+                  6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+
+
+def load_digit(path: str | Path) -> np.ndarray:
+    """The digit in an image file, framed as MNIST frames its digits: (28, 28) uint8."""
+    return frame_digit(read_image(path), name=str(path))
+
+
+def read_image(path: str | Path) -> Image.Image:
+    """Decode an image file at no more than about WORKING_SIDE pixels a side, upright as its EXIF says.
+
+    A JPEG is decoded at a reduced scale directly (`draft`); other formats are
+    decoded once at full size and reduced by averaging blocks, so a large image
+    is held at full resolution once, in its own mode, never as floats.
+    """
+    try:
+        image = Image.open(path)
+        orientation = image.getexif().get(EXIF_ORIENTATION_TAG)
+        if image.format == "JPEG" and image.mode in ("L", "RGB", "YCbCr"):
+            image.draft("L", _reduced_size(image.size))  # decode at 1/2..1/8 scale, straight to luminance
+        image.load()
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: no such file") from None
+    except Image.DecompressionBombError as exc:
+        raise PipelineError(f"{path}: too large to read ({exc})") from None
+    except (Image.UnidentifiedImageError, OSError, ValueError) as exc:
+        raise PipelineError(f"{path}: not a readable image ({exc})") from None
+    image = _reduced(_common_mode(image))
+    if orientation in EXIF_TRANSPOSE:
+        image = image.transpose(EXIF_TRANSPOSE[orientation])
+    return image
+
+
+def frame_digit(image: Image.Image, name: str = "image") -> np.ndarray:
+    """Frame the one digit in `image` as MNIST did: (28, 28) uint8, light digit on black, centred by mass.
+
+    An image that is already framed that way (28x28, black background, the
+    digit 19-20 pixels on its longer side, centred by mass) is returned as is.
+    Raises PipelineError, naming `name`, when the image is blank or holds more
+    than one digit (specks and small marks are ignored, see _crop_to_digit).
+    """
+    grey = _flatten(_reduced(_common_mode(image)))
+    if grey.shape == (FRAME, FRAME):
+        pixels = np.round(grey * 255).astype(np.uint8)
+        if is_mnist_framed(pixels):
+            return pixels
+    ink = _ink(grey, name)
+    digit = _crop_to_digit(ink, name)
+    return _place_in_frame(digit)
+
+
+def is_mnist_framed(pixels: np.ndarray) -> bool:
+    """Whether (28, 28) uint8 pixels already look like an MNIST digit: black border, 19-20 px box, centred."""
+    if pixels.shape != (FRAME, FRAME) or np.median(_border(pixels)) != 0 or pixels.max() < 128:
+        return False
+    rows = np.flatnonzero(pixels.any(axis=1))
+    cols = np.flatnonzero(pixels.any(axis=0))
+    longer_side = max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1
+    centre_row, centre_col = _centre_of_mass(pixels.astype(np.float64))
+    # MNIST's own digits: longer side 19 or 20, centre of mass within half a pixel of (14, 14).
+    return BOX - 1 <= longer_side <= BOX and abs(centre_row - FRAME / 2) <= 1 and abs(centre_col - FRAME / 2) <= 1
+
+
+def _reduced_size(size: tuple[int, int]) -> tuple[int, int]:
+    scale = min(1.0, WORKING_SIDE / max(size))
+    return max(1, math.ceil(size[0] * scale)), max(1, math.ceil(size[1] * scale))
+
+
+def _reduced(image: Image.Image) -> Image.Image:
+    factor = math.ceil(max(image.size) / WORKING_SIDE)
+    return image.reduce(factor) if factor > 1 else image  # block averages: anti-aliased, the full size freed
+
+
+def _common_mode(image: Image.Image) -> Image.Image:
+    """The image as L, LA, RGB or RGBA (16-bit grey scaled to 8 bits, palettes expanded)."""
+    if image.mode in ("L", "LA", "RGB", "RGBA"):
+        return image
+    if image.mode.startswith("I;16"):  # a 16-bit grey PNG: the high byte, in integers (Pillow cannot reduce I;16)
+        return Image.fromarray((np.asarray(image, dtype=np.uint16) >> 8).astype(np.uint8), mode="L")
+    if image.mode in ("I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        full_scale = 65535 if values.max() > 255 else 255
+        return Image.fromarray(np.clip(values / full_scale * 255, 0, 255).astype(np.uint8), mode="L")
+    if image.mode == "1":
+        return image.convert("L")
+    has_alpha = "A" in image.mode or "a" in image.mode or "transparency" in image.info
+    return image.convert("RGBA" if has_alpha else "RGB")
+
+
+def _flatten(image: Image.Image) -> np.ndarray:
+    """Grey levels in [0, 1], transparency flattened onto a background that contrasts with the ink.
+
+    A drawing exported with a transparent background may hold its digit only in
+    the alpha channel (black everywhere, opaque where drawn); flattened onto
+    black it would vanish, so the background is white under dark ink and black
+    under light ink.
+    """
+    if image.mode in ("L", "RGB"):
+        return np.asarray(image.convert("L"), dtype=np.float32) / 255
+    colour = image.convert("RGB" if image.mode == "RGBA" else "L")
+    luminance = np.asarray(colour.convert("L"), dtype=np.float32) / 255
+    alpha = np.asarray(image.getchannel("A"), dtype=np.float32) / 255
+    opacity = float(alpha.sum())
+    if opacity == 0:
+        return np.zeros_like(luminance)  # fully transparent: blank
+    ink_level = float((luminance * alpha).sum()) / opacity
+    background = 1.0 if ink_level < 0.5 else 0.0
+    return luminance * alpha + background * (1 - alpha)
+
+
+def _border(pixels: np.ndarray) -> np.ndarray:
+    width = max(1, round(min(pixels.shape) * BORDER_FRACTION))
+    return np.concatenate([pixels[:width].ravel(), pixels[-width:].ravel(),
+                           pixels[width:-width, :width].ravel(), pixels[width:-width, -width:].ravel()])
+
+
+def _ink(grey: np.ndarray, name: str) -> np.ndarray:
+    """How much ink each pixel holds, 0 for background: polarity and level from the border."""
+    border = _border(grey)
+    background = float(np.median(border))
+    noise = 1.4826 * float(np.median(np.abs(border - background)))  # the border's deviation, robust to a stroke
+    floor = NOISE_SIGMAS * noise
+    lighter = np.clip(grey - background - floor, 0, None)
+    darker = np.clip(background - grey - floor, 0, None)
+    # Polarity: which way the pixels depart from the border's level, not whether the mean is bright.
+    ink = darker if darker.sum() > lighter.sum() else lighter
+    if ink.max() < MIN_CONTRAST:
+        raise PipelineError(f"{name}: no digit found (the image is blank)")
+    return ink
+
+
+def _crop_to_digit(ink: np.ndarray, name: str) -> np.ndarray:
+    """The digit's box cut from `ink`, scaled to [0, 1]; specks are dropped, a second digit is refused."""
+    from scipy import ndimage  # only the framing needs it; predict.py pays for it, the pipeline does not
+
+    strokes = ink > MASK_LEVEL * ink.max()
+    labels, count = ndimage.label(strokes, structure=np.ones((3, 3)))
+    boxes = ndimage.find_objects(labels)
+    masses = ndimage.sum(ink, labels, index=np.arange(1, count + 1))
+    largest = int(np.argmax(masses))
+    main_box = boxes[largest]
+    main_height = main_box[0].stop - main_box[0].start
+    main_size = max(main_height, main_box[1].stop - main_box[1].start)
+    if main_size < max(3, MIN_DIGIT_FRACTION * max(ink.shape)):
+        raise PipelineError(f"{name}: no digit found (the image is blank)")
+
+    # Grow the digit from its largest stroke: marks near it are its pieces (a 5's detached bar).
+    members = {largest}
+    top, bottom, left, right = main_box[0].start, main_box[0].stop, main_box[1].start, main_box[1].stop
+    grown = True
+    while grown:
+        grown = False
+        margin = JOIN_MARGIN * main_size
+        for index, box in enumerate(boxes):
+            if index in members or masses[index] < SPECK_FRACTION * masses[largest]:
+                continue
+            if (box[0].start < bottom + margin and box[0].stop > top - margin
+                    and box[1].start < right + margin and box[1].stop > left - margin):
+                members.add(index)
+                top, bottom = min(top, box[0].start), max(bottom, box[0].stop)
+                left, right = min(left, box[1].start), max(right, box[1].stop)
+                grown = True
+    others = [index for index, box in enumerate(boxes) if index not in members
+              and masses[index] >= OTHER_DIGIT_MASS * masses[largest]
+              and box[0].stop - box[0].start >= OTHER_DIGIT_HEIGHT * main_height]
+    if others:
+        raise PipelineError(f"{name}: {len(others) + 1} digits found; give one digit per image")
+
+    # Measure the box down to the strokes' faint edges, as MNIST's boxes include them.
+    grow = max(1, round(0.05 * main_size))
+    top, left = max(0, top - grow), max(0, left - grow)
+    bottom, right = min(ink.shape[0], bottom + grow), min(ink.shape[1], right + grow)
+    kept = np.isin(labels[top:bottom, left:right], [m + 1 for m in members]) | ~strokes[top:bottom, left:right]
+    digit = np.where(kept, ink[top:bottom, left:right], 0)
+    edges = digit > EDGE_LEVEL * digit.max()
+    rows, cols = np.flatnonzero(edges.any(axis=1)), np.flatnonzero(edges.any(axis=0))
+    digit = digit[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    return np.clip(digit / digit.max(), 0, 1)
+
+
+def _place_in_frame(digit: np.ndarray) -> np.ndarray:
+    """Scale into BOX x BOX keeping the aspect ratio, then centre by mass in FRAME x FRAME."""
+    height, width = digit.shape
+    scale = BOX / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    scaled = np.asarray(Image.fromarray(digit.astype(np.float32), mode="F").resize(size, RESAMPLING))
+    scaled = np.clip(scaled, 0, None)  # Lanczos rings slightly below zero beside strokes
+    scaled = np.clip(scaled / scaled.max(), 0, 1)  # thin strokes fade when shrunk: their cores back to full ink
+    centre_row, centre_col = _centre_of_mass(scaled)
+    # MNIST's centres of mass all lie within half a pixel of (14, 14): integer shifts, no resampling.
+    top = min(max(0, math.floor(FRAME / 2 + 0.5 - centre_row)), FRAME - size[1])
+    left = min(max(0, math.floor(FRAME / 2 + 0.5 - centre_col)), FRAME - size[0])
+    frame = np.zeros((FRAME, FRAME), dtype=np.float32)
+    frame[top:top + size[1], left:left + size[0]] = scaled
+    return np.round(frame * 255).astype(np.uint8)
+
+
+def _centre_of_mass(pixels: np.ndarray) -> tuple[float, float]:
+    total = pixels.sum()
+    rows = np.arange(pixels.shape[0])
+    cols = np.arange(pixels.shape[1])
+    return float(pixels.sum(axis=1) @ rows / total), float(pixels.sum(axis=0) @ cols / total)
