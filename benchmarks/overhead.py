@@ -13,6 +13,7 @@ slower machine. Each stage reports its phases (MNIST_PIPELINE_TIMINGS, see
 mnist_pipeline.timing); what the stages do not account for is DVC itself.
 
     .venv/bin/python benchmarks/overhead.py                   # about 3 minutes on 2 cores
+    .venv/bin/python benchmarks/overhead.py --baseline d819703  # and an earlier commit's, interleaved, for a before/after
     .venv/bin/python benchmarks/overhead.py --update-docs     # and write the figures into docs/performance.md
     .venv/bin/python benchmarks/overhead.py --report --update-docs   # the docs block from the saved JSON
 
@@ -43,15 +44,23 @@ WARM_UP = ("lr=0.02", "epochs=1")
 MEASURED = ("lr=0.05", "lr=0.03", "lr=0.04", "lr=0.06", "lr=0.07")  # each with epochs=1; a new value each time
 
 
-def copy_repository(destination: Path) -> Path:
-    """The repository's files as a clone would have them (tracked and untracked-not-ignored), committed."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                            cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
-    for name in filter(None, listed.split("\0")):
-        source = REPO_ROOT / name
-        if source.is_file():
-            (destination / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, destination / name)
+def copy_repository(destination: Path, revision: str | None = None) -> Path:
+    """The repository's files as a clone would have them, committed as a new repository.
+
+    Without `revision`, the working tree's (tracked and untracked-not-ignored files); with one, that commit's.
+    """
+    destination.mkdir(parents=True)
+    if revision:
+        archive = subprocess.run(["git", "archive", revision], cwd=REPO_ROOT, capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(destination)], input=archive, check=True)
+    else:
+        listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                                cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
+        for name in filter(None, listed.split("\0")):
+            source = REPO_ROOT / name
+            if source.is_file():
+                (destination / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, destination / name)
     for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "benchmark baseline"]):
         subprocess.run(command, cwd=destination, env=environment(), check=True, capture_output=True)
     return destination
@@ -97,29 +106,34 @@ def stage_records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-def measure(repeats: int) -> dict:
+def measure(repeats: int, baseline: str | None = None) -> dict:
+    """Time the experiments of the working tree's code, and with `baseline` of that commit's, taking turns."""
     with tempfile.TemporaryDirectory(prefix="overhead-") as tmp:
-        project = copy_repository(Path(tmp) / "project")
         timings = Path(tmp) / "timings.jsonl"
         env = environment(MNIST_PIPELINE_TIMINGS=str(timings))
+        trees = {"working tree": None, **({f"baseline {baseline}": baseline} if baseline else {})}
+        projects = {name: copy_repository(Path(tmp) / f"project{i}", revision)
+                    for i, (name, revision) in enumerate(trees.items())}
         unit = unit_seconds(env)
-        warm_up = timed(["dvc", "exp", "run", *sum((["-S", s] for s in WARM_UP), [])], project, env)
-        experiments = []
+        warm_up = {name: round(timed(["dvc", "exp", "run", *sum((["-S", s] for s in WARM_UP), [])], project, env), 3)
+                   for name, project in projects.items()}
+        experiments: dict[str, list[dict]] = {name: [] for name in projects}
         for value in MEASURED[:repeats]:
-            timings.unlink(missing_ok=True)
-            wall = timed(["dvc", "exp", "run", "-S", value, "-S", "epochs=1"], project, env)
-            stages = stage_records(timings)
-            experiments.append({"command": f"dvc exp run -S {value} -S epochs=1", "wall": round(wall, 3),
-                                "train_seconds": round(last_train_seconds(project), 3), "stages": stages})
-        noop = [timed(["dvc", "repro"], project, env) for _ in range(3)]
+            for name, project in projects.items():  # taking turns, so that the machine's drift hits both alike
+                timings.unlink(missing_ok=True)
+                wall = timed(["dvc", "exp", "run", "-S", value, "-S", "epochs=1"], project, env)
+                experiments[name].append({"command": f"dvc exp run -S {value} -S epochs=1", "wall": round(wall, 3),
+                                          "train_seconds": round(last_train_seconds(project), 3),
+                                          "stages": stage_records(timings)})
+        noop = {name: [round(timed(["dvc", "repro"], project, env), 3) for _ in range(3)]
+                for name, project in projects.items()}
         unit_after = unit_seconds(env)
     return {
         "machine": machine(),
         "unit_seconds": round(statistics.median([unit, unit_after]), 3),
         "unit_seconds_before_after": [round(unit, 3), round(unit_after, 3)],
-        "warm_up_seconds": round(warm_up, 3),
-        "experiments": experiments,
-        "noop_repro_seconds": [round(s, 3) for s in noop],
+        "trees": {name: {"warm_up_seconds": warm_up[name], "experiments": experiments[name],
+                         "noop_repro_seconds": noop[name]} for name in projects},
     }
 
 
@@ -132,25 +146,29 @@ def machine() -> str:
 
 
 def report(summary: dict) -> list[str]:
-    """The figures as text lines: per experiment, then the median experiment's stages and phases."""
+    """The figures as text lines: per tree, each experiment, then the median experiment's stages and phases."""
     unit = summary["unit_seconds"]
-    lines = [f"{summary['machine']}; U = {unit:.2f} s (python -c \"import torch, mlflow\", median; "
-             f"{summary['unit_seconds_before_after'][0]:.2f} s before and {summary['unit_seconds_before_after'][1]:.2f} s after)"]
-    for e in summary["experiments"]:
-        fixed = e["wall"] - e["train_seconds"]
-        lines.append(f"{e['command']}: {e['wall']:.1f} s wall, {e['train_seconds']:.1f} s training, "
-                     f"fixed cost {fixed:.1f} s = {fixed / unit:.1f} U")
-    fixed = statistics.median(e["wall"] - e["train_seconds"] for e in summary["experiments"])
-    lines.append(f"median fixed cost: {fixed:.1f} s = {fixed / unit:.2f} U")
-    middle = sorted(summary["experiments"], key=lambda e: e["wall"] - e["train_seconds"])[len(summary["experiments"]) // 2]
-    stage_total = 0.0
-    for record in middle["stages"]:
-        stage_total += record["total"]
-        phases = ", ".join(f"{name} {seconds:.2f}" for name, seconds in record["phases"].items())
-        lines.append(f"  {record['stage']:<9} {record['total']:5.2f} s: {phases}")
-    lines.append(f"  DVC itself {middle['wall'] - stage_total:5.2f} s (the command's wall time less its stages')")
-    noop = summary["noop_repro_seconds"]
-    lines.append(f"no-op dvc repro: {statistics.median(noop):.2f} s (median of {', '.join(f'{s:.2f}' for s in noop)})")
+    before, after = summary["unit_seconds_before_after"]
+    lines = [f"{summary['machine']}; commit {summary.get('commit', '?')} ({summary.get('working_tree', '?')})",
+             f"U = {unit:.2f} s (python -c \"import torch, mlflow\", median; {before:.2f} s before and {after:.2f} s after)"]
+    for name, tree in summary["trees"].items():
+        experiments = tree["experiments"]
+        fixed = statistics.median(e["wall"] - e["train_seconds"] for e in experiments)
+        lines.append("")
+        lines.append(f"{name}: fixed cost {fixed:.1f} s = {fixed / unit:.2f} U (median of {len(experiments)})")
+        for e in experiments:
+            cost = e["wall"] - e["train_seconds"]
+            lines.append(f"  {e['command']}: {e['wall']:.1f} s wall, {e['train_seconds']:.1f} s training, "
+                         f"fixed {cost:.1f} s = {cost / unit:.2f} U")
+        middle = sorted(experiments, key=lambda e: e["wall"] - e["train_seconds"])[len(experiments) // 2]
+        stage_total = 0.0
+        for record in middle["stages"]:
+            stage_total += record["total"]
+            phases = ", ".join(f"{phase} {seconds:.2f}" for phase, seconds in record["phases"].items())
+            lines.append(f"    {record['stage']:<9} {record['total']:5.2f} s: {phases}")
+        lines.append(f"    DVC itself {middle['wall'] - stage_total:5.2f} s (the command's wall time less its stages')")
+        noop = tree["noop_repro_seconds"]
+        lines.append(f"  no-op dvc repro: {statistics.median(noop):.2f} s (median of {', '.join(f'{s:.2f}' for s in noop)})")
     return lines
 
 
@@ -166,6 +184,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, choices=range(1, len(MEASURED) + 1),
                         help="one-epoch experiments to time after the warm-up (default 3)")
+    parser.add_argument("--baseline", metavar="COMMIT", help="also time this commit's code, taking turns with the working tree's")
     parser.add_argument("--out", type=Path, default=RESULT)
     parser.add_argument("--report", action="store_true", help="only print (and with --update-docs write) the saved figures")
     parser.add_argument("--update-docs", action="store_true", help=f"write the figures into {DOCS.relative_to(REPO_ROOT)}")
@@ -173,7 +192,7 @@ def main() -> None:
     if args.report:
         summary = json.loads(args.out.read_text())
     else:
-        summary = measure(args.repeats)
+        summary = measure(args.repeats, args.baseline)
         summary["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT,
                                            capture_output=True, text=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
