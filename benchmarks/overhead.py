@@ -10,7 +10,7 @@ The fixed cost is the command's wall time minus the `train_seconds` the run
 logs to MLflow. Its unit U is the wall time of `python -c "import torch, mlflow"`
 in the same venv, measured in the same run, so the figure holds on a faster or
 slower machine. Each stage reports its phases (MNIST_PIPELINE_TIMINGS, see
-mnist_pipeline.timing); what the stages do not account for is DVC itself.
+mnist_pipeline.timing); what the stages do not account for is DVC itself (and each stage process's exit after its last mark).
 
     .venv/bin/python benchmarks/overhead.py                   # about 3 minutes on 2 cores
     .venv/bin/python benchmarks/overhead.py --baseline d819703  # and an earlier commit's, interleaved, for a before/after
@@ -166,7 +166,7 @@ def report(summary: dict) -> list[str]:
             stage_total += record["total"]
             phases = ", ".join(f"{phase} {seconds:.2f}" for phase, seconds in record["phases"].items())
             lines.append(f"    {record['stage']:<9} {record['total']:5.2f} s: {phases}")
-        lines.append(f"    DVC itself {middle['wall'] - stage_total:5.2f} s (the command's wall time less its stages')")
+        lines.append(f"    DVC itself and the stages' exits {middle['wall'] - stage_total:5.2f} s (the command's wall time less what the stages timed)")
         noop = tree["noop_repro_seconds"]
         lines.append(f"  no-op dvc repro: {statistics.median(noop):.2f} s (median of {', '.join(f'{s:.2f}' for s in noop)})")
     return lines
