@@ -7,8 +7,7 @@ import pytest
 
 from conftest import REPO_ROOT
 from mnist_pipeline.cli import run_stage
-from mnist_pipeline.config import Config, ConfigError, TrainConfig, flatten, load_config, parse_config
-from mnist_pipeline.threads import available_cores
+from mnist_pipeline.config import Config, ConfigError, TrainConfig, available_cores, flatten, load_config, parse_config
 
 
 def test_repo_params_are_the_reference_defaults():

@@ -249,14 +249,20 @@ def load_config(path: str | Path = PARAMS_FILE) -> Config:
     return config
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS tells, else the machine's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 def _check_threads(threads: Union[int, str]) -> None:
     """More compute threads than this machine's cores only makes them wait for each other: refuse it.
 
     Checked here, not in parse_config, because the cores are this machine's:
     a checkpoint's config, parsed on another machine, stays valid.
     """
-    from mnist_pipeline.threads import available_cores
-
     cores = available_cores()
     if threads != "auto" and threads > cores:
         raise ConfigError(f"threads: got {threads}; this machine has {cores} cores, so at most {cores} (or auto)")

@@ -7,7 +7,7 @@ repository for every stage, so all of them see the one file. `threads: auto`
 takes the machine's cores divided by the slots held; a slot whose process is
 gone (killed, crashed) does not count and is dropped by the next claim.
 
-Standard library only: the stage claims its slot before torch starts any
+Standard library only (and config, which is too at import): the stage claims its slot before torch starts any
 parallel work.
 """
 
@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
+from mnist_pipeline.config import available_cores
+
 SLOTS_FILE = Path(".dvc") / "tmp" / "compute-slots.json"  # under the repository root
 
 
@@ -33,14 +35,6 @@ class ThreadChoice:
 
     def describe(self, stage: str) -> str:
         return f"{stage}: {self.threads} thread{'s' if self.threads != 1 else ''} ({self.reason})"
-
-
-def available_cores() -> int:
-    """The cores this process may run on (its CPU affinity where the OS tells, else the machine's)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 def choose(setting: Union[int, str], cores: int, running: dict[str, int]) -> ThreadChoice:
