@@ -1,11 +1,11 @@
 """Stage evaluate: rebuild the model from its checkpoint and measure it on the test set."""
 
-from mnist_pipeline import tracking
+from mnist_pipeline import threads, tracking
 from mnist_pipeline.checkpoint import load_checkpoint, model_from_checkpoint, require_complete
 from mnist_pipeline.cli import run_stage
 from mnist_pipeline.config import load_config, parse_config
 from mnist_pipeline.data import load_split
-from mnist_pipeline.device import place_model, resolve_device
+from mnist_pipeline.device import place_model, resolve_device, use_threads
 from mnist_pipeline.evaluation import metrics_from_logits, mistakes_from_logits, predict
 from mnist_pipeline.timing import StageClock
 from mnist_pipeline.reports import read_json, write_confusion, write_json, write_mistakes
@@ -14,6 +14,9 @@ from mnist_pipeline.reports import read_json, write_confusion, write_json, write
 def main() -> None:
     clock = StageClock("evaluate")
     config = load_config()
+    thread_choice = threads.claim_threads(config.train.threads, tracking.repo_root(), kind="evaluation")
+    use_threads(thread_choice.threads)
+    print(thread_choice.describe("evaluate"))
     clock.mark("start-up and imports")
     device = resolve_device(config.train.device)
     checkpoint = load_checkpoint(config.paths.checkpoint)
@@ -44,7 +47,7 @@ def main() -> None:
     clock.mark("evaluation")
     run = read_json(config.paths.mlflow_run)
     run_id = run["run_id"]
-    metrics = {"eval_accuracy": result.accuracy, "eval_loss": result.loss}
+    metrics = {"eval_accuracy": result.accuracy, "eval_loss": result.loss, "eval_threads": thread_choice.threads}
     metrics.update({f"eval_accuracy_digit_{d}": acc for d, acc in enumerate(result.per_class_accuracy)})
     if not tracking.log_results(config.tracking.experiment, run_id, metrics=metrics,
                                 files=(config.paths.eval_metrics,), artifact_path="metrics"):

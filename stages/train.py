@@ -9,12 +9,12 @@ import sys
 import time
 from pathlib import Path
 
-from mnist_pipeline import distributed, fused, tracking
+from mnist_pipeline import distributed, fused, threads, tracking
 from mnist_pipeline.checkpoint import CheckpointError, load_checkpoint, restore_training, resume_decision, save_checkpoint
 from mnist_pipeline.cli import run_stage
 from mnist_pipeline.config import flatten, load_config
 from mnist_pipeline.data import blank_value, load_split
-from mnist_pipeline.device import configure_determinism, place_model, resolve_device
+from mnist_pipeline.device import configure_determinism, place_model, resolve_device, use_threads
 from mnist_pipeline.model import DigitClassifier, ModelConfig, build_model, parameter_count
 from mnist_pipeline.progress import epoch_bars
 from mnist_pipeline.reports import write_history, write_json
@@ -36,6 +36,11 @@ def main() -> None:
         sys.exit(distributed.launch(nproc, __file__))
     if ranks.distributed:
         device = distributed.init(ranks, device)
+    # Before torch's first parallel work; the count goes on the MLflow run (results differ by thread count).
+    thread_choice = threads.claim_threads(config.train.threads, tracking.repo_root(), siblings=ranks.world_size)
+    use_threads(thread_choice.threads)
+    if ranks.is_main:
+        print(thread_choice.describe("train"))
     configure_determinism(config.train.deterministic)
     # Connect before loading data or training: a dead tracking server fails now, not after the run.
     clock.mark("start-up and imports")
@@ -75,6 +80,7 @@ def main() -> None:
         say(f"train: {config.train.model} network ({parameter_count(model):,} parameters), {len(train_split)} images, "
             f"{config.train.epochs} epochs on {device}{processes}; MLflow run {run_id}")
         if ranks.is_main:
+            tracking.log_epoch({"threads": thread_choice.threads}, len(history))  # a resume may run on another count
             already_logged = tracking.logged_epochs(run_id)
             for result in history:  # epochs the killed run finished but did not get to log
                 if result.epoch not in already_logged:

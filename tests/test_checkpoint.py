@@ -101,6 +101,7 @@ def test_an_unfinished_checkpoint_is_not_a_result(tmp_path):
 @pytest.mark.parametrize("params, epochs_done, resumes, reason", [
     ({"epochs": 3}, 2, True, "resuming after epoch 2 of 3 from the unfinished checkpoint"),
     ({"epochs": 3, "plots": {"dpi": 50}}, 2, True, "resuming after epoch 2"),  # plots cannot change training
+    ({"epochs": 3, "threads": 1}, 2, True, "resuming after epoch 2"),  # nor the rounding order of the rest
     ({"epochs": 3}, 3, False, "the checkpoint holds a finished training; training from scratch"),
     ({"epochs": 3, "lr": 0.05}, 2, False, "params changed since the unfinished checkpoint (lr 0.01 -> 0.05); training from scratch"),
     ({"epochs": 4}, 2, False, "params changed since the unfinished checkpoint (epochs 3 -> 4)"),

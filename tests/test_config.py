@@ -7,7 +7,7 @@ import pytest
 
 from conftest import REPO_ROOT
 from mnist_pipeline.cli import run_stage
-from mnist_pipeline.config import Config, ConfigError, TrainConfig, flatten, load_config, parse_config
+from mnist_pipeline.config import Config, ConfigError, TrainConfig, available_cores, flatten, load_config, parse_config
 
 
 def test_repo_params_are_the_reference_defaults():
@@ -69,6 +69,10 @@ def test_int_given_for_float_is_accepted_as_float():
         ({"nproc": None}, "nproc: got null; expected an integer or auto"),
         ({"nproc": 1.5}, "nproc: got 1.5; expected an integer or auto"),
         ({"kernels": "fused"}, "kernels: got 'fused'; allowed: auto, torch"),
+        ({"threads": 0}, "threads: got 0; must be >= 1 and <= 1024"),
+        ({"threads": -2}, "threads: got -2; must be >= 1 and <= 1024"),
+        ({"threads": "all"}, "threads: got 'all'; expected an integer or auto"),
+        ({"threads": 1.5}, "threads: got 1.5; expected an integer or auto"),
         ({"augment": {"shift": -1}}, "augment.shift: got -1.0; must be >= 0.0 and <= 6.0"),
         ({"augment": {"flip": True}}, "augment.flip: unknown key; allowed here: shift, rotate"),
     ],
@@ -97,6 +101,19 @@ def test_empty_params_file_gives_defaults(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text("")
     assert load_config(path) == parse_config({})
+
+
+def test_more_threads_than_cores_is_refused_on_load_with_one_line(tmp_path):
+    cores = available_cores()
+    path = tmp_path / "params.yaml"
+    path.write_text(f"threads: {cores + 1}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value) == f"threads: got {cores + 1}; this machine has {cores} cores, so at most {cores} (or auto)"
+    path.write_text(f"threads: {cores}\n")
+    assert load_config(path).train.threads == cores
+    # A checkpoint's config made on a bigger machine still parses here (evaluate rebuilds from it).
+    assert parse_config({"threads": cores + 1}).train.threads == cores + 1
 
 
 def test_flatten_names_params_as_dvc_does():

@@ -16,6 +16,7 @@ import torch
 
 from conftest import c_compiler, require, requires_mnist_mirror
 from dvc_project import all_runs, copy_project, mlflow_client, predicts_like_evaluate, run, stages_run, update_params
+from mnist_pipeline.config import available_cores
 
 pytestmark = [pytest.mark.e2e, requires_mnist_mirror()]
 
@@ -44,6 +45,10 @@ def test_first_repro_runs_every_stage_and_writes_every_output(project, prepared_
     assert "epoch 2/2" in first.stderr + first.stdout
     assert "evaluate: test accuracy" in first.stdout
     assert "plot: plots/accuracy.png" in first.stdout
+    # Alone in the repository, `threads: auto` takes every core, and each stage says so.
+    cores = available_cores()
+    assert f"train: {cores} thread{'s' if cores > 1 else ''} ({cores} core{'s' if cores > 1 else ''}, 1 training running)" in first.stdout
+    assert f"evaluate: {cores} thread{'s' if cores > 1 else ''} ({cores} core{'s' if cores > 1 else ''}, 1 evaluation running)" in first.stdout
     assert run(project, "dvc", "status").stdout.strip() == "Data and pipelines are up to date."
 
 
@@ -78,6 +83,10 @@ def test_first_repro_made_one_mlflow_run_with_params_metrics_plots_and_model(pro
     assert [m.step for m in client.get_metric_history(mlflow_run.info.run_id, "train_loss")] == [1, 2]
     evaluation = json.loads((project / "metrics" / "eval.json").read_text())
     assert mlflow_run.data.metrics["eval_accuracy"] == pytest.approx(evaluation["test_accuracy"])
+    # The thread counts are on the run: results repeat bit for bit only at the same count.
+    threads = client.get_metric_history(mlflow_run.info.run_id, "threads")
+    assert [(m.step, m.value) for m in threads] == [(0, available_cores())]
+    assert mlflow_run.data.metrics["eval_threads"] == available_cores()
     plots = {a.path for a in client.list_artifacts(mlflow_run.info.run_id, "plots")}
     assert plots == {"plots/accuracy.png", "plots/loss.png", "plots/confusion.png", "plots/mistakes.png"}
 

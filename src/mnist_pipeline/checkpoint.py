@@ -82,14 +82,18 @@ def resume_decision(checkpoint: Optional[dict[str, Any]], config: dict[str, Any]
     """Whether training can continue from `checkpoint` under `config`, and the one line that says why.
 
     Only an unfinished checkpoint made with the same params resumes; plot
-    settings do not count, since they cannot change training.
+    settings do not count, since they cannot change training, and neither does
+    `threads`: it changes only the rounding order of the epochs still to run
+    (the count of each start is on the MLflow run), and a sweep's `auto` count
+    depends on what else runs, which must not throw finished epochs away.
     """
     if checkpoint is None:
         return False, "no checkpoint yet; training from scratch"
     if checkpoint.get("complete", True):
         return False, "the checkpoint holds a finished training; training from scratch"
-    before = flatten({k: v for k, v in checkpoint["config"].items() if k != "plots"})
-    now = flatten({k: v for k, v in config.items() if k != "plots"})
+    ignored = ("plots", "threads")
+    before = flatten({k: v for k, v in checkpoint["config"].items() if k not in ignored})
+    now = flatten({k: v for k, v in config.items() if k not in ignored})
     changed = [f"{key} {before.get(key)} -> {now.get(key)}" for key in sorted(set(before) | set(now))
                if before.get(key) != now.get(key)]
     if changed:

@@ -19,6 +19,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def use_threads(count: int) -> None:
+    """Run torch's CPU kernels on `count` threads (from mnist_pipeline.threads), before any parallel work."""
+    torch.set_num_threads(count)
+
+
 def place_model(model: nn.Module, device: torch.device) -> nn.Module:
     """Move `model` to `device` in channels-last layout.
 
