@@ -7,8 +7,8 @@ from mnist_pipeline.config import load_config, parse_config
 from mnist_pipeline.data import load_split
 from mnist_pipeline.device import place_model, resolve_device, use_threads
 from mnist_pipeline.evaluation import metrics_from_logits, mistakes_from_logits, predict
-from mnist_pipeline.timing import StageClock
 from mnist_pipeline.reports import read_json, write_confusion, write_json, write_mistakes
+from mnist_pipeline.timing import StageClock
 
 
 def main() -> None:

@@ -8,8 +8,8 @@ from mnist_pipeline.config import load_config
 from mnist_pipeline.data import raw_images
 from mnist_pipeline.plots import (accuracy_figure, check_colormap, confusion_figure, loss_figure, mistakes_figure,
                                   save_figure)
-from mnist_pipeline.timing import StageClock
 from mnist_pipeline.reports import read_confusion, read_history, read_json, read_mistakes
+from mnist_pipeline.timing import StageClock
 
 
 def main() -> None:
