@@ -15,7 +15,6 @@ from mnist_pipeline.cli import run_stage
 from mnist_pipeline.config import PARAMS_FILE, flatten, load_config
 from mnist_pipeline.data import blank_value, load_split
 from mnist_pipeline.device import configure_determinism, place_model, resolve_device
-from mnist_pipeline.lineage import data_digest
 from mnist_pipeline.model import DigitClassifier, ModelConfig, build_model, parameter_count
 from mnist_pipeline.progress import epoch_bars
 from mnist_pipeline.reports import write_history, write_json
@@ -80,15 +79,9 @@ def main() -> None:
             for result in history:  # epochs the killed run finished but did not get to log
                 if result.epoch not in already_logged:
                     tracking.log_epoch(result.as_metrics(), result.epoch)
-            # Lineage: the data by DVC's MD5, the params file, and why the system metrics lack a GPU if they do.
-            digest = data_digest(data.dir)
-            if digest.note:
-                say(f"train: {digest.note}")
-            tracking.log_data_inputs(data.dir, digest, {"training": data.max_train_images, "test": data.max_test_images})
-            tracking.log_reproduce_file(PARAMS_FILE)
-            gpu_note = tracking.gpu_metrics_skipped() if device.type == "cuda" else None
-            if gpu_note:
-                say(f"train: {gpu_note}")
+            slices = {"training": data.max_train_images, "test": data.max_test_images}
+            for note in tracking.log_lineage(data.dir, slices, PARAMS_FILE, on_gpu=device.type == "cuda"):
+                say(f"train: {note}")
 
         def end_of_epoch(history_so_far):
             # Checkpoint first: an epoch in MLflow is always an epoch a resume will not redo.

@@ -27,6 +27,7 @@ def environment(**overrides: str) -> dict[str, str]:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["MNIST_MIRROR"] = str(MNIST_MIRROR)
     env["DVC_NO_ANALYTICS"] = "1"
+    env["MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"] = "1"  # a sample every second: the test slice trains for seconds
     for role in ("AUTHOR", "COMMITTER"):
         env[f"GIT_{role}_NAME"] = "pipeline tests"
         env[f"GIT_{role}_EMAIL"] = "tests@example.invalid"

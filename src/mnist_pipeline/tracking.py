@@ -23,15 +23,18 @@ LOCK_ARTIFACT = f"{REPRODUCE_DIR}/dvc.lock"
 REPRODUCE_TAG = "reproduce.command"
 EVALUATED_MODEL_TAG = "evaluate.model_id"  # the logged model (m-...) the evaluate stage measured
 REGISTERED_VERSION_TAG = "evaluate.registered_version"  # <name>/<version> when evaluate registered it
-# CPU, memory and (with nvidia-ml-py) GPU every 2 s: MLflow's 10 s default leaves a test-sized run
-# with no sample at all. The cost, measured against training time, is in docs/design.md.
-SYSTEM_METRICS_INTERVAL = 2.0
+# CPU, memory and (with nvidia-ml-py) GPU every 5 s, unless MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL says
+# otherwise (the end-to-end tests take 1 s). MLflow's 10 s default leaves a one-epoch run on a GPU with no
+# sample at all; each sample costs the sampling thread ~20 ms of CPU (benchmarks/system_metrics.py).
+SYSTEM_METRICS_INTERVAL = 5
 # Servers that do not answer should fail the run in seconds, not after minutes of retries.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 # MLflow's usage telemetry fetches its config over the network from every process that logs: a call
 # that offline can only wait or fail. Off unless the user turns it on (MLFLOW_DISABLE_TELEMETRY=false).
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+os.environ.setdefault("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", str(SYSTEM_METRICS_INTERVAL))
 
 import mlflow  # noqa: E402 (after the environment above)
 import sqlalchemy.exc  # noqa: E402
@@ -268,9 +271,16 @@ def evaluated_model_tags(model_uri: Optional[str]) -> dict[str, str]:
     return {EVALUATED_MODEL_TAG: model_uri.removeprefix("models:/")} if model_uri else {}
 
 
-def log_reproduce_file(path: str | Path) -> None:
-    """A file `dvc repro` needs besides git (params.yaml), under reproduce/ of the active run."""
-    mlflow.log_artifact(str(path), REPRODUCE_DIR)
+def log_lineage(data_dir: str, slices: dict[str, Optional[int]], params_file: str | Path, on_gpu: bool) -> list[str]:
+    """What the active run trained on and what reproduces it: the data (DVC's MD5) and params.yaml.
+
+    Returns one-line notes for the user: a digest computed from the files, GPU metrics skipped.
+    """
+    digest = lineage.data_digest(data_dir)
+    log_data_inputs(data_dir, digest, slices)
+    mlflow.log_artifact(str(params_file), REPRODUCE_DIR)
+    notes = [digest.note, gpu_metrics_skipped() if on_gpu else None]
+    return [note for note in notes if note]
 
 
 def run_name() -> Optional[str]:
@@ -392,7 +402,6 @@ def training_run(experiment_id: str, params: dict[str, Any], resume_run_id: Opti
     tags = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
     # Only the process that opens the run measures, for the whole host: CPU and memory are
     # machine-wide and the GPU monitor reads every GPU. Under torchrun that is rank 0 (one node).
-    mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL)
     # Its start and stop notices are noise in the stage's output; gpu_metrics_skipped() says why no GPU.
     logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
     if resume_run_id is None:
