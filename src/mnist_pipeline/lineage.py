@@ -1,6 +1,7 @@
-"""Which data a run used, in DVC's own terms: the MD5 that dvc.lock records for the download stage's output.
+"""A run's lineage in DVC's own terms: the data's MD5 as dvc.lock records it, the lock a repro leaves, the way back.
 
-Standard library and yaml only, so that the train stage reads it without loading DVC.
+Standard library and yaml at import, so that the train stage reads the data's MD5 without loading DVC;
+only lock_after_stage (the plot stage) imports DVC, inside the call.
 """
 
 from __future__ import annotations
