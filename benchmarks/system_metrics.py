@@ -8,8 +8,8 @@ so the wall-time result is the median of the pairs' ratios. Load from other proc
 1%, so it also reads the CPU time of MLflow's sampling thread itself (/proc) against the training's
 CPU time: a cost that does not depend on the load.
 
-    .venv/bin/python benchmarks/system_metrics.py                 # 4 pairs of 12000 images, 1 epoch
-    .venv/bin/python benchmarks/system_metrics.py --pairs 6 --images 12000
+    .venv/bin/python benchmarks/system_metrics.py                 # 4 pairs of one full epoch (60000 images)
+    .venv/bin/python benchmarks/system_metrics.py --pairs 8 --images 12000   # shorter runs, fewer samples each
 
 Prints one line per training and the median; writes benchmarks/results/system_metrics.json. Needs the
 pipeline's data (`dvc repro download`) or MNIST_MIRROR. A benchmark, not a test: nothing asserts on it.
@@ -77,7 +77,7 @@ def timed_training(data_dir: str, images: int, system_metrics: bool) -> tuple[fl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=4)
-    parser.add_argument("--images", type=int, default=12000, help="training images per run (one epoch)")
+    parser.add_argument("--images", type=int, default=60000, help="training images per run (one epoch)")
     parser.add_argument("--data", default=os.environ.get("MNIST_MIRROR") or str(REPO_ROOT / "data" / "mnist"))
     args = parser.parse_args()
 

@@ -25,7 +25,7 @@ EVALUATED_MODEL_TAG = "evaluate.model_id"  # the logged model (m-...) the evalua
 REGISTERED_VERSION_TAG = "evaluate.registered_version"  # <name>/<version> when evaluate registered it
 # CPU, memory and (with nvidia-ml-py) GPU every 5 s, unless MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL says
 # otherwise (the end-to-end tests take 1 s). MLflow's 10 s default leaves a one-epoch run on a GPU with no
-# sample at all; each sample costs the sampling thread ~20 ms of CPU (benchmarks/system_metrics.py).
+# sample at all; each sample costs the sampling thread ~20 ms of CPU, 0.4% of training (docs/design.md).
 SYSTEM_METRICS_INTERVAL = 5
 # Servers that do not answer should fail the run in seconds, not after minutes of retries.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
