@@ -49,7 +49,9 @@ def main() -> None:
     run_id = run["run_id"]
     metrics = {"eval_accuracy": result.accuracy, "eval_loss": result.loss, "eval_threads": thread_choice.threads}
     metrics.update({f"eval_accuracy_digit_{d}": acc for d, acc in enumerate(result.per_class_accuracy)})
+    metrics["stage_seconds/evaluate"] = clock.total()
     if not tracking.log_results(config.tracking.experiment, run_id, metrics=metrics,
+                                tags=tracking.evaluated_model_tags(run.get("model_uri")),
                                 files=(config.paths.eval_metrics,), artifact_path="metrics"):
         print(f"evaluate: warning: MLflow run {run_id} is not in the store; nothing logged (dvc repro -f train makes a new run)")
     elif run.get("model_uri"):

@@ -6,6 +6,7 @@ from mnist_pipeline import tracking
 from mnist_pipeline.cli import run_stage
 from mnist_pipeline.config import load_config
 from mnist_pipeline.data import raw_images
+from mnist_pipeline.lineage import lock_for_run
 from mnist_pipeline.plots import (accuracy_figure, check_colormap, confusion_figure, loss_figure, mistakes_figure,
                                   save_figure)
 from mnist_pipeline.reports import read_confusion, read_history, read_json, read_mistakes
@@ -33,8 +34,15 @@ def main() -> None:
         print(f"plot: {path}")
 
     clock.mark("plotting")
+    # The last stage: dvc.lock as this repro leaves it, so that the run carries what `dvc repro` needs.
+    lock_text, lock_note = lock_for_run("plot")
+    if lock_note:
+        print(f"plot: {lock_note}")
+    clock.mark("dvc.lock")
     run_id = read_json(config.paths.mlflow_run)["run_id"]
-    if not tracking.log_results(config.tracking.experiment, run_id, files=tuple(written), artifact_path="plots"):
+    if not tracking.log_results(config.tracking.experiment, run_id, metrics={"stage_seconds/plot": clock.total()},
+                                files=tuple(written), artifact_path="plots",
+                                texts={tracking.LOCK_ARTIFACT: lock_text} if lock_text else None):
         print(f"plot: warning: MLflow run {run_id} is not in the store; nothing logged (dvc repro -f train makes a new run)")
     clock.mark("logging")
     clock.report()

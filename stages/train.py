@@ -12,7 +12,7 @@ from pathlib import Path
 from mnist_pipeline import distributed, fused, threads, tracking
 from mnist_pipeline.checkpoint import CheckpointError, load_checkpoint, restore_training, resume_decision, save_checkpoint
 from mnist_pipeline.cli import run_stage
-from mnist_pipeline.config import flatten, load_config
+from mnist_pipeline.config import PARAMS_FILE, flatten, load_config
 from mnist_pipeline.data import blank_value, load_split
 from mnist_pipeline.device import configure_determinism, place_model, resolve_device, use_threads
 from mnist_pipeline.model import DigitClassifier, ModelConfig, build_model, parameter_count
@@ -85,6 +85,9 @@ def main() -> None:
             for result in history:  # epochs the killed run finished but did not get to log
                 if result.epoch not in already_logged:
                     tracking.log_epoch(result.as_metrics(), result.epoch)
+            slices = {"training": data.max_train_images, "test": data.max_test_images}
+            for note in tracking.log_lineage(data.dir, slices, PARAMS_FILE, on_gpu=device.type == "cuda"):
+                say(f"train: {note}")
 
         def end_of_epoch(history_so_far):
             # Checkpoint first: an epoch in MLflow is always an epoch a resume will not redo.
@@ -104,7 +107,7 @@ def main() -> None:
         distributed.shutdown()
         if not ranks.is_main:
             return
-        tracking.log_epoch({"train_seconds": train_seconds}, config.train.epochs)
+        tracking.log_epoch({"train_seconds": train_seconds, "stage_seconds/train": clock.total()}, config.train.epochs)
 
         write_history(paths.history, history)
         last = history[-1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -26,6 +27,7 @@ def environment(**overrides: str) -> dict[str, str]:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["MNIST_MIRROR"] = str(MNIST_MIRROR)
     env["DVC_NO_ANALYTICS"] = "1"
+    env["MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"] = "1"  # a sample every second: the test slice trains for seconds
     for role in ("AUTHOR", "COMMITTER"):
         env[f"GIT_{role}_NAME"] = "pipeline tests"
         env[f"GIT_{role}_EMAIL"] = "tests@example.invalid"
@@ -145,3 +147,53 @@ def predicts_like_evaluate(model, project: Path, images: int = 500) -> float:
     evaluation = json.loads((project / "metrics" / "eval.json").read_text())
     assert accuracy == pytest.approx(evaluation["test_accuracy"], abs=1e-9)
     return accuracy
+
+
+def check_lineage(project: Path, run_id: str, lock_text: str, params_text: str) -> None:
+    """What every training run carries (issue 15), given the dvc.lock and params.yaml its repro left behind.
+
+    The data as dataset inputs whose digest is dvc.lock's MD5 of data/mnist, system metrics, each stage's
+    wall time, the evaluated model, the way back, and byte-equal copies of params.yaml and dvc.lock.
+    """
+    import tempfile
+
+    client = mlflow_client(project)
+    mlflow_run = client.get_run(run_id)
+    lock = yaml.safe_load(lock_text)
+    md5 = next(out["md5"] for out in lock["stages"]["download"]["outs"] if out["path"] == "data/mnist")
+    params = yaml.safe_load(params_text)
+    inputs = {next(t.value for t in i.tags if t.key == "mlflow.data.context"): i.dataset
+              for i in mlflow_run.inputs.dataset_inputs}
+    assert set(inputs) == {"training", "test"}
+    assert {context: dataset.digest for context, dataset in inputs.items()} == {"training": md5, "test": md5}
+    assert inputs["training"].name == f"mnist-training[:{params['data']['max_train_images']}]"
+    assert inputs["test"].name == f"mnist-test[:{params['data']['max_test_images']}]"
+    assert "data/mnist/train-images-idx3-ubyte.gz" in inputs["training"].source
+
+    metrics = mlflow_run.data.metrics
+    assert metrics["system/cpu_utilization_percentage"] >= 0 and metrics["system/system_memory_usage_megabytes"] > 0
+    assert all(metrics[f"stage_seconds/{stage}"] > 0 for stage in ("train", "evaluate", "plot"))
+    tags = mlflow_run.data.tags
+    (logged_model,) = [m for m in client.search_logged_models([mlflow_run.info.experiment_id])
+                       if m.source_run_id == run_id]
+    assert tags["evaluate.model_id"] == logged_model.model_id
+    assert tags["reproduce.command"] in tags["mlflow.note.content"]
+
+    with tempfile.TemporaryDirectory() as folder:
+        reproduce = Path(client.download_artifacts(run_id, "reproduce", folder))
+        assert (reproduce / "dvc.lock").read_text() == lock_text
+        assert (reproduce / "params.yaml").read_text() == params_text
+
+
+def shown_run_ids(project: Path) -> dict[str, str]:
+    """`dvc exp show --json`'s run_id column: the MLflow run of the workspace and of each experiment, by name."""
+    shown = json.loads(run(project, "dvc", "exp", "show", "--json").stdout)
+    found = {}
+    for revision in shown:
+        revs = [revision] + [rev for experiment in (revision.get("experiments") or []) for rev in experiment["revs"]]
+        for rev in revs:
+            metrics = (rev.get("data") or {}).get("metrics") or {}
+            run_id = (metrics.get("metrics/mlflow_run.json") or {}).get("data", {}).get("run_id")
+            if run_id:
+                found[rev.get("name") or rev["rev"]] = run_id
+    return found

@@ -84,6 +84,7 @@ CODE_CASES = {
     "src/mnist_pipeline/reports.py": TRAINING, "src/mnist_pipeline/tracking.py": TRAINING,
     "stages/train.py": TRAINING, "stages/evaluate.py": ["evaluate", "plot"],
     "src/mnist_pipeline/history.py": TRAINING, "src/mnist_pipeline/fused.py": TRAINING,
+    "src/mnist_pipeline/lineage.py": TRAINING,
     "src/mnist_pipeline/csrc/reference_block1.c": TRAINING,
     "src/mnist_pipeline/plots.py": ["plot"], "stages/plot.py": ["plot"],
     "src/mnist_pipeline/predict.py": [], "predict.py": [],  # the predict command: no stage runs it

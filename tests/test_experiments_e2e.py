@@ -19,7 +19,8 @@ import torch
 import yaml
 
 from conftest import REPO_ROOT, requires_mnist_mirror
-from dvc_project import all_runs, copy_project, environment, mlflow_client, run, stages_run, update_params
+from dvc_project import (all_runs, check_lineage, copy_project, environment, mlflow_client, run, shown_run_ids, stages_run,
+                         update_params)
 from mnist_pipeline.checkpoint import load_checkpoint
 
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
@@ -111,13 +112,15 @@ def test_a_queued_sweep_is_one_named_mlflow_run_per_experiment_in_the_repo_store
     assert "Failed" not in status, status
 
     shown = json.loads(run(project, "dvc", "exp", "show", "--json").stdout)
-    experiments = {}
+    experiments, commits = {}, {}
     for revision in shown:
         for experiment in (revision.get("experiments") or []):
             for rev in experiment["revs"]:
                 params = rev["data"]["params"]["params.yaml"]["data"]
                 metrics = rev["data"]["metrics"]["metrics/eval.json"]["data"]
                 experiments[rev["name"]] = (params["lr"], metrics["test_accuracy"])
+                commits[rev["name"]] = rev["rev"]
+    run_ids = shown_run_ids(project)
     new_runs = [r for r in all_runs(project) if r.info.run_id not in runs_before]
     by_name = {r.info.run_name: r for r in new_runs}
     queued = set(by_name)
@@ -131,6 +134,11 @@ def test_a_queued_sweep_is_one_named_mlflow_run_per_experiment_in_the_repo_store
         assert mlflow_run.data.tags["mlflow.source.git.commit"] == baseline
         assert float(mlflow_run.data.params["lr"]) == experiments[name][0]
         assert mlflow_run.data.metrics["eval_accuracy"] == pytest.approx(experiments[name][1])
+        # Lineage, from the queue worker's temporary copy: its dvc.lock and params.yaml are the experiment's commit's.
+        assert run_ids[name] == mlflow_run.info.run_id
+        assert mlflow_run.data.tags["reproduce.command"] == f"dvc exp apply {name}"
+        check_lineage(project, mlflow_run.info.run_id, run(project, "git", "show", f"{commits[name]}:dvc.lock").stdout,
+                      run(project, "git", "show", f"{commits[name]}:params.yaml").stdout)
     table = run(project, "dvc", "exp", "show", "--no-pager", "--drop", "Created|data.*|paths.*|plots.*|tracking.*",
                 env=environment(COLUMNS="220"))
     print("\n" + table.stdout)

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from conftest import c_compiler, require, requires_mnist_mirror
-from dvc_project import all_runs, copy_project, mlflow_client, predicts_like_evaluate, run, stages_run, update_params
+from dvc_project import (all_runs, check_lineage, copy_project, mlflow_client, predicts_like_evaluate, run, shown_run_ids,
+                         stages_run, update_params)
 from mnist_pipeline.config import available_cores
 
 pytestmark = [pytest.mark.e2e, requires_mnist_mirror()]
@@ -91,6 +92,18 @@ def test_first_repro_made_one_mlflow_run_with_params_metrics_plots_and_model(pro
     assert plots == {"plots/accuracy.png", "plots/loss.png", "plots/confusion.png", "plots/mistakes.png"}
 
 
+def test_the_run_carries_its_data_version_system_metrics_and_what_reproduces_it_and_dvc_shows_it(project):
+    (mlflow_run,) = all_runs(project)
+    run_id = mlflow_run.info.run_id
+    # The plot stage logged dvc.lock before DVC wrote plot's entry: it is the final lock all the same.
+    check_lineage(project, run_id, (project / "dvc.lock").read_text(), (project / "params.yaml").read_text())
+    head = run(project, "git", "rev-parse", "HEAD").stdout.strip()
+    assert mlflow_run.data.tags["reproduce.command"] == f"git checkout {head} && (dvc pull || dvc repro)"
+    registered = mlflow_run.data.tags["evaluate.registered_version"]  # the first run is the first champion
+    assert registered == "mnist-cnn/1"
+    assert shown_run_ids(project)["workspace"] == run_id  # from `dvc exp show` to the run
+
+
 def test_logged_model_predicts_digits_like_the_evaluate_stage(project):
     import mlflow.pyfunc
 
@@ -129,6 +142,8 @@ def test_exp_run_with_a_new_lr_is_a_second_mlflow_run_named_after_the_experiment
     assert newest.info.run_name == names[0]
     assert newest.data.tags["dvc.exp_name"] == names[0]
     assert json.loads((project / "metrics" / "mlflow_run.json").read_text())["run_id"] == newest.info.run_id
+    assert shown_run_ids(project)[names[0]] == newest.info.run_id
+    assert newest.data.tags["reproduce.command"] == f"dvc exp apply {names[0]}"
 
 
 def test_a_clean_repro_and_exp_run_print_no_warning_and_no_traceback(prepared_project, experimented_project):

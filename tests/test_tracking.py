@@ -1,4 +1,5 @@
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -16,7 +17,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
 from mlflow.tracking import MlflowClient
 
-from mnist_pipeline import tracking
+from mnist_pipeline import lineage, tracking
 
 
 @pytest.fixture
@@ -61,6 +62,8 @@ def test_training_run_is_named_and_tagged_after_the_dvc_experiment(store, monkey
     assert run.data.tags["dvc.exp_name"] == "lucky-lark"
     assert run.data.tags["mlflow.source.git.commit"] == "abc123"
     assert run.data.params == {"lr": "0.05", "data.max_train_images": "None"}
+    assert run.data.tags["reproduce.command"] == "dvc exp apply lucky-lark"
+    assert "`dvc exp apply lucky-lark`" in run.data.tags["mlflow.note.content"]  # the run's description
     history = client.get_metric_history(run_id, "test_accuracy")
     assert [(m.step, m.value) for m in history] == [(1, 0.5), (2, 0.75)]
 
@@ -83,6 +86,43 @@ def test_log_results_adds_to_a_finished_run_and_skips_a_missing_one(store, tmp_p
     assert client.get_run(run_id).data.metrics["eval_accuracy"] == 0.9
     assert [a.path for a in client.list_artifacts(run_id, "plots")] == ["plots/accuracy.png"]
     assert not tracking.log_results("exp-d", "0" * 32, metrics={"eval_accuracy": 0.9})
+
+
+def test_log_results_logs_metrics_and_tags_in_one_batch_and_texts_as_artifacts(store):
+    client, experiment_id = tracking.connect("exp-l")
+    with tracking.training_run(experiment_id, {}) as run_id:
+        pass
+    assert tracking.log_results("exp-l", run_id, metrics={"stage_seconds/plot": 1.5},
+                                tags=tracking.evaluated_model_tags("models:/m-123"),
+                                texts={tracking.LOCK_ARTIFACT: "schema: '2.0'\n"})
+    run = client.get_run(run_id)
+    assert run.data.metrics["stage_seconds/plot"] == 1.5 and run.data.tags["evaluate.model_id"] == "m-123"
+    assert mlflow.artifacts.load_text(f"runs:/{run_id}/reproduce/dvc.lock") == "schema: '2.0'\n"
+    assert tracking.evaluated_model_tags(None) == {}
+
+
+def test_the_data_is_logged_as_two_dataset_inputs_named_by_slice_with_dvcs_digest(store, tmp_path):
+    data_dir = tmp_path / "data" / "mnist"
+    data_dir.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz"):
+        (data_dir / name).write_bytes(name.encode())
+    client, experiment_id = tracking.connect("exp-i")
+    digest = lineage.DataDigest("b6c29e96813679dd8c451c9b5ca86e2c.dir", "dvc.lock")  # 36 characters: MLflow's limit
+    with tracking.training_run(experiment_id, {}) as run_id:
+        tracking.log_data_inputs(str(data_dir), digest, {"training": 2000, "test": None})
+    inputs = {next(t.value for t in i.tags if t.key == "mlflow.data.context"): i
+              for i in client.get_run(run_id).inputs.dataset_inputs}
+    training, test = inputs["training"], inputs["test"]
+    assert (training.dataset.name, test.dataset.name) == ("mnist-training[:2000]", "mnist-test")
+    assert training.dataset.digest == test.dataset.digest == digest.md5
+    assert json.loads(training.dataset.source)["files"] == [f"{data_dir.as_posix()}/train-images-idx3-ubyte.gz",
+                                                            f"{data_dir.as_posix()}/train-labels-idx1-ubyte.gz"]
+    assert {t.key: t.value for t in test.tags}["images"] == "all"
+
+
+def test_missing_gpu_metrics_are_explained_in_one_line():
+    note = tracking.gpu_metrics_skipped()
+    assert note is None or (note.startswith("GPU metrics skipped: ") and "\n" not in note)
 
 
 def test_an_unreachable_server_fails_fast_with_a_clear_error(store, monkeypatch):

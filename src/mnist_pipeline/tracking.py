@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import socket
@@ -17,6 +18,15 @@ PID_TAG = "pipeline.pid"  # with HOST_TAG: lets a later run tell a crashed train
 HOST_TAG = "pipeline.host"
 CONNECT_ATTEMPTS = 4
 ARTIFACTS_DIR = "mlartifacts"
+REPRODUCE_DIR = "reproduce"  # artifacts: params.yaml (train) and dvc.lock (plot, the last stage)
+LOCK_ARTIFACT = f"{REPRODUCE_DIR}/dvc.lock"
+REPRODUCE_TAG = "reproduce.command"
+EVALUATED_MODEL_TAG = "evaluate.model_id"  # the logged model (m-...) the evaluate stage measured
+REGISTERED_VERSION_TAG = "evaluate.registered_version"  # <name>/<version> when evaluate registered it
+# CPU, memory and (with nvidia-ml-py) GPU every 5 s, unless MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL says
+# otherwise (the end-to-end tests take 1 s). MLflow's 10 s default leaves a one-epoch run on a GPU with no
+# sample at all; each sample costs the sampling thread ~20 ms of CPU, 0.4% of training (docs/design.md).
+SYSTEM_METRICS_INTERVAL = 5
 # Servers that do not answer should fail the run in seconds, not after minutes of retries.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
@@ -24,10 +34,14 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 # that offline can only wait or fail. Off unless the user turns it on (MLFLOW_DISABLE_TELEMETRY=false).
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
+os.environ.setdefault("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", str(SYSTEM_METRICS_INTERVAL))
+
 import mlflow  # noqa: E402 (after the environment above)
 import sqlalchemy.exc  # noqa: E402
+from mlflow.data.dataset_source import DatasetSource  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
+from mnist_pipeline import lineage  # noqa: E402
 from mnist_pipeline.errors import PipelineError  # noqa: E402
 
 
@@ -209,7 +223,64 @@ def run_tags() -> dict[str, str]:
     exp_name = os.environ.get("DVC_EXP_NAME")
     if exp_name:
         tags["dvc.exp_name"] = exp_name
+    tags[REPRODUCE_TAG] = lineage.reproduce_command(exp_name, commit)
     return {k: v for k, v in tags.items() if v}
+
+
+def _reproduce_note(command: str) -> str:
+    """The run's description: how to get it back, and what else it carries for that."""
+    return (f"Bring this run back: `{command}`. Its params.yaml and dvc.lock are in the artifacts, "
+            f"under {REPRODUCE_DIR}/.")
+
+
+def gpu_metrics_skipped() -> Optional[str]:
+    """Why the system metrics hold no GPU, in one line; None when MLflow can read the GPUs."""
+    try:
+        import pynvml
+    except ImportError:
+        return "GPU metrics skipped: nvidia-ml-py is not installed (pip install -r requirements.txt)"
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as exc:
+        return f"GPU metrics skipped: NVML cannot start ({exc})"
+    return None
+
+
+def log_data_inputs(data_dir: str, digest: lineage.DataDigest, slices: dict[str, Optional[int]]) -> None:
+    """Log the training and test data as dataset inputs of the active run, named by split and slice.
+
+    The digest is DVC's MD5 of `data_dir` (the UI's Dataset column shows it); `slices` gives each
+    context (`training`, `test`) its first-N image limit, None for the whole split.
+    """
+    from mlflow.data.meta_dataset import MetaDataset
+
+    folder = Path(data_dir).as_posix()
+    files = lineage.split_files(data_dir)
+    datasets, contexts, tags = [], [], []
+    for context, limit in slices.items():
+        name = f"mnist-{context}" + (f"[:{limit}]" if limit is not None else "")
+        source = FilesSource(folder, tuple(f"{folder}/{name_}" for name_ in files[context]))
+        datasets.append(MetaDataset(source, name=name, digest=digest.md5))
+        contexts.append(context)
+        tags.append({"images": "all" if limit is None else f"first {limit}", "digest_from": digest.origin})
+    mlflow.log_inputs(datasets=datasets, contexts=contexts, tags_list=tags)
+
+
+def evaluated_model_tags(model_uri: Optional[str]) -> dict[str, str]:
+    """The tag naming the logged model (models:/m-... -> m-...) the evaluate stage measured; none without one."""
+    return {EVALUATED_MODEL_TAG: model_uri.removeprefix("models:/")} if model_uri else {}
+
+
+def log_lineage(data_dir: str, slices: dict[str, Optional[int]], params_file: str | Path, on_gpu: bool) -> list[str]:
+    """What the active run trained on and what reproduces it: the data (DVC's MD5) and params.yaml.
+
+    Returns one-line notes for the user: a digest computed from the files, GPU metrics skipped.
+    """
+    digest = lineage.data_digest(data_dir)
+    log_data_inputs(data_dir, digest, slices)
+    mlflow.log_artifact(str(params_file), REPRODUCE_DIR)
+    notes = [digest.note, gpu_metrics_skipped() if on_gpu else None]
+    return [note for note in notes if note]
 
 
 def run_name() -> Optional[str]:
@@ -261,23 +332,57 @@ def log_model(model, example_pixels) -> str:
     return info.model_uri
 
 
-def log_results(experiment: str, run_id: str, *, metrics: Optional[dict[str, float]] = None,
-                files: tuple[str | Path, ...] = (), artifact_path: Optional[str] = None) -> bool:
-    """Add metrics and files to a finished training run (evaluate and plot run after it).
+class FilesSource(DatasetSource):
+    """Files of the repository, by their paths from its root: the UI shows the folder, the source's JSON each file."""
 
+    def __init__(self, uri: str, files: tuple[str, ...]):
+        self.uri, self.files = uri, tuple(files)
+
+    @staticmethod
+    def _get_source_type() -> str:
+        return "local"
+
+    def load(self, dst_path=None) -> str:
+        return self.uri
+
+    @staticmethod
+    def _can_resolve(raw_source) -> bool:
+        return False
+
+    @classmethod
+    def _resolve(cls, raw_source):
+        raise NotImplementedError("FilesSource is built by log_data_inputs, not resolved")
+
+    def to_dict(self) -> dict:
+        return {"uri": self.uri, "files": list(self.files)}
+
+    @classmethod
+    def from_dict(cls, source_dict: dict) -> "FilesSource":
+        return cls(source_dict["uri"], tuple(source_dict.get("files", ())))
+
+
+def log_results(experiment: str, run_id: str, *, metrics: Optional[dict[str, float]] = None,
+                tags: Optional[dict[str, str]] = None, files: tuple[str | Path, ...] = (),
+                artifact_path: Optional[str] = None, texts: Optional[dict[str, str]] = None) -> bool:
+    """Add metrics, tags and files to a finished training run (evaluate and plot run after it).
+
+    Metrics and tags go in one batch; `texts` maps artifact paths (reproduce/dvc.lock) to their content.
     Returns False, logging nothing, when the store no longer holds the run
     (mlflow.db deleted since training): the stage's own outputs still count.
     """
-    from mlflow.entities import Metric
+    from mlflow.entities import Metric, RunTag
 
     client, _ = connect(experiment)
     if not _run_exists(client, run_id):
         return False
-    if metrics:
+    if metrics or tags:
         now = int(time.time() * 1000)
-        client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+        client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
+                         tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])
     for path in files:
         client.log_artifact(run_id, str(path), artifact_path)
+    for artifact_file, text in (texts or {}).items():
+        client.log_text(run_id, text, artifact_file)
     return True
 
 
@@ -295,10 +400,16 @@ def training_run(experiment_id: str, params: dict[str, Any], resume_run_id: Opti
     if resume_run_id is not None and not _run_exists(client, resume_run_id):
         resume_run_id = None  # the store was reset since: a new run it is
     tags = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+    # Only the process that opens the run measures, for the whole host: CPU and memory are
+    # machine-wide and the GPU monitor reads every GPU. Under torchrun that is rank 0 (one node).
+    # Its start and stop notices are noise in the stage's output; gpu_metrics_skipped() says why no GPU.
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
     if resume_run_id is None:
-        run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name(), tags={**run_tags(), **tags})
+        new_tags = run_tags()
+        run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name(), tags={**new_tags, **tags},
+                               description=_reproduce_note(new_tags[REPRODUCE_TAG]), log_system_metrics=True)
     else:
-        run = mlflow.start_run(run_id=resume_run_id, tags=tags)
+        run = mlflow.start_run(run_id=resume_run_id, tags=tags, log_system_metrics=True)
     status = "FAILED"
     try:
         if resume_run_id is None:
@@ -393,4 +504,5 @@ def promote_if_best(experiment: str, run_id: str, model_uri: str, model_name: st
     # By the logged model's own URI: a runs:/ URI makes MLflow 3 look for run artifacts first and warn.
     version = mlflow.register_model(model_uri, model_name)
     client.set_registered_model_alias(model_name, CHAMPION_ALIAS, version.version)
+    client.set_tag(run_id, REGISTERED_VERSION_TAG, f"{model_name}/{version.version}")
     return f"{model_name} version {version.version} (alias {CHAMPION_ALIAS})"
