@@ -22,6 +22,7 @@ from conftest import REPO_ROOT, requires_mnist_mirror
 from dvc_project import (all_runs, check_lineage, copy_project, environment, mlflow_client, run, shown_run_ids, stages_run,
                          update_params)
 from mnist_pipeline.checkpoint import load_checkpoint
+from mnist_pipeline.config import available_cores
 
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 from recipes import readme_recipes, recipe_params  # noqa: E402
@@ -59,8 +60,10 @@ def test_killed_training_resumes_the_same_run_and_ends_bit_identical(prepared_pr
     # The wide network with Adam, one-cycle, dropout and augmentation: every state a resume must restore
     # (batch norm statistics, Adam moments, the schedule, both random generators), at ~2 s an epoch, slow
     # enough to be killed mid-run.
+    # threads pinned: the bits repeat at one thread count, and `auto` follows the machine's load.
     update_params(project, {"epochs": 4, "model": "wide", "optimizer": "adamw", "schedule": "onecycle",
-                            "augment": {"shift": 1.0}, "data": {"max_train_images": 6000}})
+                            "augment": {"shift": 1.0}, "data": {"max_train_images": 6000},
+                            "threads": min(2, available_cores())})
     runs_before = len(all_runs(project))
     repro = subprocess.Popen(["dvc", "repro"], cwd=project, env=environment(), start_new_session=True,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -6,6 +6,10 @@ temporary copies of the repository, but DVC points DVC_ROOT at the user's
 repository for every stage, so all of them see the one file. `threads: auto`
 takes the machine's cores divided by the slots held; a slot whose process is
 gone (killed, crashed) does not count and is dropped by the next claim.
+Cores that other work keeps busy (processes the kernel reports runnable beyond
+this stage and the other slot holders) are left to it: beside one busy process
+on 2 cores a training takes 1 thread, and slows in proportion instead of its
+threads waiting on each other behind the busy one.
 
 Standard library only (and config, which is too at import): the stage claims its slot before torch starts any
 parallel work.
@@ -17,6 +21,7 @@ import atexit
 import fcntl
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -37,14 +42,35 @@ class ThreadChoice:
         return f"{stage}: {self.threads} thread{'s' if self.threads != 1 else ''} ({self.reason})"
 
 
-def choose(setting: Union[int, str], cores: int, running: dict[str, int]) -> ThreadChoice:
-    """`auto`: the cores divided by the stages running at once (this one included); a number as it is."""
+def choose(setting: Union[int, str], cores: int, running: dict[str, int], busy: int = 0) -> ThreadChoice:
+    """`auto`: the cores not `busy` with other work, divided by the stages running at once (this one included);
+    a number as it is."""
     if setting != "auto":
         return ThreadChoice(int(setting), f"threads: {setting} in params.yaml, {cores} cores")
     total = max(1, sum(running.values()))
-    share = max(1, cores // total)
+    busy = min(max(0, busy), cores - 1)
+    share = max(1, (cores - busy) // total)
     who = " and ".join(f"{count} {_plural(kind, count)}" for kind, count in sorted(running.items()) if count)
-    return ThreadChoice(share, f"{cores} core{'s' if cores != 1 else ''}, {who or '1 training'} running")
+    others = f", {busy} busy with other work" if busy else ""
+    return ThreadChoice(share, f"{cores} core{'s' if cores != 1 else ''}{others}, {who or '1 training'} running")
+
+
+def runnable_elsewhere(samples: int = 3, interval: float = 0.01) -> int:
+    """Processes (threads) the kernel has runnable besides this one: the fewest of a few looks, 10 ms apart.
+
+    Linux's /proc/loadavg gives the count of the moment; the fewest of three
+    ignores a process that only woke up briefly. 0 where there is no /proc.
+    """
+    counts = []
+    for sample in range(samples):
+        try:
+            running = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
+        except (OSError, ValueError, IndexError):
+            return 0
+        counts.append(running - 1)  # this process, reading the file, is one of them
+        if sample + 1 < samples:
+            time.sleep(interval)
+    return max(0, min(counts))
 
 
 def _plural(kind: str, count: int) -> str:
@@ -120,7 +146,12 @@ def claim_threads(setting: Union[int, str], root: Path, kind: str = "training", 
         else:
             atexit.register(_release_quietly, slots)
             running[kind] = max(running.get(kind, 0), siblings)
-    return choose(setting, cores, running)
+    if setting != "auto":
+        return choose(setting, cores, running)
+    # Other slot holders are runnable too (or about to be): only what is beyond them is other work. A training
+    # that starts beside one that has not claimed its slot yet sees it here, as busy, and leaves it a core.
+    busy = runnable_elsewhere() - (sum(running.values()) - 1)
+    return choose(setting, cores, running, busy)
 
 
 def _release_quietly(slots: Slots) -> None:
