@@ -172,11 +172,12 @@ def report(summary: dict) -> list[str]:
     return lines
 
 
-def update_docs(lines: list[str]) -> None:
-    parts = DOCS.read_text().split(MARK) if DOCS.exists() else []
+def update_docs(lines: list[str], mark: str = MARK) -> None:
+    """Put `lines` between the two `mark` comments of docs/performance.md, as a code block."""
+    parts = DOCS.read_text().split(mark) if DOCS.exists() else []
     if len(parts) != 3:
-        sys.exit(f"error: {DOCS}: expected two {MARK} markers around the figures")
-    DOCS.write_text(parts[0] + MARK + "\n```\n" + "\n".join(lines) + "\n```\n" + MARK + parts[2])
+        sys.exit(f"error: {DOCS}: expected two {mark} markers around the figures")
+    DOCS.write_text(parts[0] + mark + "\n```\n" + "\n".join(lines) + "\n```\n" + mark + parts[2])
     print(f"wrote the figures into {DOCS.relative_to(REPO_ROOT)}")
 
 

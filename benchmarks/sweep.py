@@ -35,7 +35,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead import copy_repository, environment, last_train_seconds, machine, timed  # noqa: E402
+from overhead import (copy_repository, environment, last_train_seconds, machine, timed,  # noqa: E402
+                      update_docs)
 from recipes import README, readme_recipes  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -131,14 +132,6 @@ def report(summary: dict) -> list[str]:
     ]
 
 
-def update_docs(lines: list[str]) -> None:
-    parts = DOCS.read_text().split(MARK) if DOCS.exists() else []
-    if len(parts) != 3:
-        sys.exit(f"error: {DOCS}: expected two {MARK} markers around the figures")
-    DOCS.write_text(parts[0] + MARK + "\n```\n" + "\n".join(lines) + "\n```\n" + MARK + parts[2])
-    print(f"wrote the figures into {DOCS.relative_to(REPO_ROOT)}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=RESULT)
@@ -156,7 +149,7 @@ def main() -> None:
     lines = report(summary)
     print("\n".join(lines))
     if args.update_docs:
-        update_docs(lines)
+        update_docs(lines, MARK)
 
 
 if __name__ == "__main__":
