@@ -43,6 +43,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 from mnist_pipeline import lineage  # noqa: E402
 from mnist_pipeline.errors import PipelineError  # noqa: E402
+from mnist_pipeline.threads import process_alive  # noqa: E402
 
 
 class TrackingError(PipelineError):
@@ -437,16 +438,6 @@ def logged_epochs(run_id: str, metric: str = "test_accuracy") -> set[int]:
     return {m.step for m in client.get_metric_history(run_id, metric)}
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by someone else
-        return True
-    return True
-
-
 def close_orphaned_runs(client: MlflowClient, experiment_id: str) -> list[str]:
     """Mark KILLED the runs still RUNNING whose training process on this host is gone; return their ids."""
     host = socket.gethostname()
@@ -455,7 +446,7 @@ def close_orphaned_runs(client: MlflowClient, experiment_id: str) -> list[str]:
         for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'")
         if run.data.tags.get(HOST_TAG) == host
         and run.data.tags.get(PID_TAG, "").isdigit()
-        and not _process_alive(int(run.data.tags[PID_TAG]))
+        and not process_alive(int(run.data.tags[PID_TAG]))
     ]
     for run_id in orphans:
         client.set_terminated(run_id, "KILLED")
