@@ -25,7 +25,9 @@ def probabilities_from_checkpoint(pixels: np.ndarray, checkpoint_path: str | Pat
     data = parse_config(checkpoint["config"]).data
     classifier = DigitClassifier(model_from_checkpoint(checkpoint), data.mean, data.std).eval()
     with torch.no_grad():
-        return classifier(torch.from_numpy(pixels).unsqueeze(1)).numpy()
+        # A copy: the pixels may be read-only (MNIST read with np.frombuffer, for one), which
+        # torch.from_numpy warns about.
+        return classifier(torch.tensor(pixels).unsqueeze(1)).numpy()
 
 
 def probabilities_from_mlflow(pixels: np.ndarray, model_uri: str) -> np.ndarray:
