@@ -39,7 +39,7 @@ class ThreadChoice:
     reason: str
 
     def describe(self, stage: str) -> str:
-        return f"{stage}: {self.threads} thread{'s' if self.threads != 1 else ''} ({self.reason})"
+        return f"{stage}: {self.threads} {_plural('thread', self.threads)} ({self.reason})"
 
 
 def choose(setting: Union[int, str], cores: int, running: dict[str, int], busy: int = 0) -> ThreadChoice:
@@ -52,7 +52,7 @@ def choose(setting: Union[int, str], cores: int, running: dict[str, int], busy: 
     share = max(1, (cores - busy) // total)
     who = " and ".join(f"{count} {_plural(kind, count)}" for kind, count in sorted(running.items()) if count)
     others = f", {busy} busy with other work" if busy else ""
-    return ThreadChoice(share, f"{cores} core{'s' if cores != 1 else ''}{others}, {who or '1 training'} running")
+    return ThreadChoice(share, f"{cores} {_plural('core', cores)}{others}, {who or '1 training'} running")
 
 
 def runnable_elsewhere(samples: int = 3, interval: float = 0.01) -> int:
