@@ -41,6 +41,7 @@ RESULT = REPO_ROOT / "benchmarks" / "results" / "overhead.json"
 DOCS = REPO_ROOT / "docs" / "performance.md"
 MARK = "<!-- overhead-results -->"
 WARM_UP = ("lr=0.02", "epochs=1")
+YAML_C_PARSER = "ruamel.yaml.clib"
 MEASURED = ("lr=0.05", "lr=0.03", "lr=0.04", "lr=0.06", "lr=0.07")  # each with epochs=1; a new value each time
 
 
@@ -106,6 +107,26 @@ def stage_records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
+def yaml_parser(project: Path) -> str:
+    """"C" when the tree's requirements.lock installs ruamel.yaml.clib (DVC's YAML reads in C), else "pure-Python"."""
+    lock = project / "requirements.lock"
+    pins = lock.read_text().splitlines() if lock.exists() else []
+    return "C" if any(line.startswith(YAML_C_PARSER + "==") for line in pins) else "pure-Python"
+
+
+def tree_environment(env: dict[str, str], parser: str, stubs: Path) -> dict[str, str]:
+    """`env`, and for a tree without ruamel.yaml.clib a stub module that hides the venv's C parser from DVC.
+
+    ruamel.yaml falls back to its pure-Python parser when `import _ruamel_yaml` fails, so an older
+    commit is timed with the YAML reads it installed. The stages set their own PYTHONPATH.
+    """
+    if parser == "C":
+        return env
+    stubs.mkdir(exist_ok=True)
+    (stubs / "_ruamel_yaml.py").write_text('raise ImportError("hidden by benchmarks/overhead.py")\n')
+    return {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(stubs), env.get("PYTHONPATH")]))}
+
+
 def measure(repeats: int, baseline: str | None = None) -> dict:
     """Time the experiments of the working tree's code, and with `baseline` of that commit's, taking turns."""
     with tempfile.TemporaryDirectory(prefix="overhead-") as tmp:
@@ -114,25 +135,28 @@ def measure(repeats: int, baseline: str | None = None) -> dict:
         trees = {"working tree": None, **({f"baseline {baseline}": baseline} if baseline else {})}
         projects = {name: copy_repository(Path(tmp) / f"project{i}", revision)
                     for i, (name, revision) in enumerate(trees.items())}
+        parsers = {name: yaml_parser(project) for name, project in projects.items()}
+        envs = {name: tree_environment(env, parsers[name], Path(tmp) / "stubs") for name in projects}
         unit = unit_seconds(env)
-        warm_up = {name: round(timed(["dvc", "exp", "run", *sum((["-S", s] for s in WARM_UP), [])], project, env), 3)
+        warm_up = {name: round(timed(["dvc", "exp", "run", *sum((["-S", s] for s in WARM_UP), [])], project,
+                                     envs[name]), 3)
                    for name, project in projects.items()}
         experiments: dict[str, list[dict]] = {name: [] for name in projects}
         for value in MEASURED[:repeats]:
             for name, project in projects.items():  # taking turns, so that the machine's drift hits both alike
                 timings.unlink(missing_ok=True)
-                wall = timed(["dvc", "exp", "run", "-S", value, "-S", "epochs=1"], project, env)
+                wall = timed(["dvc", "exp", "run", "-S", value, "-S", "epochs=1"], project, envs[name])
                 experiments[name].append({"command": f"dvc exp run -S {value} -S epochs=1", "wall": round(wall, 3),
                                           "train_seconds": round(last_train_seconds(project), 3),
                                           "stages": stage_records(timings)})
-        noop = {name: [round(timed(["dvc", "repro"], project, env), 3) for _ in range(3)]
+        noop = {name: [round(timed(["dvc", "repro"], project, envs[name]), 3) for _ in range(3)]
                 for name, project in projects.items()}
         unit_after = unit_seconds(env)
     return {
         "machine": machine(),
         "unit_seconds": round(statistics.median([unit, unit_after]), 3),
         "unit_seconds_before_after": [round(unit, 3), round(unit_after, 3)],
-        "trees": {name: {"warm_up_seconds": warm_up[name], "experiments": experiments[name],
+        "trees": {name: {"yaml_parser": parsers[name], "warm_up_seconds": warm_up[name], "experiments": experiments[name],
                          "noop_repro_seconds": noop[name]} for name in projects},
     }
 
@@ -155,7 +179,8 @@ def report(summary: dict) -> list[str]:
         experiments = tree["experiments"]
         fixed = statistics.median(e["wall"] - e["train_seconds"] for e in experiments)
         lines.append("")
-        lines.append(f"{name}: fixed cost {fixed:.1f} s = {fixed / unit:.2f} U (median of {len(experiments)})")
+        parser = f", DVC's YAML reads in {tree['yaml_parser']}" if "yaml_parser" in tree else ""
+        lines.append(f"{name}: fixed cost {fixed:.1f} s = {fixed / unit:.2f} U (median of {len(experiments)}{parser})")
         for e in experiments:
             cost = e["wall"] - e["train_seconds"]
             lines.append(f"  {e['command']}: {e['wall']:.1f} s wall, {e['train_seconds']:.1f} s training, "
