@@ -46,6 +46,14 @@ def test_load_split_normalises_and_limits(tiny_mnist):
     assert torch.equal(split.images[:, 0], expected)
 
 
+def test_normalize_in_place_gives_the_bits_of_the_plain_formula_and_leaves_its_input_alone():
+    pixels = torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    floats = pixels.to(torch.float32)
+    assert torch.equal(normalize(pixels, 0.1307, 0.3081), (pixels.to(torch.float32) / 255.0 - 0.1307) / 0.3081)
+    assert torch.equal(normalize(floats, 0.1307, 0.3081), normalize(pixels, 0.1307, 0.3081))
+    assert torch.equal(floats, pixels.to(torch.float32))  # a float input is copied, not changed
+
+
 def test_normalize_matches_torchvision_transforms():
     # torchvision is pinned in requirements.txt: a missing one is a broken install, not a reason to skip.
     from PIL import Image

@@ -25,9 +25,9 @@ IDX_LABELS_MAGIC = 2049
 def read_idx(path: str | Path, expected_magic: int) -> np.ndarray:
     """Parse a (gzipped) IDX file of unsigned bytes into an array shaped as its header says."""
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    raw = path.read_bytes()
+    if path.suffix == ".gz":
+        raw = gzip.decompress(raw)  # one call into zlib, a little faster than reading a GzipFile in pieces
     if len(raw) < 4:
         raise DataError(f"{path}: too short to be an IDX file ({len(raw)} bytes)")
     magic = int.from_bytes(raw[:4], "big")
@@ -83,7 +83,9 @@ def normalize(pixels: torch.Tensor, mean: float, std: float) -> torch.Tensor:
     """Raw 0-255 pixels -> float32, scaled to [0, 1] then standardised, as ToTensor + Normalize do."""
     import torch
 
-    return (pixels.to(torch.float32) / 255.0 - mean) / std
+    # In place on the one float copy: the same bits as `(x / 255 - mean) / std`, without allocating (and
+    # page-faulting) three more copies of 188 MB for the training set, which took 4x as long.
+    return pixels.to(torch.float32, copy=True).div_(255.0).sub_(mean).div_(std)
 
 
 def blank_value(mean: float, std: float) -> float:
