@@ -1,20 +1,25 @@
-"""Stage evaluate: rebuild the model from its checkpoint and measure it on the test set."""
+"""Stage evaluate: rebuild the model from its checkpoint and measure it on the test set.
 
-from mnist_pipeline import threads, tracking
+It does not import MLflow, which would double its time: the plot stage, which
+imports MLflow anyway, logs these results to the run and registers the model.
+"""
+
+from mnist_pipeline import threads
 from mnist_pipeline.checkpoint import load_checkpoint, model_from_checkpoint, require_complete
 from mnist_pipeline.cli import run_stage
 from mnist_pipeline.config import load_config, parse_config
 from mnist_pipeline.data import load_split
 from mnist_pipeline.device import place_model, resolve_device, use_threads
 from mnist_pipeline.evaluation import metrics_from_logits, mistakes_from_logits, predict
-from mnist_pipeline.reports import read_json, write_confusion, write_json, write_mistakes
+from mnist_pipeline.lineage import repo_root
+from mnist_pipeline.reports import write_confusion, write_json, write_mistakes
 from mnist_pipeline.timing import StageClock
 
 
 def main() -> None:
     clock = StageClock("evaluate")
     config = load_config()
-    thread_choice = threads.claim_threads(config.train.threads, tracking.repo_root(), kind="evaluation")
+    thread_choice = threads.claim_threads(config.train.threads, repo_root(), kind="evaluation")
     use_threads(thread_choice.threads)
     print(thread_choice.describe("evaluate"))
     clock.mark("start-up and imports")
@@ -45,21 +50,8 @@ def main() -> None:
     print("evaluate: per digit " + "  ".join(f"{d}:{acc:.1%}" for d, acc in enumerate(result.per_class_accuracy)))
 
     clock.mark("evaluation")
-    run = read_json(config.paths.mlflow_run)
-    run_id = run["run_id"]
-    metrics = {"eval_accuracy": result.accuracy, "eval_loss": result.loss, "eval_threads": thread_choice.threads}
-    metrics.update({f"eval_accuracy_digit_{d}": acc for d, acc in enumerate(result.per_class_accuracy)})
-    metrics["stage_seconds/evaluate"] = clock.total()
-    if not tracking.log_results(config.tracking.experiment, run_id, metrics=metrics,
-                                tags=tracking.evaluated_model_tags(run.get("model_uri")),
-                                files=(config.paths.eval_metrics,), artifact_path="metrics"):
-        print(f"evaluate: warning: MLflow run {run_id} is not in the store; nothing logged (dvc repro -f train makes a new run)")
-    elif run.get("model_uri"):
-        promoted = tracking.promote_if_best(config.tracking.experiment, run_id, run["model_uri"],
-                                            config.tracking.registered_model)
-        if promoted:
-            print(f"evaluate: best so far: registered as {promoted}")
-    clock.mark("logging and registry")
+    # Not a result (it differs run to run), so not in eval.json: what the plot stage adds to the MLflow run.
+    write_json(config.paths.eval_run, {"threads": thread_choice.threads, "seconds": round(clock.total(), 3)})
     clock.report()
 
 

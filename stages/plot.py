@@ -1,4 +1,8 @@
-"""Stage plot: PNGs of accuracy and loss against epoch, the confusion matrix and the misclassified digits."""
+"""Stage plot: PNGs of accuracy and loss against epoch, the confusion matrix and the misclassified digits.
+
+The last stage, and the one that reports to the MLflow run after training: the evaluation's metrics
+(evaluate does not import MLflow), the plots and the dvc.lock; then the registry's champion.
+"""
 
 from pathlib import Path
 
@@ -39,12 +43,21 @@ def main() -> None:
     if lock_note:
         print(f"plot: {lock_note}")
     clock.mark("dvc.lock")
-    run_id = read_json(config.paths.mlflow_run)["run_id"]
-    if not tracking.log_results(config.tracking.experiment, run_id, metrics={"stage_seconds/plot": clock.total()},
-                                files=tuple(written), artifact_path="plots",
+    run = read_json(config.paths.mlflow_run)
+    run_id = run["run_id"]
+    metrics = tracking.evaluation_metrics(read_json(config.paths.eval_metrics), read_json(config.paths.eval_run))
+    metrics["stage_seconds/plot"] = clock.total()
+    if not tracking.log_results(config.tracking.experiment, run_id, metrics=metrics,
+                                tags=tracking.evaluated_model_tags(run.get("model_uri")),
+                                files={"metrics": (config.paths.eval_metrics,), "plots": tuple(written)},
                                 texts={tracking.LOCK_ARTIFACT: lock_text} if lock_text else None):
         print(f"plot: warning: MLflow run {run_id} is not in the store; nothing logged (dvc repro -f train makes a new run)")
-    clock.mark("logging")
+    elif run.get("model_uri"):
+        promoted = tracking.promote_if_best(config.tracking.experiment, run_id, run["model_uri"],
+                                            config.tracking.registered_model)
+        if promoted:
+            print(f"plot: best so far: registered as {promoted}")
+    clock.mark("logging and registry")
     clock.report()
 
 

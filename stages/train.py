@@ -15,6 +15,7 @@ from mnist_pipeline.cli import run_stage
 from mnist_pipeline.config import PARAMS_FILE, flatten, load_config
 from mnist_pipeline.data import blank_value, load_split
 from mnist_pipeline.device import configure_determinism, place_model, resolve_device, use_threads
+from mnist_pipeline.lineage import repo_root
 from mnist_pipeline.model import DigitClassifier, ModelConfig, build_model, parameter_count
 from mnist_pipeline.progress import epoch_bars
 from mnist_pipeline.reports import write_history, write_json
@@ -37,7 +38,7 @@ def main() -> None:
     if ranks.distributed:
         device = distributed.init(ranks, device)
     # Before torch's first parallel work; the count goes on the MLflow run (results differ by thread count).
-    thread_choice = threads.claim_threads(config.train.threads, tracking.repo_root(), siblings=ranks.world_size)
+    thread_choice = threads.claim_threads(config.train.threads, repo_root(), siblings=ranks.world_size)
     use_threads(thread_choice.threads)
     if ranks.is_main:
         print(thread_choice.describe("train"))
@@ -123,7 +124,7 @@ def main() -> None:
             model_uri = tracking.log_model(classifier, example.round().numpy())
             print(f"train: logged model {model_uri}")
         clock.mark("model logging")
-        # The evaluate stage registers this model (by its URI) when it beats the champion.
+        # The plot stage registers this model (by its URI) when its evaluation beats the champion.
         write_json(paths.mlflow_run, {"run_id": run_id, "experiment": config.tracking.experiment,
                                       "model_uri": model_uri})
     clock.mark("closing the run")

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 
 import pytest
 import torch
 
 from conftest import c_compiler, require, requires_mnist_mirror
-from dvc_project import (all_runs, check_lineage, copy_project, mlflow_client, predicts_like_evaluate, run, shown_run_ids,
-                         stages_run, update_params)
+from dvc_project import (all_runs, check_lineage, copy_project, environment, mlflow_client, predicts_like_evaluate, run,
+                         shown_run_ids, stages_run, update_params)
 from mnist_pipeline.config import available_cores
 
 pytestmark = [pytest.mark.e2e, requires_mnist_mirror()]
@@ -54,11 +55,23 @@ def test_first_repro_runs_every_stage_and_writes_every_output(project, prepared_
     assert "epoch 2/2" in first.stderr + first.stdout
     assert "evaluate: test accuracy" in first.stdout
     assert "plot: plots/accuracy.png" in first.stdout
+    assert "plot: best so far: registered as mnist-cnn version 1 (alias champion)" in first.stdout
     # Alone in the repository, `threads: auto` takes every core other work leaves free, and each stage says so.
     for stage, kind in (("train", "training"), ("evaluate", "evaluation")):
         threads, cores, busy = stage_threads(first.stdout, stage, kind)
         assert cores == available_cores() and threads == cores - busy >= 1
     assert run(project, "dvc", "status").stdout.strip() == "Data and pipelines are up to date."
+
+
+def test_the_evaluate_stage_runs_without_mlflow(prepared_project, tmp_path):
+    """The plot stage reports the evaluation to MLflow: importing MLflow in evaluate would double its time."""
+    project = copy_project(prepared_project, tmp_path / "project")
+    probe = ("import atexit, runpy, sys; "
+             "atexit.register(lambda: print('mlflow loaded:', 'mlflow' in sys.modules)); "
+             "runpy.run_path('stages/evaluate.py', run_name='__main__')")
+    done = run(project, sys.executable, "-c", probe, env=environment(PYTHONPATH="src"))
+    assert "evaluate: test accuracy" in done.stdout and "mlflow loaded: False" in done.stdout
+    assert set(json.loads((project / "metrics" / "eval_run.json").read_text())) == {"threads", "seconds"}
 
 
 def test_first_repro_trains_with_the_fused_kernel_given_a_c_compiler(prepared_project):

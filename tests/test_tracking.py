@@ -82,10 +82,22 @@ def test_log_results_adds_to_a_finished_run_and_skips_a_missing_one(store, tmp_p
         pass
     plot = tmp_path / "accuracy.png"
     plot.write_bytes(b"png")
-    assert tracking.log_results("exp-d", run_id, metrics={"eval_accuracy": 0.9}, files=(plot,), artifact_path="plots")
+    evaluation = tmp_path / "eval.json"
+    evaluation.write_text("{}")
+    assert tracking.log_results("exp-d", run_id, metrics={"eval_accuracy": 0.9},
+                                files={"plots": (plot,), "metrics": (evaluation,)})
     assert client.get_run(run_id).data.metrics["eval_accuracy"] == 0.9
     assert [a.path for a in client.list_artifacts(run_id, "plots")] == ["plots/accuracy.png"]
+    assert [a.path for a in client.list_artifacts(run_id, "metrics")] == ["metrics/eval.json"]
     assert not tracking.log_results("exp-d", "0" * 32, metrics={"eval_accuracy": 0.9})
+
+
+def test_the_evaluation_metrics_come_from_evaluates_two_files():
+    evaluation = {"test_accuracy": 0.98, "test_loss": 0.06, "test_images": 10000,
+                  "per_class_accuracy": {str(d): 0.9 + d / 100 for d in range(10)}}
+    metrics = tracking.evaluation_metrics(evaluation, {"threads": 2, "seconds": 1.25})
+    assert metrics == {"eval_accuracy": 0.98, "eval_loss": 0.06, "eval_threads": 2.0, "stage_seconds/evaluate": 1.25,
+                       **{f"eval_accuracy_digit_{d}": 0.9 + d / 100 for d in range(10)}}
 
 
 def test_log_results_logs_metrics_and_tags_in_one_batch_and_texts_as_artifacts(store):

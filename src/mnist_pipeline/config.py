@@ -51,6 +51,7 @@ class PathsConfig:
     eval_metrics: str = "metrics/eval.json"
     confusion: str = "metrics/confusion.csv"
     mistakes: str = "metrics/mistakes.csv"
+    eval_run: str = "metrics/eval_run.json"
     mlflow_run: str = "metrics/mlflow_run.json"
     plots_dir: str = "plots"
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -16,6 +17,17 @@ import yaml
 
 LOCK_FILE = "dvc.lock"
 DATA_STAGE = "download"
+
+
+def repo_root() -> Path:
+    """The repository the run belongs to.
+
+    DVC sets DVC_ROOT for every stage, and under `dvc exp run --queue` or
+    `--temp` it points at the user's repository, not the temporary copy the
+    stage runs in: that keeps every experiment in the one store (and one
+    compute-slot file).
+    """
+    return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
 
 
 @dataclass(frozen=True)

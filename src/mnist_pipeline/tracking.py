@@ -21,8 +21,9 @@ ARTIFACTS_DIR = "mlartifacts"
 REPRODUCE_DIR = "reproduce"  # artifacts: params.yaml (train) and dvc.lock (plot, the last stage)
 LOCK_ARTIFACT = f"{REPRODUCE_DIR}/dvc.lock"
 REPRODUCE_TAG = "reproduce.command"
+# Set by the plot stage, which reports the evaluation (evaluate itself does not import MLflow).
 EVALUATED_MODEL_TAG = "evaluate.model_id"  # the logged model (m-...) the evaluate stage measured
-REGISTERED_VERSION_TAG = "evaluate.registered_version"  # <name>/<version> when evaluate registered it
+REGISTERED_VERSION_TAG = "evaluate.registered_version"  # <name>/<version> when its evaluation registered it
 # CPU, memory and (with nvidia-ml-py) GPU every 5 s, unless MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL says
 # otherwise (the end-to-end tests take 1 s). MLflow's 10 s default leaves a one-epoch run on a GPU with no
 # sample at all; each sample costs the sampling thread ~20 ms of CPU, 0.4% of training (docs/design.md).
@@ -42,22 +43,13 @@ from mlflow.data.dataset_source import DatasetSource  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from mnist_pipeline import lineage  # noqa: E402
+from mnist_pipeline.lineage import repo_root  # noqa: E402
 from mnist_pipeline.errors import PipelineError  # noqa: E402
 from mnist_pipeline.threads import process_alive  # noqa: E402
 
 
 class TrackingError(PipelineError):
     """The MLflow store cannot be reached or used."""
-
-
-def repo_root() -> Path:
-    """The repository the run belongs to.
-
-    DVC sets DVC_ROOT for every stage, and under `dvc exp run --queue` or
-    `--temp` it points at the user's repository, not the temporary copy the
-    stage runs in: that keeps every experiment in the one store.
-    """
-    return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
 
 
 def tracking_uri(root: Optional[Path] = None) -> str:
@@ -362,14 +354,24 @@ class FilesSource(DatasetSource):
         return cls(source_dict["uri"], tuple(source_dict.get("files", ())))
 
 
-def log_results(experiment: str, run_id: str, *, metrics: Optional[dict[str, float]] = None,
-                tags: Optional[dict[str, str]] = None, files: tuple[str | Path, ...] = (),
-                artifact_path: Optional[str] = None, texts: Optional[dict[str, str]] = None) -> bool:
-    """Add metrics, tags and files to a finished training run (evaluate and plot run after it).
+def evaluation_metrics(evaluation: dict[str, Any], eval_run: dict[str, Any]) -> dict[str, float]:
+    """The run's metrics from the evaluate stage's files: eval.json (the results) and eval_run.json (its threads, seconds)."""
+    metrics = {"eval_accuracy": float(evaluation["test_accuracy"]), "eval_loss": float(evaluation["test_loss"])}
+    metrics.update({f"eval_accuracy_digit_{digit}": float(accuracy)
+                    for digit, accuracy in evaluation["per_class_accuracy"].items()})
+    metrics.update({"eval_threads": float(eval_run["threads"]), "stage_seconds/evaluate": float(eval_run["seconds"])})
+    return metrics
 
-    Metrics and tags go in one batch; `texts` maps artifact paths (reproduce/dvc.lock) to their content.
+
+def log_results(experiment: str, run_id: str, *, metrics: Optional[dict[str, float]] = None,
+                tags: Optional[dict[str, str]] = None, files: Optional[dict[str, tuple[str | Path, ...]]] = None,
+                texts: Optional[dict[str, str]] = None) -> bool:
+    """Add metrics, tags and files to a finished training run (the plot stage, after evaluate, reports both).
+
+    Metrics and tags go in one batch; `files` maps an artifact folder ("plots") to the files logged
+    into it, and `texts` maps artifact paths (reproduce/dvc.lock) to their content.
     Returns False, logging nothing, when the store no longer holds the run
-    (mlflow.db deleted since training): the stage's own outputs still count.
+    (mlflow.db deleted since training): the stages' own outputs still count.
     """
     from mlflow.entities import Metric, RunTag
 
@@ -380,8 +382,9 @@ def log_results(experiment: str, run_id: str, *, metrics: Optional[dict[str, flo
         now = int(time.time() * 1000)
         client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
                          tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])
-    for path in files:
-        client.log_artifact(run_id, str(path), artifact_path)
+    for artifact_path, paths in (files or {}).items():
+        for path in paths:
+            client.log_artifact(run_id, str(path), artifact_path)
     for artifact_file, text in (texts or {}).items():
         client.log_text(run_id, text, artifact_file)
     return True
