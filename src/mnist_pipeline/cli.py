@@ -1,13 +1,17 @@
-"""What every stage script shares: one-line errors and a non-zero exit, and a quick exit after success."""
+"""What every stage script shares: one-line errors and a non-zero exit, a quick exit after success, a second core."""
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import signal
 import sys
 import threading
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 from mnist_pipeline.config import ConfigError, exp_run_hint
 from mnist_pipeline.errors import PipelineError
@@ -44,6 +48,22 @@ def exit_without_teardown() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+@contextlib.contextmanager
+def in_forked_process(function: Callable[..., Any], *args: Any) -> Iterator["Future"]:
+    """Start `function(*args)` in a child forked from this process as it is now; yield its Future.
+
+    For two halves of a stage that are each bound by Python (imports, plotting), which one
+    process runs one after the other under its interpreter lock: a child forked before the
+    heavy imports starts at once and runs on another core. Its result, or its exception, comes
+    back pickled; the block waits for the child before it ends.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork")) as pool:
+        yield pool.submit(function, *args)
 
 
 def _interrupt(signum, frame):
