@@ -43,7 +43,6 @@ from mlflow.data.dataset_source import DatasetSource  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from mnist_pipeline import lineage  # noqa: E402
-from mnist_pipeline.lineage import repo_root  # noqa: E402
 from mnist_pipeline.errors import PipelineError  # noqa: E402
 from mnist_pipeline.threads import process_alive  # noqa: E402
 
@@ -56,7 +55,7 @@ def tracking_uri(root: Optional[Path] = None) -> str:
     """MLFLOW_TRACKING_URI when set, else the SQLite store at the repository root."""
     # Parallel queue workers write to the one SQLite file; wait for its lock up to a minute
     # instead of SQLite's default 5 s, so that neither loses a write.
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root or repo_root()) / STORE_FILE}?timeout=60"
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root or lineage.repo_root()) / STORE_FILE}?timeout=60"
 
 
 def _artifact_location(uri: str, root: Path) -> Optional[str]:
@@ -73,7 +72,7 @@ def connect(experiment: str) -> tuple[MlflowClient, str]:
     is damaged, read-only, locked or from a newer MLflow, fails here, before
     any training.
     """
-    root = repo_root()
+    root = lineage.repo_root()
     uri = tracking_uri(root)
     mlflow.set_tracking_uri(uri)
     for attempt in range(CONNECT_ATTEMPTS):
