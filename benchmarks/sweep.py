@@ -1,23 +1,22 @@
-"""Parallel sweeps and busy machines: does `dvc queue start -j 2` beat `-j 1`, and how much does other load cost?
+"""Parallel sweeps and busy machines: does `dvc queue start -j 2` beat `-j 1`, what does other load cost,
+and is a lone training as fast as before the shards?
 
-In a fresh copy of this repository it measures, in one run on the same machine:
+In fresh copies of this repository it measures, in one run on the same machine:
 
-- the wall time of four queued one-epoch experiments of the README's fast
-  recipe (benchmarks/recipes.py finds it) under `dvc queue start -j 2`, against
-  the same four (other seeds, so that DVC's run cache restores nothing) under
-  `-j 1`. Target: at most 0.8x.
-- the `train_seconds` the train stage logs for the fast recipe (one epoch, a
-  `dvc exp run`) beside one busy single-threaded process, against alone.
-  Target: at most 2.2x.
-- the same alone with OMP_WAIT_POLICY=PASSIVE against OpenMP's default: what
-  passive waiting would cost a training with the machine to itself (the
-  pipeline leaves OpenMP's default, since this measured 1.5-2x slower).
+- the wall time of four queued one-epoch experiments with the default params under
+  `dvc queue start -j 2`, against four others (other seeds, so that DVC's run cache restores
+  nothing) under `-j 1`. Target: at most 0.8x.
+- the `train_seconds` the train stage logs for a one-epoch `dvc exp run` beside one busy
+  single-threaded process, against alone. Target: at most 2.2x.
+- the same lone training with a baseline commit's code (`--baseline`, before the shards), taking
+  turns with the working tree's, for the default params and for the README's fast recipe.
+  Target: no slower.
 
 Ratios only: absolute times on a shared machine say little.
 
-    .venv/bin/python benchmarks/sweep.py                  # about 8 minutes on 2 quiet cores
-    .venv/bin/python benchmarks/sweep.py --update-docs    # and write the figures into docs/performance.md
-    .venv/bin/python benchmarks/sweep.py --report --update-docs   # the docs block from the saved JSON
+    .venv/bin/python benchmarks/sweep.py --baseline aa0a3e1                 # about 10 minutes on 2 quiet cores
+    .venv/bin/python benchmarks/sweep.py --baseline aa0a3e1 --update-docs   # and write the figures into docs/performance.md
+    .venv/bin/python benchmarks/sweep.py --report --update-docs             # the docs block from the saved JSON
 
 Writes benchmarks/results/sweep.json. Needs the MNIST files: MNIST_MIRROR, or ../shared/data/mnist.
 A benchmark, not a test: no timing here is asserted anywhere.
@@ -35,22 +34,21 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead import (copy_repository, environment, last_train_seconds, machine, timed,  # noqa: E402
-                      update_docs)
+from overhead import copy_repository, environment, last_train_seconds, machine, timed, update_docs  # noqa: E402
 from recipes import README, readme_recipes  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULT = REPO_ROOT / "benchmarks" / "results" / "sweep.json"
-DOCS = REPO_ROOT / "docs" / "performance.md"
 MARK = "<!-- sweep-results -->"
 EXPERIMENTS = 4
+PAIRS = 3  # lone trainings of each tree, taking turns
 BUSY = [sys.executable, "-c", "while True: pass"]  # one busy single-threaded process
 
 
-def fast_recipe() -> list[str]:
-    """The README's fast recipe, one epoch: the -S assignments."""
-    assignments = [a for a in readme_recipes(README.read_text())["fast"] if not a.startswith("epochs=")]
-    return [*assignments, "epochs=1"]
+def workloads() -> dict[str, list[str]]:
+    """The -S assignments of a one-epoch training: the default params, and the README's fast recipe."""
+    fast = [a for a in readme_recipes(README.read_text())["fast"] if not a.startswith("epochs=")]
+    return {"default params": ["epochs=1"], "fast recipe": [*fast, "epochs=1"]}
 
 
 def set_params(assignments: list[str]) -> list[str]:
@@ -65,10 +63,9 @@ def queue_done(project: Path, env: dict[str, str]) -> bool:
 
 
 def sweep_wall(project: Path, env: dict[str, str], jobs: int, seeds: range) -> float:
-    """Queue one experiment per seed, run the queue with `-j jobs`, return the wall seconds until all are done."""
-    recipe = fast_recipe()
+    """Queue one one-epoch experiment per seed, run the queue with `-j jobs`, return the wall seconds until all are done."""
     for seed in seeds:
-        timed(["dvc", "exp", "run", "--queue", *set_params([*recipe, f"seed={seed}"])], project, env)
+        timed(["dvc", "exp", "run", "--queue", *set_params(["epochs=1", f"seed={seed}"])], project, env)
     started = time.perf_counter()
     timed(["dvc", "queue", "start", "-j", str(jobs)], project, env)
     while not queue_done(project, env):
@@ -80,11 +77,11 @@ def sweep_wall(project: Path, env: dict[str, str], jobs: int, seeds: range) -> f
     return wall
 
 
-def train_seconds(project: Path, env: dict[str, str], seed: int, busy: bool = False) -> float:
-    """The train stage's own `train_seconds` for the fast recipe, optionally beside a busy process."""
+def train_seconds(project: Path, env: dict[str, str], assignments: list[str], seed: int, busy: bool = False) -> float:
+    """The train stage's own `train_seconds` for a one-epoch `dvc exp run`, optionally beside a busy process."""
     hog = subprocess.Popen(BUSY) if busy else None
     try:
-        timed(["dvc", "exp", "run", *set_params([*fast_recipe(), f"seed={seed}"])], project, env)
+        timed(["dvc", "exp", "run", *set_params([*assignments, f"seed={seed}"])], project, env)
     finally:
         if hog is not None:
             hog.kill()
@@ -92,56 +89,70 @@ def train_seconds(project: Path, env: dict[str, str], seed: int, busy: bool = Fa
     return last_train_seconds(project)
 
 
-def measure() -> dict:
+def measure(baseline: str) -> dict:
     with tempfile.TemporaryDirectory(prefix="sweep-") as tmp:
-        project = copy_repository(Path(tmp) / "project")
         env = environment()
-        # The baseline's own results, committed: queued experiments then rerun only what their params change.
-        timed(["dvc", "exp", "run", *set_params([*fast_recipe(), "seed=100"])], project, env)
-        timed(["git", "add", "-A"], project, env)
-        timed(["git", "commit", "-qm", "baseline results"], project, env)
+        project = copy_repository(Path(tmp) / "project")
+        before = copy_repository(Path(tmp) / "baseline", baseline)
+        for tree in (project, before):
+            # The trees' own results, committed: experiments then rerun only what their params change.
+            timed(["dvc", "exp", "run", *set_params(["epochs=1", "seed=100"])], tree, env)
+            timed(["git", "add", "-A"], tree, env)
+            timed(["git", "commit", "-qm", "baseline results"], tree, env)
         one_at_a_time = sweep_wall(project, env, 1, range(1, 1 + EXPERIMENTS))
         two_at_a_time = sweep_wall(project, env, 2, range(11, 11 + EXPERIMENTS))
-        alone, beside, passive = [], [], []
+        default = workloads()["default params"]
+        alone, beside = [], []
         for seed in (21, 22):  # alternated, so that a change of load on the machine hits both
-            alone.append(train_seconds(project, env, seed))
-            beside.append(train_seconds(project, env, seed + 10, busy=True))
-            passive.append(train_seconds(project, environment(OMP_WAIT_POLICY="PASSIVE"), seed + 20))
+            alone.append(train_seconds(project, env, default, seed))
+            beside.append(train_seconds(project, env, default, seed + 10, busy=True))
+        lone: dict[str, dict[str, list[float]]] = {}
+        for name, assignments in workloads().items():
+            lone[name] = {"working tree": [], f"baseline {baseline}": []}
+            for seed in range(41, 41 + PAIRS):
+                lone[name]["working tree"].append(round(train_seconds(project, env, assignments, seed), 2))
+                lone[name][f"baseline {baseline}"].append(round(train_seconds(before, env, assignments, seed), 2))
     return {
         "machine": machine(),
-        "recipe": " ".join(f"-S {a}" for a in fast_recipe()),
+        "baseline": baseline,
         "sweep_seconds": {"j1": round(one_at_a_time, 2), "j2": round(two_at_a_time, 2)},
-        "train_seconds": {"alone": [round(s, 2) for s in alone], "beside_busy": [round(s, 2) for s in beside],
-                          "alone_wait_passive": [round(s, 2) for s in passive]},
+        "train_seconds": {"alone": [round(s, 2) for s in alone], "beside_busy": [round(s, 2) for s in beside]},
+        "lone_train_seconds": lone,
     }
 
 
 def report(summary: dict) -> list[str]:
     sweep, train = summary["sweep_seconds"], summary["train_seconds"]
-    alone = statistics.median(train["alone"])
-    beside = statistics.median(train["beside_busy"])
-    passive = statistics.median(train["alone_wait_passive"])
-    return [
-        f"{summary['machine']}; {EXPERIMENTS} one-epoch experiments of the fast recipe ({summary['recipe']})",
-        f"dvc queue start -j 2 against -j 1: {sweep['j2']:.0f} s / {sweep['j1']:.0f} s = {sweep['j2'] / sweep['j1']:.2f}x "
-        "(target <= 0.8x)",
+    alone, beside = statistics.median(train["alone"]), statistics.median(train["beside_busy"])
+    lines = [
+        f"{summary['machine']}; one-epoch trainings (-S epochs=1) of the default params unless said",
+        f"{EXPERIMENTS} queued experiments, dvc queue start -j 2 against -j 1: "
+        f"{sweep['j2']:.0f} s / {sweep['j1']:.0f} s = {sweep['j2'] / sweep['j1']:.2f}x (target <= 0.8x)",
         f"training beside one busy process against alone: {beside:.1f} s / {alone:.1f} s = {beside / alone:.2f}x "
         "(target <= 2.2x; medians of 2)",
-        f"alone, OMP_WAIT_POLICY=PASSIVE against OpenMP's default (the pipeline's): {passive:.1f} s / {alone:.1f} s "
-        f"= {passive / alone:.2f}x",
     ]
+    for name, trees in summary["lone_train_seconds"].items():
+        (now, now_seconds), (then, then_seconds) = trees.items()
+        ratio = statistics.median(now_seconds) / statistics.median(then_seconds)
+        lines.append(f"lone training, {name}, {now} against {then}: {statistics.median(now_seconds):.2f} s / "
+                     f"{statistics.median(then_seconds):.2f} s = {ratio:.2f}x (target <= 1.0x; medians of "
+                     f"{len(now_seconds)}, taking turns)")
+    return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline", metavar="COMMIT", help="the commit whose lone training is the 'before'")
     parser.add_argument("--out", type=Path, default=RESULT)
     parser.add_argument("--report", action="store_true", help="only print (and with --update-docs write) the saved figures")
-    parser.add_argument("--update-docs", action="store_true", help=f"write the figures into {DOCS.relative_to(REPO_ROOT)}")
+    parser.add_argument("--update-docs", action="store_true", help="write the figures into docs/performance.md")
     args = parser.parse_args()
     if args.report:
         summary = json.loads(args.out.read_text())
     else:
-        summary = measure()
+        if not args.baseline:
+            parser.error("--baseline COMMIT is needed to measure (or --report)")
+        summary = measure(args.baseline)
         summary["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT,
                                            capture_output=True, text=True).stdout.strip()
         args.out.parent.mkdir(parents=True, exist_ok=True)

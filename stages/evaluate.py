@@ -11,19 +11,21 @@ from mnist_pipeline.config import load_config, parse_config
 from mnist_pipeline.data import load_split
 from mnist_pipeline.device import place_model, resolve_device, use_threads
 from mnist_pipeline.evaluation import metrics_from_logits, mistakes_from_logits, predict
-from mnist_pipeline.lineage import repo_root
 from mnist_pipeline.reports import write_confusion, write_json, write_mistakes
+from mnist_pipeline.shards import Workers
 from mnist_pipeline.timing import StageClock
 
 
 def main() -> None:
     clock = StageClock("evaluate")
     config = load_config()
-    thread_choice = threads.claim_threads(config.train.threads, repo_root(), kind="evaluation")
-    use_threads(thread_choice.threads)
-    print(thread_choice.describe("evaluate"))
-    clock.mark("start-up and imports")
     device = resolve_device(config.train.device)
+    thread_choice = threads.choose(config.train.threads, threads.available_cores())
+    # On a CPU torch runs on one thread and the workers predict fixed chunks side by side: the same bits on any count.
+    workers = Workers(thread_choice.threads) if device.type == "cpu" else None
+    use_threads(1 if workers is not None else thread_choice.threads)
+    print(thread_choice.describe("evaluate") + ("; the results do not depend on them" if workers else ""))
+    clock.mark("start-up and imports")
     checkpoint = load_checkpoint(config.paths.checkpoint)
     require_complete(checkpoint, config.paths.checkpoint)
     # Normalisation and the test slice come from the run that made the
@@ -35,7 +37,7 @@ def main() -> None:
 
     clock.mark("data and model")
     # One forward pass over the test set serves both the metrics and the list of mistakes.
-    logits = predict(model, test_split.images)
+    logits = predict(model, test_split.images, workers=workers)
     result = metrics_from_logits(logits, test_split.labels)
     per_class = {str(digit): round(acc, 6) for digit, acc in enumerate(result.per_class_accuracy)}
     write_json(config.paths.eval_metrics, {

@@ -15,11 +15,11 @@ from mnist_pipeline.cli import run_stage
 from mnist_pipeline.config import PARAMS_FILE, flatten, load_config
 from mnist_pipeline.data import blank_value, load_split
 from mnist_pipeline.device import configure_determinism, place_model, resolve_device, use_threads
-from mnist_pipeline.lineage import repo_root
 from mnist_pipeline.model import DigitClassifier, ModelConfig, build_model, parameter_count
 from mnist_pipeline.progress import epoch_bars
 from mnist_pipeline.reports import write_history, write_json
 from mnist_pipeline.seed import set_seed
+from mnist_pipeline.shards import Workers
 from mnist_pipeline.timing import StageClock
 from mnist_pipeline.training import make_optimizer, make_schedule, steps_per_epoch, train
 
@@ -37,11 +37,14 @@ def main() -> None:
         sys.exit(distributed.launch(nproc, __file__))
     if ranks.distributed:
         device = distributed.init(ranks, device)
-    # Before torch's first parallel work; the count goes on the MLflow run (results differ by thread count).
-    thread_choice = threads.claim_threads(config.train.threads, repo_root(), siblings=ranks.world_size)
-    use_threads(thread_choice.threads)
+    # Before torch's first parallel work; the count goes on the MLflow run.
+    compute = threads.for_training(config.train.threads, config.train.shards, threads.available_cores(),
+                                   device=device.type, processes=ranks.world_size, compiled=config.train.compile)
+    # Sharded, torch itself runs on one thread and the workers run the shards side by side.
+    use_threads(1 if compute.sharded else compute.threads)
+    workers = Workers(compute.threads) if compute.sharded else None
     if ranks.is_main:
-        print(thread_choice.describe("train"))
+        print(compute.line)
     configure_determinism(config.train.deterministic)
     # Connect before loading data or training: a dead tracking server fails now, not after the run.
     clock.mark("start-up and imports")
@@ -81,7 +84,7 @@ def main() -> None:
         say(f"train: {config.train.model} network ({parameter_count(model):,} parameters), {len(train_split)} images, "
             f"{config.train.epochs} epochs on {device}{processes}; MLflow run {run_id}")
         if ranks.is_main:
-            tracking.log_epoch({"threads": thread_choice.threads}, len(history))  # a resume may run on another count
+            tracking.log_epoch({"threads": compute.threads}, len(history))  # a resume may run on another count
             already_logged = tracking.logged_epochs(run_id)
             for result in history:  # epochs the killed run finished but did not get to log
                 if result.epoch not in already_logged:
@@ -102,7 +105,7 @@ def main() -> None:
         history = train(model, optimizer, train_split, test_split, config.train, generator, history=history,
                         schedule=schedule, augment=config.augment, background=blank_value(data.mean, data.std),
                         progress=epoch_bars(config.train.epochs) if ranks.is_main else None, ranks=ranks,
-                        on_epoch_end=end_of_epoch if ranks.is_main else None)
+                        on_epoch_end=end_of_epoch if ranks.is_main else None, workers=workers)
         train_seconds = time.perf_counter() - started
         clock.mark("training")
         distributed.shutdown()

@@ -197,3 +197,32 @@ def shown_run_ids(project: Path) -> dict[str, str]:
             if run_id:
                 found[rev.get("name") or rev["rev"]] = run_id
     return found
+
+
+RESULT_METRICS = ("metrics/train.json", "metrics/history.csv", "metrics/eval.json", "metrics/confusion.csv",
+                  "metrics/mistakes.csv")
+# What a run logs that is not a result: how long it took, on how many threads, what the machine was doing.
+_NOT_RESULTS = ("threads", "eval_threads", "train_seconds", "stage_seconds/", "system/")
+
+
+def run_results(project: Path, run_id: str) -> dict[str, list[tuple[int, float]]]:
+    """Every result metric of an MLflow run with its history, (step, value) pairs: what must repeat bit for bit."""
+    client = mlflow_client(project)
+    names = [n for n in client.get_run(run_id).data.metrics if not n.startswith(_NOT_RESULTS)]
+    return {name: sorted((m.step, m.value) for m in client.get_metric_history(run_id, name)) for name in names}
+
+
+def results(project: Path) -> dict:
+    """The workspace's results: the metrics files, the trained weights and the MLflow run's result metrics.
+
+    The checkpoint file itself is not compared: it names its MLflow run, which differs from run to run.
+    """
+    from mnist_pipeline.checkpoint import load_checkpoint
+
+    weights = load_checkpoint(project / "models" / "model.pt")["model_state"]
+    run_id = json.loads((project / "metrics" / "mlflow_run.json").read_text())["run_id"]
+    return {
+        "files": {name: (project / name).read_text() for name in RESULT_METRICS},
+        "weights": {name: tensor.numpy().tobytes() for name, tensor in weights.items()},
+        "mlflow": run_results(project, run_id),
+    }

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import REPO_ROOT
 from mnist_pipeline.cli import run_stage
-from mnist_pipeline.config import Config, ConfigError, TrainConfig, available_cores, flatten, load_config, parse_config
+from mnist_pipeline.config import Config, ConfigError, TrainConfig, flatten, load_config, parse_config
 
 
 def test_repo_params_are_the_reference_defaults():
@@ -69,6 +69,8 @@ def test_int_given_for_float_is_accepted_as_float():
         ({"nproc": None}, "nproc: got null; expected an integer or auto"),
         ({"nproc": 1.5}, "nproc: got 1.5; expected an integer or auto"),
         ({"kernels": "fused"}, "kernels: got 'fused'; allowed: auto, torch"),
+        ({"shards": 0}, "shards: got 0; must be >= 1 and <= 256"),
+        ({"shards": "auto"}, "shards: got 'auto'; expected an integer"),
         ({"threads": 0}, "threads: got 0; must be >= 1 and <= 1024"),
         ({"threads": -2}, "threads: got -2; must be >= 1 and <= 1024"),
         ({"threads": "all"}, "threads: got 'all'; expected an integer or auto"),
@@ -103,17 +105,18 @@ def test_empty_params_file_gives_defaults(tmp_path):
     assert load_config(path) == parse_config({})
 
 
-def test_more_threads_than_cores_is_refused_on_load_with_one_line(tmp_path):
-    cores = available_cores()
-    path = tmp_path / "params.yaml"
-    path.write_text(f"threads: {cores + 1}\n")
+def test_more_shards_than_images_in_a_batch_is_refused_with_one_line():
     with pytest.raises(ConfigError) as caught:
-        load_config(path)
-    assert str(caught.value) == f"threads: got {cores + 1}; this machine has {cores} cores, so at most {cores} (or auto)"
-    path.write_text(f"threads: {cores}\n")
-    assert load_config(path).train.threads == cores
-    # A checkpoint's config made on a bigger machine still parses here (evaluate rebuilds from it).
-    assert parse_config({"threads": cores + 1}).train.threads == cores + 1
+        parse_config({"batch_size": 4, "shards": 5})
+    assert str(caught.value) == ("shards: got 5; a batch of 4 images (batch_size) cannot be split into more parts "
+                                 "than it has images, so at most 4")
+    assert parse_config({"batch_size": 4, "shards": 4}).train.shards == 4
+
+
+def test_threads_beyond_this_machines_cores_still_parse():
+    # A checkpoint's config made on a bigger machine parses here (evaluate rebuilds from it); the stages refuse
+    # such a count when they choose their threads (mnist_pipeline.threads).
+    assert parse_config({"threads": 4096 // 4}).train.threads == 1024
 
 
 def test_flatten_names_params_as_dvc_does():

@@ -67,7 +67,8 @@ PARAM_CASES = [
     ({"tracking": {"log_model": False}}, TRAINING), ({"model": "compact"}, TRAINING), ({"optimizer": "adam"}, TRAINING),
     ({"schedule": "onecycle"}, TRAINING), ({"weight_decay": 0.01}, TRAINING), ({"label_smoothing": 0.1}, TRAINING),
     ({"precision": "bf16"}, TRAINING), ({"compile": True}, TRAINING), ({"nproc": 2}, TRAINING),
-    ({"kernels": "torch"}, TRAINING), ({"threads": 1}, TRAINING),
+    ({"kernels": "torch"}, TRAINING), ({"shards": 1}, TRAINING),
+    ({"threads": 1}, []),  # the speed only: the same results, so nothing reruns
     ({"augment": {"shift": 2.0}}, TRAINING),
     ({"plots": {"dpi": 70}}, ["plot"]), ({"plots": {"cmap": "viridis"}}, ["plot"]),
     ({"plots": {"width": 5.0}}, ["plot"]),
@@ -79,7 +80,7 @@ CODE_CASES = {
     "src/mnist_pipeline/model.py": TRAINING, "src/mnist_pipeline/training.py": TRAINING,
     "src/mnist_pipeline/checkpoint.py": TRAINING, "src/mnist_pipeline/evaluation.py": TRAINING,
     "src/mnist_pipeline/device.py": TRAINING, "src/mnist_pipeline/distributed.py": TRAINING, "src/mnist_pipeline/seed.py": TRAINING,
-    "src/mnist_pipeline/threads.py": TRAINING,
+    "src/mnist_pipeline/threads.py": TRAINING, "src/mnist_pipeline/shards.py": TRAINING,
     "src/mnist_pipeline/progress.py": TRAINING, "src/mnist_pipeline/files.py": TRAINING,
     "src/mnist_pipeline/reports.py": TRAINING, "src/mnist_pipeline/tracking.py": TRAINING,
     "stages/train.py": TRAINING, "stages/evaluate.py": ["evaluate", "plot"],

@@ -19,10 +19,9 @@ import torch
 import yaml
 
 from conftest import REPO_ROOT, requires_mnist_mirror
-from dvc_project import (all_runs, check_lineage, copy_project, environment, mlflow_client, run, shown_run_ids, stages_run,
-                         update_params)
+from dvc_project import (all_runs, check_lineage, copy_project, environment, mlflow_client, results, run, run_results,
+                         shown_run_ids, stages_run, update_params)
 from mnist_pipeline.checkpoint import load_checkpoint
-from mnist_pipeline.config import available_cores
 
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 from recipes import readme_recipes, recipe_params  # noqa: E402
@@ -30,6 +29,7 @@ from recipes import readme_recipes, recipe_params  # noqa: E402
 pytestmark = [pytest.mark.e2e, requires_mnist_mirror()]
 
 RESULT_FILES = ("metrics/train.json", "metrics/history.csv", "metrics/eval.json")
+BUSY = [sys.executable, "-c", "while True: pass"]  # one busy single-threaded process
 
 
 @pytest.fixture(scope="module")
@@ -60,10 +60,9 @@ def test_killed_training_resumes_the_same_run_and_ends_bit_identical(prepared_pr
     # The wide network with Adam, one-cycle, dropout and augmentation: every state a resume must restore
     # (batch norm statistics, Adam moments, the schedule, both random generators), at ~2 s an epoch, slow
     # enough to be killed mid-run.
-    # threads pinned: the bits repeat at one thread count, and `auto` follows the machine's load.
+    # Nothing about threads pinned: the shards fix the bits, whatever the threads (mnist_pipeline.shards).
     update_params(project, {"epochs": 4, "model": "wide", "optimizer": "adamw", "schedule": "onecycle",
-                            "augment": {"shift": 1.0}, "data": {"max_train_images": 6000},
-                            "threads": min(2, available_cores())})
+                            "augment": {"shift": 1.0}, "data": {"max_train_images": 6000}})
     runs_before = len(all_runs(project))
     repro = subprocess.Popen(["dvc", "repro"], cwd=project, env=environment(), start_new_session=True,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -75,8 +74,11 @@ def test_killed_training_resumes_the_same_run_and_ends_bit_identical(prepared_pr
     assert 2 <= partial["epoch"] < 4 and not partial["complete"]
     assert partial["mlflow_run_id"] == killed_run
 
+    # The resume on one thread, the uninterrupted run below on `auto` (2 on 2 cores): only the shards fix the bits.
+    update_params(project, {"threads": 1})
     resumed = run(project, "dvc", "repro")
     assert f"train: resuming after epoch {partial['epoch']} of 4 from the unfinished checkpoint" in resumed.stdout
+    assert "on 1 thread (threads: 1 in params.yaml" in resumed.stdout
     assert len(all_runs(project)) == runs_before + 1  # the killed run continued: no duplicate
     finished = mlflow_client(project).get_run(killed_run)
     assert finished.info.status == "FINISHED"
@@ -85,12 +87,36 @@ def test_killed_training_resumes_the_same_run_and_ends_bit_identical(prepared_pr
     resumed_results = {name: (project / name).read_text() for name in RESULT_FILES}
     resumed_weights = load_checkpoint(project / "models" / "model.pt")["model_state"]
 
+    resumed_metrics = run_results(project, killed_run)
     # The same params once more, uninterrupted: on the CPU it must give the very same bits.
-    again = run(project, "dvc", "repro", "-f", "train")
+    update_params(project, {"threads": "auto"})
+    again = run(project, "dvc", "repro", "-f", "--downstream", "train")
     assert "train: the checkpoint holds a finished training; training from scratch" in again.stdout
     assert {name: (project / name).read_text() for name in RESULT_FILES} == resumed_results
     straight_weights = load_checkpoint(project / "models" / "model.pt")["model_state"]
     assert all(torch.equal(straight_weights[name], tensor) for name, tensor in resumed_weights.items())
+    straight_run = json.loads((project / "metrics" / "mlflow_run.json").read_text())["run_id"]
+    assert straight_run != killed_run and run_results(project, straight_run) == resumed_metrics
+
+
+def test_the_same_params_give_the_same_bits_beside_busy_processes_and_at_any_thread_count(prepared_project, tmp_path):
+    """Nothing pinned: the session's first repro, again beside a busy process on every core, again on one thread."""
+    project = copy_project(prepared_project, tmp_path / "load")
+    first = results(project)
+    hogs = [subprocess.Popen(BUSY) for _ in range(os.cpu_count() or 1)]
+    try:
+        busy = run(project, "dvc", "repro", "-f", "--downstream", "train")
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    assert stages_run(busy.stdout) == ["train", "evaluate", "plot"]
+    assert results(project) == first
+    update_params(project, {"threads": 1})
+    assert run(project, "dvc", "status").stdout.strip() == "Data and pipelines are up to date."  # speed only
+    one_thread = run(project, "dvc", "repro", "-f", "--downstream", "train")
+    assert "on 1 thread (threads: 1 in params.yaml" in one_thread.stdout
+    assert results(project) == first
 
 
 def _queue_done(project: Path) -> bool:
@@ -150,6 +176,17 @@ def test_a_queued_sweep_is_one_named_mlflow_run_per_experiment_in_the_repo_store
     first, second = sorted(queued)[:2]
     diff = run(project, "dvc", "plots", "diff", first, second, "--json").stdout
     assert first in diff and second in diff and "test_accuracy" in diff
+
+    # One of them again, alone in the workspace (-f: no run cache): the bits it had beside another training.
+    name = next(n for n in queued if experiments[n][0] == 0.05)
+    alone = run(project, "dvc", "exp", "run", "-f", "--downstream", "train", "-S", "lr=0.05")
+    assert stages_run(alone.stdout) == ["train", "evaluate", "plot"]
+    for path in ("metrics/train.json", "metrics/history.csv", "metrics/eval.json", "metrics/confusion.csv",
+                 "metrics/mistakes.csv"):
+        assert (project / path).read_text() == run(project, "git", "show", f"{commits[name]}:{path}").stdout, path
+    alone_run = json.loads((project / "metrics" / "mlflow_run.json").read_text())["run_id"]
+    assert alone_run != by_name[name].info.run_id
+    assert run_results(project, alone_run) == run_results(project, by_name[name].info.run_id)
 
 
 def _committed_file(project: Path, path: str) -> Path:

@@ -18,7 +18,7 @@ import torch
 from conftest import c_compiler, require, requires_mnist_mirror
 from dvc_project import (all_runs, check_lineage, copy_project, environment, mlflow_client, predicts_like_evaluate, run,
                          shown_run_ids, stages_run, update_params)
-from mnist_pipeline.config import available_cores
+from mnist_pipeline.threads import available_cores
 
 pytestmark = [pytest.mark.e2e, requires_mnist_mirror()]
 
@@ -29,12 +29,16 @@ def project(prepared_project, tmp_path_factory):
     return copy_project(prepared_project, tmp_path_factory.mktemp("project"))
 
 
-def stage_threads(output: str, stage: str, kind: str) -> tuple[int, int, int]:
-    """The thread count a stage printed, the cores it names, and how many of them it saw busy with other work."""
-    line = re.search(rf"^{stage}: (\d+) threads? \((\d+) cores?(?:, (\d+) busy with other work)?, 1 {kind} running\)$",
-                     output, re.MULTILINE)
+def stage_threads(output: str, stage: str) -> tuple[int, int]:
+    """The thread count a stage printed and the cores it names."""
+    if stage == "train":
+        pattern = (r"^train: 2 shards per batch on (\d+) threads? \(threads: auto, 2 shards, (\d+) cores?\); "
+                   r"the results depend on shards, never on threads$")
+    else:
+        pattern = rf"^{stage}: (\d+) threads? \(threads: auto, (\d+) cores?\); the results do not depend on them$"
+    line = re.search(pattern, output, re.MULTILINE)
     assert line, output
-    return int(line.group(1)), int(line.group(2)), int(line.group(3) or 0)
+    return int(line.group(1)), int(line.group(2))
 
 
 def test_first_repro_runs_every_stage_and_writes_every_output(project, prepared_project):
@@ -56,10 +60,9 @@ def test_first_repro_runs_every_stage_and_writes_every_output(project, prepared_
     assert "evaluate: test accuracy" in first.stdout
     assert "plot: plots/accuracy.png" in first.stdout
     assert "plot: best so far: registered as mnist-cnn version 1 (alias champion)" in first.stdout
-    # Alone in the repository, `threads: auto` takes every core other work leaves free, and each stage says so.
-    for stage, kind in (("train", "training"), ("evaluate", "evaluation")):
-        threads, cores, busy = stage_threads(first.stdout, stage, kind)
-        assert cores == available_cores() and threads == cores - busy >= 1
+    # `threads: auto`: one thread per shard up to the cores in training, every core in evaluation; each stage says so.
+    assert stage_threads(first.stdout, "train") == (min(2, available_cores()), available_cores())
+    assert stage_threads(first.stdout, "evaluate") == (available_cores(), available_cores())
     assert run(project, "dvc", "status").stdout.strip() == "Data and pipelines are up to date."
 
 
@@ -105,10 +108,10 @@ def test_first_repro_made_one_mlflow_run_with_params_metrics_plots_and_model(pro
     assert [m.step for m in client.get_metric_history(mlflow_run.info.run_id, "train_loss")] == [1, 2]
     evaluation = json.loads((project / "metrics" / "eval.json").read_text())
     assert mlflow_run.data.metrics["eval_accuracy"] == pytest.approx(evaluation["test_accuracy"])
-    # The thread counts are on the run: results repeat bit for bit only at the same count.
+    # The thread counts are on the run (they change the speed, never the results).
     threads = client.get_metric_history(mlflow_run.info.run_id, "threads")
-    assert [(m.step, m.value) for m in threads] == [(0, stage_threads(prepared_project.output.stdout, "train", "training")[0])]
-    assert mlflow_run.data.metrics["eval_threads"] == stage_threads(prepared_project.output.stdout, "evaluate", "evaluation")[0]
+    assert [(m.step, m.value) for m in threads] == [(0, stage_threads(prepared_project.output.stdout, "train")[0])]
+    assert mlflow_run.data.metrics["eval_threads"] == stage_threads(prepared_project.output.stdout, "evaluate")[0]
     plots = {a.path for a in client.list_artifacts(mlflow_run.info.run_id, "plots")}
     assert plots == {"plots/accuracy.png", "plots/loss.png", "plots/confusion.png", "plots/mistakes.png"}
 

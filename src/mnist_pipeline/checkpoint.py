@@ -83,9 +83,8 @@ def resume_decision(checkpoint: Optional[dict[str, Any]], config: dict[str, Any]
 
     Only an unfinished checkpoint made with the same params resumes; plot
     settings do not count, since they cannot change training, and neither does
-    `threads`: it changes only the rounding order of the epochs still to run
-    (the count of each start is on the MLflow run), and a sweep's `auto` count
-    depends on what else runs, which must not throw finished epochs away.
+    `threads`: it changes only the speed of the epochs still to run (the count
+    of each start is on the MLflow run; mnist_pipeline.shards fixes the bits).
     """
     if checkpoint is None:
         return False, "no checkpoint yet; training from scratch"

@@ -115,7 +115,10 @@ class TrainConfig:
     nproc: Union[int, str] = field(default="auto", metadata=_spec(low=1, high=64, auto=True))
     # "auto": the reference network's first block as one fused CPU kernel where it applies (mnist_pipeline.fused).
     kernels: str = field(default="auto", metadata=_spec(choices=("auto", "torch")))
-    # "auto": mnist_pipeline.threads shares the cores among the trainings running at once;
+    # Every batch is split into this many parts, each computed on one thread, their gradients added
+    # in order (mnist_pipeline.shards): the results depend on `shards`, never on `threads`.
+    shards: int = field(default=2, metadata=_spec(low=1, high=256))
+    # "auto": mnist_pipeline.threads picks the count from the shards and this machine's cores (never its load);
     # more than the cores here is refused on load (load_config), since it only slows a CPU training.
     threads: Union[int, str] = field(default="auto", metadata=_spec(low=1, high=1024, auto=True))
 
@@ -221,6 +224,9 @@ def parse_config(raw: Any) -> Config:
         allowed = ", ".join([*top_level, *_SECTIONS])
         raise ConfigError(f"{_show_key(unknown[0])}: unknown key; allowed at the top level: {allowed}")
     train = _build(TrainConfig, {k: v for k, v in raw.items() if k in top_level}, "")
+    if train.shards > train.batch_size:
+        raise ConfigError(f"shards: got {train.shards}; a batch of {train.batch_size} images (batch_size) "
+                          f"cannot be split into more parts than it has images, so at most {train.batch_size}")
     sections = {
         name: _build(cls, raw[name] if raw.get(name) is not None else {}, name + ".")
         for name, cls in _SECTIONS.items()
@@ -245,28 +251,7 @@ def load_config(path: str | Path = PARAMS_FILE) -> Config:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "not valid YAML"
         raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
-    config = parse_config(raw)
-    _check_threads(config.train.threads)
-    return config
-
-
-def available_cores() -> int:
-    """The cores this process may run on (its CPU affinity where the OS tells, else the machine's)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-
-
-def _check_threads(threads: Union[int, str]) -> None:
-    """More compute threads than this machine's cores only makes them wait for each other: refuse it.
-
-    Checked here, not in parse_config, because the cores are this machine's:
-    a checkpoint's config, parsed on another machine, stays valid.
-    """
-    cores = available_cores()
-    if threads != "auto" and threads > cores:
-        raise ConfigError(f"threads: got {threads}; this machine has {cores} cores, so at most {cores} (or auto)")
+    return parse_config(raw)
 
 
 def exp_run_hint(path: str | Path = PARAMS_FILE) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import nn
@@ -10,8 +11,11 @@ from torch.nn import functional as F
 
 from mnist_pipeline.data import Split
 from mnist_pipeline.history import Mistake
+from mnist_pipeline.shards import Workers, predict_in_chunks
 
-EVAL_BATCH_SIZE = 1000  # images per forward pass; only memory and speed depend on it
+# Images per forward pass. A constant, not a param: on a CPU each chunk is computed on one thread,
+# and its boundaries must not move for the logits to keep their bits (mnist_pipeline.shards).
+EVAL_BATCH_SIZE = 1000
 
 
 @dataclass(frozen=True)
@@ -36,19 +40,28 @@ def confusion_matrix(labels: torch.Tensor, predictions: torch.Tensor, num_classe
 
 @torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE,
-            precision: str = "fp32") -> torch.Tensor:
-    """Logits (N, classes), in fp32, for images already on the model's device, in batches."""
+            precision: str = "fp32", workers: Optional[Workers] = None) -> torch.Tensor:
+    """Logits (N, classes), in fp32, for images already on the model's device, in batches.
+
+    With `workers`, the batches run side by side, each on one thread: the same bits on any number of threads.
+    """
     model.eval()
-    autocast = torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-    with autocast:
-        return torch.cat([model(images[i : i + batch_size]).float() for i in range(0, len(images), batch_size)])
+
+    def logits(batch: torch.Tensor) -> torch.Tensor:
+        # autocast is per thread: entered by the thread that runs the batch.
+        with torch.autocast(batch.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            return model(batch).float()
+
+    if workers is not None:
+        return predict_in_chunks(images, workers, logits, batch_size)
+    return torch.cat([logits(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, split: Split, num_classes: int = 10, batch_size: int = EVAL_BATCH_SIZE,
-             precision: str = "fp32") -> EvalResult:
+             precision: str = "fp32", workers: Optional[Workers] = None) -> EvalResult:
     """Accuracy, mean loss and confusion matrix of `model` on `split` (on the model's device)."""
-    return metrics_from_logits(predict(model, split.images, batch_size, precision), split.labels, num_classes)
+    return metrics_from_logits(predict(model, split.images, batch_size, precision, workers), split.labels, num_classes)
 
 
 def metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor, num_classes: int = 10) -> EvalResult:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -117,6 +117,23 @@ class CompactCNN(nn.Module):
         return self.fc(x)  # -> (N, 10) logits
 
 
+class SeededDropout(nn.Dropout):
+    """nn.Dropout, except that it draws from its own generator once given one.
+
+    Shards of a batch run side by side on several threads (mnist_pipeline.shards); drawing from
+    torch's one default generator, they would take their random numbers in whichever order the
+    threads happen to run. With a generator each (seeded per step), the draws are the same every run.
+    """
+
+    generator: Optional[torch.Generator] = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.generator is None or not self.training or self.p == 0:
+            return super().forward(x)
+        keep = torch.empty_like(x).bernoulli_(1 - self.p, generator=self.generator)
+        return x * keep / (1 - self.p)
+
+
 class WideCNN(CompactCNN):
     """The compact network at twice the widths (32, 64, 128), a pooled first stage, dropout before the head.
 
@@ -132,7 +149,7 @@ class WideCNN(CompactCNN):
 
     def __init__(self, config: ModelConfig):
         super().__init__(config)
-        self.dropout = nn.Dropout(0.25)
+        self.dropout = SeededDropout(0.25)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for stage in self.stages:

@@ -44,7 +44,6 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 from mnist_pipeline import lineage  # noqa: E402
 from mnist_pipeline.errors import PipelineError  # noqa: E402
-from mnist_pipeline.threads import process_alive  # noqa: E402
 
 
 class TrackingError(PipelineError):
@@ -438,6 +437,17 @@ def logged_epochs(run_id: str, metric: str = "test_accuracy") -> set[int]:
     """The epochs (steps) of `metric` already in the run: a resumed run logs only the missing ones."""
     client = MlflowClient(mlflow.get_tracking_uri())
     return {m.step for m in client.get_metric_history(run_id, metric)}
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` still exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
 
 
 def close_orphaned_runs(client: MlflowClient, experiment_id: str) -> list[str]:

@@ -16,6 +16,7 @@ from mnist_pipeline.data import Split
 from mnist_pipeline.distributed import Ranks, gather_shards, mean_across_ranks, shard, wrap
 from mnist_pipeline.evaluation import EvalResult, evaluate, metrics_from_logits, predict
 from mnist_pipeline.history import EpochResult
+from mnist_pipeline.shards import ShardedModel, Workers
 
 LOSS_REPORT_EVERY = 50  # steps between running-loss updates; each one costs a host sync on GPU
 
@@ -102,11 +103,14 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, split: S
                     generator: torch.Generator, progress: Optional[EpochProgress] = None, *,
                     schedule: Optional[torch.optim.lr_scheduler.LRScheduler] = None, label_smoothing: float = 0.0,
                     augment: AugmentConfig = AugmentConfig(), background: float = 0.0, precision: str = "fp32",
-                    forward: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, ranks: Ranks = Ranks()) -> float:
+                    forward: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, ranks: Ranks = Ranks(),
+                    sharded: Optional[ShardedModel] = None, workers: Optional[Workers] = None) -> float:
     """One shuffled pass over `split` (already on the model's device); returns the mean batch loss.
 
-    Under several processes every rank draws the same permutation and takes its
-    slice of each batch (`forward` is then the DistributedDataParallel wrapper).
+    With `sharded` (and its `workers`), each batch's gradient is the ordered sum of its shards'
+    (mnist_pipeline.shards): the same bits on any number of threads. Without, the whole batch goes
+    through `forward` at once (a GPU; or, under several processes, each rank's slice of every batch,
+    every rank drawing the same permutation, `forward` the DistributedDataParallel wrapper).
 
     The epoch's shuffle and augmentation are drawn up front from `generator`
     and moved to the device once: the hot loop makes no host round-trip (the
@@ -114,6 +118,8 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, split: S
     when a progress display asks for it).
     """
     model.train()
+    for replica in sharded.replicas if sharded is not None else ():
+        replica.train()
     # Not `forward or model`: truth-testing a module calls len(), which torch.compile's wrapper refuses.
     forward = model if forward is None else forward
     device = split.images.device
@@ -121,16 +127,32 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, split: S
     if augment.enabled:
         angles, shifts = (t.to(device) for t in draw_augmentation(len(split), augment, generator))
     steps = steps_per_epoch(len(split), batch_size)
-    loss_sum = torch.zeros((), device=device)
-    for step in range(steps):
-        index = shard(order[step * batch_size : (step + 1) * batch_size], ranks)
+    # Dropout in shards draws from a generator per shard, seeded per step from the run's seed (drawn only
+    # for a network with dropout, so that the others' shuffles stay as they were).
+    dropout_seeds = (torch.randint(0, 2**62, (steps, sharded.shards), generator=generator).tolist()
+                     if sharded is not None and sharded.draws_dropout else None)
+
+    def images_of(index: torch.Tensor) -> torch.Tensor:
         images = split.images[index]
         if augment.enabled:
             images = augment_batch(images, angles[index], shifts[index], background)
-        optimizer.zero_grad(set_to_none=True)
-        with precision_context(precision, device):
-            loss = F.cross_entropy(forward(images), split.labels[index], label_smoothing=label_smoothing)
-        loss.backward()
+        return images
+
+    def part_loss(part_forward: Callable[[torch.Tensor], torch.Tensor], part: torch.Tensor) -> torch.Tensor:
+        with precision_context(precision, device):  # autocast is per thread: entered in the one computing the part
+            return F.cross_entropy(part_forward(images_of(part)), split.labels[part], reduction="sum",
+                                   label_smoothing=label_smoothing)
+
+    loss_sum = torch.zeros((), device=device)
+    for step in range(steps):
+        index = shard(order[step * batch_size : (step + 1) * batch_size], ranks)
+        if sharded is not None:
+            loss = sharded.gradients(workers, index, part_loss, dropout_seeds[step] if dropout_seeds else None)
+        else:
+            optimizer.zero_grad(set_to_none=True)
+            with precision_context(precision, device):
+                loss = F.cross_entropy(forward(images_of(index)), split.labels[index], label_smoothing=label_smoothing)
+            loss.backward()
         optimizer.step()
         if schedule is not None:
             schedule.step()
@@ -141,10 +163,11 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, split: S
     return mean_across_ranks(loss_sum / steps, ranks).item()
 
 
-def evaluate_across_ranks(model: nn.Module, split: Split, precision: str = "fp32", ranks: Ranks = Ranks()) -> EvalResult:
+def evaluate_across_ranks(model: nn.Module, split: Split, precision: str = "fp32", ranks: Ranks = Ranks(),
+                          workers: Optional[Workers] = None) -> EvalResult:
     """The per-epoch test; under several processes each rank predicts its share and all get the whole result."""
     if not ranks.distributed:
-        return evaluate(model, split, precision=precision)
+        return evaluate(model, split, precision=precision, workers=workers)
     mine = shard(torch.arange(len(split), device=split.images.device), ranks)
     logits = gather_shards(predict(model, split.images[mine], precision=precision), ranks, len(split))
     return metrics_from_logits(logits, split.labels)
@@ -155,7 +178,8 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_split: Split
           schedule: Optional[torch.optim.lr_scheduler.LRScheduler] = None,
           augment: AugmentConfig = AugmentConfig(), background: float = 0.0,
           progress: Optional[ProgressFactory] = None, ranks: Ranks = Ranks(),
-          on_epoch_end: Optional[Callable[[list[EpochResult]], None]] = None) -> list[EpochResult]:
+          on_epoch_end: Optional[Callable[[list[EpochResult]], None]] = None,
+          workers: Optional[Workers] = None) -> list[EpochResult]:
     """Train up to config.epochs, testing after every epoch as the reference does; returns the history.
 
     `history` holds the epochs already done when resuming; training continues
@@ -166,23 +190,29 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_split: Split
     ranks split the test set and share their predictions, so all hold the same
     history. On a CPU the reference network trains with its first block fused
     (`config.kernels`, mnist_pipeline.fused); the per-epoch test uses torch's layers.
+
+    With `workers` (a CPU, one process), every batch is split into `config.shards` parts whose
+    gradients add up in order, and the test set into fixed chunks (mnist_pipeline.shards): the
+    results do not depend on how many threads `workers` has.
     """
     history = list(history)
     steps = steps_per_epoch(len(train_split), config.batch_size)
     # The wrappers share the model's parameters, so checkpoints keep saving `model` itself.
     forward = wrap(model, ranks)
+    forward_of: Callable[[nn.Module], Callable[[torch.Tensor], torch.Tensor]] = lambda module: module
     if config.compile:
-        forward = torch.compile(forward)
+        forward, forward_of = torch.compile(forward), torch.compile
     elif fused.plan(config.kernels, model, train_split.images.device, config.precision, config.compile,
                     ranks.world_size)[0]:
-        forward = fused.reference_forward(model)
+        forward, forward_of = fused.reference_forward(model), fused.reference_forward
+    sharded = ShardedModel(model, config.shards, forward_of) if workers is not None else None
     for epoch in range(len(history) + 1, config.epochs + 1):
         display = progress(epoch, steps) if progress else None
         train_loss = train_one_epoch(model, optimizer, train_split, config.batch_size, generator, display,
                                      schedule=schedule, label_smoothing=config.label_smoothing, augment=augment,
                                      background=background, precision=config.precision, forward=forward,
-                                     ranks=ranks)
-        test = evaluate_across_ranks(model, test_split, config.precision, ranks)
+                                     ranks=ranks, sharded=sharded, workers=workers)
+        test = evaluate_across_ranks(model, test_split, config.precision, ranks, workers)
         result = EpochResult(epoch=epoch, train_loss=train_loss, test_loss=test.loss, test_accuracy=test.accuracy)
         if display is not None:
             display.close(result)
