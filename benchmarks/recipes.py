@@ -95,15 +95,22 @@ def run_recipe(params: dict[str, Any], seed: int) -> dict[str, Any]:
     import torch
 
     sys.path.insert(0, str(REPO_ROOT / "src"))
+    from mnist_pipeline import threads
     from mnist_pipeline.config import parse_config
     from mnist_pipeline.data import blank_value, load_split
-    from mnist_pipeline.device import place_model, resolve_device
+    from mnist_pipeline.device import place_model, resolve_device, use_threads
     from mnist_pipeline.model import ModelConfig, build_model
     from mnist_pipeline.seed import set_seed
+    from mnist_pipeline.shards import Workers
     from mnist_pipeline.training import make_optimizer, make_schedule, steps_per_epoch, train
 
     config = parse_config(merged(params, {"seed": seed}))
     device = resolve_device(config.train.device)
+    # As the train stage computes: in shards on a CPU, torch itself on one thread.
+    compute = threads.for_training(config.train.threads, config.train.shards, threads.available_cores(),
+                                   device=device.type, compiled=config.train.compile)
+    use_threads(1 if compute.sharded else compute.threads)
+    workers = Workers(compute.threads) if compute.sharded else None
     if config.train.nproc != 1:  # `auto` may mean several processes in the train stage; this trains in one
         sys.exit(f"error: recipes.py trains in one process; give the recipe `-S nproc=1` (it has nproc: {config.train.nproc})")
     data_dir = REPO_ROOT / config.data.dir
@@ -115,7 +122,8 @@ def run_recipe(params: dict[str, Any], seed: int) -> dict[str, Any]:
     schedule = make_schedule(optimizer, config.train, steps_per_epoch(len(train_split), config.train.batch_size))
     started = time.perf_counter()
     history = train(model, optimizer, train_split, test_split, config.train, generator, schedule=schedule,
-                    augment=config.augment, background=blank_value(config.data.mean, config.data.std))
+                    augment=config.augment, background=blank_value(config.data.mean, config.data.std),
+                    workers=workers)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return {"seed": seed, "test_accuracy": history[-1].test_accuracy, "train_seconds": time.perf_counter() - started,
@@ -134,7 +142,7 @@ def machine() -> str:
         cpu = next((l.split(":", 1)[1].strip() for l in cpuinfo.read_text().splitlines() if l.startswith("model name")), cpu)
     if torch.cuda.is_available():
         return torch.cuda.get_device_name()
-    return f"{cpu}, {torch.get_num_threads()} threads ({os.cpu_count()} cores)"
+    return f"{cpu}, {os.cpu_count()} cores"
 
 
 def table(results: dict[str, Any]) -> str:

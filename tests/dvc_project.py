@@ -18,7 +18,9 @@ import yaml
 
 from conftest import MNIST_MIRROR, REPO_ROOT
 
-SMALL = {"epochs": 2, "data": {"max_train_images": 2000, "max_test_images": 500}}
+# Two epochs on 2,000 training images, scored on the whole test set: only whole-test-set runs may become
+# the registry's champion (tracking.promote_if_best), and the end-to-end tests look at the champion.
+SMALL = {"epochs": 2, "data": {"max_train_images": 2000, "max_test_images": None}}
 
 
 def environment(**overrides: str) -> dict[str, str]:
@@ -131,8 +133,8 @@ def all_runs(project: Path):
     return client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
 
 
-def predicts_like_evaluate(model, project: Path, images: int = 500) -> float:
-    """Accuracy of a logged MLflow model on the first test images; asserts it equals the evaluate stage's."""
+def predicts_like_evaluate(model, project: Path, images: int = 10000) -> float:
+    """Accuracy of a logged MLflow model on the test images; asserts it equals the evaluate stage's."""
     import json
 
     import numpy as np
@@ -167,7 +169,8 @@ def check_lineage(project: Path, run_id: str, lock_text: str, params_text: str) 
     assert set(inputs) == {"training", "test"}
     assert {context: dataset.digest for context, dataset in inputs.items()} == {"training": md5, "test": md5}
     assert inputs["training"].name == f"mnist-training[:{params['data']['max_train_images']}]"
-    assert inputs["test"].name == f"mnist-test[:{params['data']['max_test_images']}]"
+    test_slice = params["data"]["max_test_images"]
+    assert inputs["test"].name == ("mnist-test" if test_slice is None else f"mnist-test[:{test_slice}]")
     assert "data/mnist/train-images-idx3-ubyte.gz" in inputs["training"].source
 
     metrics = mlflow_run.data.metrics
@@ -181,7 +184,10 @@ def check_lineage(project: Path, run_id: str, lock_text: str, params_text: str) 
 
     with tempfile.TemporaryDirectory() as folder:
         reproduce = Path(client.download_artifacts(run_id, "reproduce", folder))
-        assert (reproduce / "dvc.lock").read_text() == lock_text
+        # Logged by the last stage before DVC wrote that stage's own entry: every other entry is the repro's.
+        logged = yaml.safe_load((reproduce / "dvc.lock").read_text())
+        assert {k: v for k, v in logged["stages"].items() if k != "plot"} == {
+            k: v for k, v in lock["stages"].items() if k != "plot"}
         assert (reproduce / "params.yaml").read_text() == params_text
 
 

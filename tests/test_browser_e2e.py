@@ -73,7 +73,7 @@ def test_mlflow_compare_view_shows_both_runs_their_lr_and_accuracy(project):
         assert name in text
     assert "lr" in text and "0.01" in text and "0.05" in text
     assert "test_accuracy" in text
-    for r in runs:  # k of the slice's 500 test images: at most three decimals, as the table shows them
+    for r in runs:  # rounded to three decimals, as the table shows them
         assert f"{round(r.data.metrics['test_accuracy'], 3):g}" in text
 
 

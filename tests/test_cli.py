@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -36,32 +37,64 @@ def test_a_failing_stage_exits_2_with_one_line():
     assert (done.returncode, done.stderr, done.stdout) == (2, "error: lr: got -1.0; must be > 0.0\n", "")
 
 
-FORKING_STAGE = '''
-import os
-from mnist_pipeline.cli import in_forked_process, run_stage
-from mnist_pipeline.errors import PipelineError
+POOL_STAGE = '''
+from concurrent.futures import ThreadPoolExecutor
+from mnist_pipeline.cli import run_stage
 
-def child_pid(fail):
-    if fail:
-        raise PipelineError("plots.cmap: 'Blu' is not a colormap")
-    return os.getpid()
+POOL = ThreadPoolExecutor(max_workers=1)  # kept, as MLflow keeps its asynchronous logging's pools
 
 def main():
-    with in_forked_process(child_pid, FAIL) as child:
-        print("parent goes on;", end=" ")  # before the child's result is asked for
-        print("child ran elsewhere:", child.result() != os.getpid())
+    # The pool's worker thread lives on until an exit handler of Python's own stops it: an exit that
+    # joins the threads before that handler runs never ends.
+    POOL.submit(print, "pool task ran").result()
 
 run_stage(main)
 '''
 
 
-def test_in_forked_process_runs_the_function_in_a_child_and_brings_its_result_back():
-    done = subprocess.run([sys.executable, "-c", "FAIL = False\n" + FORKING_STAGE],
-                          env={"PYTHONPATH": str(REPO_ROOT / "src")}, capture_output=True, text=True, timeout=60)
-    assert (done.returncode, done.stdout, done.stderr) == (0, "parent goes on; child ran elsewhere: True\n", "")
+def test_a_live_thread_pool_does_not_hold_the_exit():
+    done = subprocess.run([sys.executable, "-c", POOL_STAGE], env={"PYTHONPATH": str(REPO_ROOT / "src")},
+                          capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (0, "pool task ran\n"), done.stderr
 
 
-def test_an_error_in_the_forked_child_is_the_stages_one_line_error():
-    done = subprocess.run([sys.executable, "-c", "FAIL = True\n" + FORKING_STAGE],
-                          env={"PYTHONPATH": str(REPO_ROOT / "src")}, capture_output=True, text=True, timeout=60)
-    assert (done.returncode, done.stderr) == (2, "error: plots.cmap: 'Blu' is not a colormap\n")
+ASYNC_LOGGING_STAGE = '''
+import os
+from mnist_pipeline import tracking
+from mnist_pipeline.cli import run_stage
+
+def main():
+    client, experiment_id = tracking.connect("async")
+    with tracking.training_run(experiment_id, {}) as run_id:
+        for epoch in range(1, 51):
+            tracking.log_epoch({"train_loss": 1.0 / epoch}, epoch)
+    # As the plot stage reports to the finished training run.
+    tracking.log_results("async", run_id, metrics={f"eval_accuracy_digit_{d}": 0.9 for d in range(10)})
+    print(run_id)
+
+run_stage(main)
+'''
+
+
+def test_a_stage_that_logs_asynchronously_exits_with_every_metric_stored(tmp_path):
+    env = {"PYTHONPATH": str(REPO_ROOT / "src"), "MLFLOW_ENABLE_ASYNC_LOGGING": "true", "DVC_ROOT": str(tmp_path),
+           "PATH": os.environ["PATH"]}
+    done = subprocess.run([sys.executable, "-c", ASYNC_LOGGING_STAGE], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = done.stdout.strip().splitlines()[-1]
+    assert len(client.get_metric_history(run_id, "train_loss")) == 50
+    assert len([m for m in client.get_run(run_id).data.metrics if m.startswith("eval_accuracy_digit_")]) == 10
+
+
+def test_the_quick_exit_is_the_first_exit_handler_registered():
+    """Exit handlers run last-registered first: registered on the package's import, before torch or MLflow
+    exist in the process, the quick exit runs after all of theirs."""
+    probe = ("import sys; import mnist_pipeline; "
+             "print(sorted(m for m in ('torch', 'mlflow', 'numpy') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], env={"PYTHONPATH": str(REPO_ROOT / "src")},
+                          capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "[]", done.stderr

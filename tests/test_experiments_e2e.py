@@ -177,14 +177,19 @@ def test_a_queued_sweep_is_one_named_mlflow_run_per_experiment_in_the_repo_store
     diff = run(project, "dvc", "plots", "diff", first, second, "--json").stdout
     assert first in diff and second in diff and "test_accuracy" in diff
 
-    # One of them again, alone in the workspace (-f: no run cache): the bits it had beside another training.
+    # One of them again, alone (-f: no run cache; --temp: the workspace stays the baseline for the tests below):
+    # the bits it had beside another training.
     name = next(n for n in queued if experiments[n][0] == 0.05)
-    alone = run(project, "dvc", "exp", "run", "-f", "--downstream", "train", "-S", "lr=0.05")
+    alone = run(project, "dvc", "exp", "run", "--temp", "-n", "alone", "-f", "--downstream", "train", "-S", "lr=0.05")
     assert stages_run(alone.stdout) == ["train", "evaluate", "plot"]
+    shown = json.loads(run(project, "dvc", "exp", "show", "--json").stdout)
+    alone_commit = next(rev["rev"] for revision in shown for experiment in (revision.get("experiments") or [])
+                        for rev in experiment["revs"] if rev.get("name") == "alone")
     for path in ("metrics/train.json", "metrics/history.csv", "metrics/eval.json", "metrics/confusion.csv",
                  "metrics/mistakes.csv"):
-        assert (project / path).read_text() == run(project, "git", "show", f"{commits[name]}:{path}").stdout, path
-    alone_run = json.loads((project / "metrics" / "mlflow_run.json").read_text())["run_id"]
+        assert (run(project, "git", "show", f"{alone_commit}:{path}").stdout
+                == run(project, "git", "show", f"{commits[name]}:{path}").stdout), path
+    alone_run = json.loads(run(project, "git", "show", f"{alone_commit}:metrics/mlflow_run.json").stdout)["run_id"]
     assert alone_run != by_name[name].info.run_id
     assert run_results(project, alone_run) == run_results(project, by_name[name].info.run_id)
 

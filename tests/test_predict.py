@@ -43,3 +43,30 @@ def test_checkpoint_probabilities_take_read_only_pixels_quietly(tmp_path):
         probabilities = probabilities_from_checkpoint(pixels, tmp_path / "model.pt")
     assert probabilities.shape == (3, 10)
     assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+
+
+def test_predict_with_a_checkpoint_imports_no_mlflow(tmp_path):
+    """The README says `predict.py --checkpoint` needs no MLflow: it must not even import it."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig())
+    save_checkpoint(tmp_path / "model.pt", model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01),
+                    generator=torch.Generator(), model_config=ModelConfig(),
+                    config=parse_config({"epochs": 1}).to_dict(), history=[EpochResult(1, 0.5, 0.4, 0.9)])
+    digit = np.zeros((28, 28), dtype=np.uint8)
+    digit[4:24, 12:16] = 255
+    Image.fromarray(digit).save(tmp_path / "one.png")
+    # The package first, as in a stage: its quick exit is the first exit handler, so the probe's runs before it.
+    probe = ("import atexit, runpy, sys, mnist_pipeline; "
+             "atexit.register(lambda: print('mlflow loaded:', 'mlflow' in sys.modules)); "
+             f"sys.argv = ['predict.py', '--checkpoint', {str(tmp_path / 'model.pt')!r}, {str(tmp_path / 'one.png')!r}]; "
+             f"runpy.run_path({str(REPO_ROOT / 'predict.py')!r}, run_name='__main__')")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")})
+    assert done.returncode == 0, done.stderr
+    assert f"{tmp_path / 'one.png'}: " in done.stdout and "mlflow loaded: False" in done.stdout

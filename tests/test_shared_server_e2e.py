@@ -143,4 +143,4 @@ def test_champion_model_loads_through_the_server_and_predicts_like_the_evaluate_
         mlflow.set_tracking_uri(None)  # no server URI left behind for other tests (it also sets the env var)
     accuracy = predicts_like_evaluate(model, project)
     print(f"models:/mnist-cnn@champion is version {champion.version} of run {run_id}: "
-          f"{accuracy:.4f} on the first 500 test images")
+          f"{accuracy:.4f} on the 10000 test images")

@@ -1,11 +1,13 @@
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
 from mlflow.tracking import MlflowClient
 
+from conftest import require
 from mnist_pipeline import lineage, tracking
 
 
@@ -182,10 +185,17 @@ class _Constant(mlflow.pyfunc.PythonModel):
         return model_input
 
 
-def _run_with_model(experiment: str, accuracy: float) -> tuple[str, str]:
-    """A finished run with an `eval_accuracy` and a logged model, as the evaluate stage leaves one: (run id, model URI)."""
+DIGEST = lineage.DataDigest("b6c29e96813679dd8c451c9b5ca86e2c.dir", "dvc.lock")
+
+
+def _run_with_model(experiment: str, accuracy: float, test_images: int | None = None) -> tuple[str, str]:
+    """A finished run as the stages leave one: its data inputs (the test set whole, or its first `test_images`),
+    an `eval_accuracy` and a logged model. Returns (run id, model URI)."""
+    data_dir = lineage.repo_root() / "data" / "mnist"
+    data_dir.mkdir(parents=True, exist_ok=True)
     _, experiment_id = tracking.connect(experiment)
     with tracking.training_run(experiment_id, {}) as run_id:
+        tracking.log_data_inputs(str(data_dir), DIGEST, {"training": None, "test": test_images})
         mlflow.log_metric("eval_accuracy", accuracy)
         # pip_requirements listed: no inference
         info = mlflow.pyfunc.log_model(name="model", python_model=_Constant(), pip_requirements=[])
@@ -198,14 +208,20 @@ def _champion(client, name: str) -> tuple[int, int]:
             len(client.search_model_versions(f"name = '{name}'")))
 
 
+def _promote(experiment: str, run: tuple[str, str]) -> str:
+    promotion = tracking.promote_if_best(experiment, *run, "digits")
+    assert "\n" not in promotion.message
+    return promotion.message if promotion.promoted else f"kept: {promotion.message}"
+
+
 def test_the_first_run_becomes_champion_and_only_a_better_one_replaces_it(store):
-    first = _run_with_model("exp-g", 0.90)
-    assert tracking.promote_if_best("exp-g", *first, "digits") == "digits version 1 (alias champion)"
+    assert _promote("exp-g", _run_with_model("exp-g", 0.90)) == "best so far: registered as digits version 1 (alias champion)"
     client, _ = tracking.connect("exp-g")
     assert _champion(client, "digits") == (1, 1)
-    assert tracking.promote_if_best("exp-g", *_run_with_model("exp-g", 0.85), "digits") is None
+    assert _promote("exp-g", _run_with_model("exp-g", 0.85)) == ("kept: the champion stays: version 1, eval_accuracy "
+                                                                 "0.9000 against this run's 0.8500")
     assert _champion(client, "digits") == (1, 1)
-    assert tracking.promote_if_best("exp-g", *_run_with_model("exp-g", 0.95), "digits") == "digits version 2 (alias champion)"
+    assert _promote("exp-g", _run_with_model("exp-g", 0.95)) == "best so far: registered as digits version 2 (alias champion)"
     assert _champion(client, "digits") == (2, 2)
 
 
@@ -213,8 +229,87 @@ def test_a_registered_model_without_the_alias_has_no_champion_yet(store):
     run = _run_with_model("exp-h", 0.5)
     client, _ = tracking.connect("exp-h")
     client.create_registered_model("digits")  # registered by hand, no version, no alias
-    assert tracking.promote_if_best("exp-h", *run, "digits") == "digits version 1 (alias champion)"
+    assert _promote("exp-h", run) == "best so far: registered as digits version 1 (alias champion)"
     assert _champion(client, "digits") == (1, 1)
+
+
+def test_a_run_scored_on_a_slice_of_the_test_set_never_takes_the_champion(store):
+    """Twenty images at 100% must not beat a model scored on all 10,000: only whole-test-set scores compete."""
+    client, _ = tracking.connect("exp-s")
+    _promote("exp-s", _run_with_model("exp-s", 0.98))
+    assert _promote("exp-s", _run_with_model("exp-s", 1.0, test_images=20)) == (
+        "kept: not compared with the champion: scored on mnist-test[:20]; only runs scored on the whole test set "
+        "(mnist-test, data.max_test_images: null) compete")
+    assert _champion(client, "digits") == (1, 1)
+
+
+def test_a_champion_scored_on_a_slice_is_replaced_by_a_run_scored_on_the_whole_test_set(store):
+    client, _ = tracking.connect("exp-t")
+    sliced, _ = _run_with_model("exp-t", 1.0, test_images=20)
+    version = mlflow.register_model(f"runs:/{sliced}/model", "digits").version  # as the old rule let it happen
+    client.set_registered_model_alias("digits", tracking.CHAMPION_ALIAS, version)
+    assert _promote("exp-t", _run_with_model("exp-t", 0.97)) == (
+        "best so far: registered as digits version 2 (alias champion); version 1 was scored on mnist-test[:20]")
+    assert _champion(client, "digits") == (2, 2)
+
+
+def test_promotions_to_one_store_take_turns(store):
+    """Under `dvc queue start -j 2` two plot stages must not both read the champion and both move the alias."""
+    client, _ = tracking.connect("exp-u")
+    run = _run_with_model("exp-u", 0.9)
+    uri = mlflow.get_tracking_uri()
+    outcome = []
+    with tracking.promotion_lock(uri):  # another promotion holds it
+        waiting = threading.Thread(target=lambda: outcome.append(tracking.promote_if_best("exp-u", *run, "digits")))
+        waiting.start()
+        waiting.join(timeout=1.5)
+        assert waiting.is_alive() and not outcome  # it waits its turn, reading nothing yet
+        with pytest.raises(tracking.TrackingError, match=r"^MLflow registry sqlite:///\S+: another promotion on this "
+                           r"machine held \S+\.lock for 0\.2 s; nothing registered; run `dvc repro` again$"):
+            with tracking.promotion_lock(uri, timeout=0.2):
+                pass
+    waiting.join(timeout=60)
+    assert outcome[0].promoted and _champion(client, "digits") == (1, 1)
+
+
+def test_a_registry_failure_half_way_is_one_line_and_the_next_try_finishes_it(store, monkeypatch):
+    client, _ = tracking.connect("exp-v")
+    run = _run_with_model("exp-v", 0.9)
+
+    def fail(self, name, alias, version):
+        raise MlflowException("bad gateway", INTERNAL_ERROR)
+
+    with monkeypatch.context() as patch:  # the store answers registering, then fails
+        patch.setattr(MlflowClient, "set_registered_model_alias", fail)
+        with pytest.raises(tracking.TrackingError) as caught:
+            tracking.promote_if_best("exp-v", *run, "digits")
+    assert re.fullmatch(r"MLflow registry sqlite:///\S+: bad gateway; version 1 registered, but the alias champion "
+                        r"not moved to it; run `dvc repro` again to finish", str(caught.value))
+    assert len(client.search_model_versions("name = 'digits'")) == 1
+    assert tracking.CHAMPION_ALIAS not in client.get_registered_model("digits").aliases
+    # `dvc repro` again: this run's version is found, not registered twice, and the alias moves to it.
+    assert _promote("exp-v", run) == "best so far: registered as digits version 1 (alias champion)"
+    assert _champion(client, "digits") == (1, 1)
+
+
+def test_a_transient_store_error_is_not_taken_for_a_missing_run(store, monkeypatch):
+    """A locked SQLite file or a 503 is one line and a failure; only "does not exist" means the run is gone."""
+    _, experiment_id = tracking.connect("exp-w")
+    with tracking.training_run(experiment_id, {}) as run_id:
+        pass
+
+    def unavailable(self, run_id):
+        raise MlflowException("database is locked", TEMPORARILY_UNAVAILABLE)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(MlflowClient, "get_run", unavailable)
+        with pytest.raises(tracking.TrackingError, match=rf"^MLflow store sqlite:///\S+: cannot read run {run_id} "
+                           r"\(database is locked\); nothing logged; run `dvc repro` again$"):
+            tracking.log_results("exp-w", run_id, metrics={"eval_accuracy": 0.9})
+        with pytest.raises(tracking.TrackingError, match=rf"cannot read run {run_id} "):
+            with tracking.training_run(experiment_id, {}, resume_run_id=run_id):
+                pass  # a resume must not quietly become a new run
+    assert not tracking.log_results("exp-w", "0" * 32, metrics={"eval_accuracy": 0.9})  # really missing: False
 
 
 STORE_FAILURES = [
@@ -227,7 +322,7 @@ STORE_FAILURES = [
 
 def test_a_store_failure_reading_the_champion_stops_and_leaves_the_alias(store, monkeypatch):
     client, _ = tracking.connect("exp-i")
-    tracking.promote_if_best("exp-i", *_run_with_model("exp-i", 0.90), "digits")
+    _promote("exp-i", _run_with_model("exp-i", 0.90))
     better = _run_with_model("exp-i", 0.99)
     for failure in STORE_FAILURES:
         def fail(self, name, failure=failure):
@@ -243,7 +338,7 @@ def test_a_store_failure_reading_the_champion_stops_and_leaves_the_alias(store, 
         assert "\n" not in str(caught.value)
         assert _champion(client, "digits") == (1, 1), failure
     # The store answers again: the better run takes over.
-    assert tracking.promote_if_best("exp-i", *better, "digits") == "digits version 2 (alias champion)"
+    assert _promote("exp-i", better) == "best so far: registered as digits version 2 (alias champion)"
 
 
 # A local store that cannot be used fails in connect(), before any data is loaded, with one line
@@ -293,8 +388,8 @@ def test_a_store_the_user_may_not_write_is_called_read_only(store_file):
                 "make the file and its folder writable, or move it aside\n")
     command = [sys.executable, "-c", "from mnist_pipeline import cli, tracking; cli.run_stage(lambda: tracking.connect('exp-h'))"]
     if os.geteuid() == 0:
-        if not shutil.which("setpriv"):
-            pytest.skip("running as root and no setpriv to drop CAP_DAC_OVERRIDE")
+        require(shutil.which("setpriv"), "setpriv, to run as root without CAP_DAC_OVERRIDE",
+                "apt-get install util-linux (Debian has it by default)")
         command = ["setpriv", "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search", *command]
     src = Path(tracking.__file__).parents[1]
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(src)}, timeout=120)
@@ -302,8 +397,11 @@ def test_a_store_the_user_may_not_write_is_called_read_only(store_file):
 
 
 def test_an_immutable_store_is_called_read_only_even_for_root(store_file):
-    if subprocess.run(["chattr", "+i", str(store_file)], capture_output=True).returncode != 0:
-        pytest.skip("chattr +i needs root and a file system with the immutable flag")
+    chattr = shutil.which("chattr")
+    immutable = subprocess.run([chattr, "+i", str(store_file)], capture_output=True, text=True) if chattr else None
+    require(immutable is not None and immutable.returncode == 0,
+            f"chattr +i on {store_file.parent} ({immutable.stderr.strip() if immutable else 'no chattr'})",
+            "run as root on a file system with the immutable flag (ext4, as CI's); overlay file systems refuse it")
     try:
         with pytest.raises(PermissionError):
             store_file.open("ab")  # really read-only, for root too

@@ -67,6 +67,10 @@ class PlotsConfig:
     mistakes_shown: int = field(default=36, metadata=_spec(low=1, high=400))
 
 
+# The registry alias of the best model so far. A name, not a param: predict.py and the README use it.
+CHAMPION_ALIAS = "champion"
+
+
 @dataclass(frozen=True)
 class TrackingConfig:
     """MLflow: which experiment the runs go to, whether the model is logged, and its registry name."""

@@ -1,7 +1,6 @@
 """A run's lineage in DVC's own terms: the data's MD5 as dvc.lock records it, the lock a repro leaves, the way back.
 
-Standard library and yaml at import, so that the train stage reads the data's MD5 without loading DVC;
-only lock_after_stage (the plot stage) imports DVC, inside the call.
+Standard library and yaml only: the stages read DVC's files without loading DVC.
 """
 
 from __future__ import annotations
@@ -89,50 +88,17 @@ def reproduce_command(exp_name: Optional[str], commit: Optional[str]) -> str:
     return "dvc repro"
 
 
-def lock_after_stage(stage_name: str, lock_path: Path = Path(LOCK_FILE)) -> str:
-    """dvc.lock as DVC will write it when `stage_name`, running now, ends: its entry computed by DVC's own code.
+def current_lock(lock_path: Path = Path(LOCK_FILE)) -> Optional[str]:
+    """dvc.lock as it is now, or None without one.
 
-    DVC updates dvc.lock after each stage, so a stage sees every entry but its own up to date. Run from
-    the last stage, after its outputs are written, this is the lock the whole repro leaves behind. It
-    imports DVC (about a second), so only the plot stage calls it. Raises DvcException or OSError when
-    the stage cannot be hashed (not a DVC repository, an output missing).
+    DVC writes a stage's entry when the stage ends, so read from the last stage, every entry but
+    that stage's own is this repro's: the data, the code, the params and the checkpoint that
+    reproduce the run. (The last stage's own entry holds only its plots' hashes.)
     """
-    import shutil
-    import tempfile
-
-    from dvc.repo import Repo
-    from dvc.stage.serialize import to_lockfile
-    from dvc.utils.serialize import modify_yaml
-
-    with Repo(str(Path(lock_path).resolve().parent)) as repo:
-        (stage,) = repo.stage.collect(stage_name)
-        stage.save(run_cache=False)  # hashes deps and outs as DVC will after the command; writes no cache
-        entry = to_lockfile(stage)
-    with tempfile.TemporaryDirectory() as folder:
-        updated = Path(folder) / LOCK_FILE
-        if Path(lock_path).exists():
-            shutil.copyfile(lock_path, updated)
-        # The same round-trip edit DVC's Lockfile.dump makes: comments, order and style survive.
-        with modify_yaml(str(updated)) as data:
-            if not data:
-                data.update({"schema": "2.0"})
-            data["stages"] = data.get("stages", {})
-            data["stages"].update(entry)
-        return updated.read_text(encoding="utf-8")
-
-
-def lock_for_run(stage_name: str, lock_path: Path = Path(LOCK_FILE)) -> tuple[Optional[str], Optional[str]]:
-    """lock_after_stage's text, or dvc.lock as it is now with one line saying why; (None, why) without a lock."""
-    from dvc.exceptions import DvcException
-
     try:
-        return lock_after_stage(stage_name, lock_path), None
-    except (DvcException, OSError, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if not Path(lock_path).exists():
-            return None, f"no {lock_path} to log ({reason})"
-        return (Path(lock_path).read_text(encoding="utf-8"),
-                f"{lock_path} logged as it is now, without this stage's entry ({reason})")
+        return Path(lock_path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
 
 
 SPLIT_PREFIXES = {"training": "train", "test": "t10k"}  # MNIST's file names: train-*.gz, t10k-*.gz

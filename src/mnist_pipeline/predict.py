@@ -48,8 +48,8 @@ def probabilities_from_mlflow(pixels: np.ndarray, model_uri: str) -> np.ndarray:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """`predict.py digit.png ...`: print the predicted digit and its confidence for each image."""
-    from mnist_pipeline.config import load_config
-    from mnist_pipeline.tracking import CHAMPION_ALIAS
+    # From config, not tracking: with --checkpoint, nothing here may import MLflow.
+    from mnist_pipeline.config import CHAMPION_ALIAS, load_config
 
     parser = argparse.ArgumentParser(description="Classify images of handwritten digits, one digit per image.")
     parser.add_argument("images", nargs="+", help="PNG or JPEG files, one digit each: any size, grey, RGB or RGBA, "

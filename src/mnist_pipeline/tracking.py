@@ -10,6 +10,7 @@ import socket
 import sqlite3
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -43,6 +44,7 @@ from mlflow.data.dataset_source import DatasetSource  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from mnist_pipeline import lineage  # noqa: E402
+from mnist_pipeline.config import CHAMPION_ALIAS  # noqa: E402
 from mnist_pipeline.errors import PipelineError  # noqa: E402
 
 
@@ -385,6 +387,9 @@ def log_results(experiment: str, run_id: str, *, metrics: Optional[dict[str, flo
             client.log_artifact(run_id, str(path), artifact_path)
     for artifact_file, text in (texts or {}).items():
         client.log_text(run_id, text, artifact_file)
+    # Under MLFLOW_ENABLE_ASYNC_LOGGING the batch is only queued: write it now, while the store can take it
+    # (MLflow's own exit handler runs too late to, and drops what is left).
+    mlflow.flush_async_logging()
     return True
 
 
@@ -426,11 +431,19 @@ def training_run(experiment_id: str, params: dict[str, Any], resume_run_id: Opti
 
 
 def _run_exists(client: MlflowClient, run_id: str) -> bool:
+    """Whether the store holds run `run_id`. Only the store's "does not exist" is a no: any other failure
+    (a locked SQLite file, a server answering 503) is a TrackingError, never taken for a missing run."""
     try:
         client.get_run(run_id)
         return True
-    except mlflow.exceptions.MlflowException:
-        return False
+    except mlflow.exceptions.MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        failure: Exception = exc
+    except (sqlalchemy.exc.SQLAlchemyError, OSError) as exc:
+        failure = exc
+    raise TrackingError(f"MLflow store {_shown(mlflow.get_tracking_uri())}: cannot read run {run_id} "
+                        f"({_reason(failure)}); nothing logged; run `dvc repro` again") from None
 
 
 def logged_epochs(run_id: str, metric: str = "test_accuracy") -> set[int]:
@@ -465,24 +478,98 @@ def close_orphaned_runs(client: MlflowClient, experiment_id: str) -> list[str]:
     return orphans
 
 
-CHAMPION_ALIAS = "champion"
+FULL_TEST_SET = "mnist-test"  # the test split's dataset name when no data.max_test_images slices it
+PROMOTION_WAIT = 120  # seconds a promotion waits for another one on this machine before giving up
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """What promote_if_best did: whether the run's model became the champion, and one line that says so or why not."""
+
+    promoted: bool
+    message: str
+
+
+def test_set_of(run) -> Optional[tuple[str, str]]:
+    """(name, digest) of the test data a run was scored on: its dataset input in the `test` context; None without one."""
+    for dataset_input in run.inputs.dataset_inputs:
+        if any(t.key == "mlflow.data.context" and t.value == "test" for t in dataset_input.tags):
+            return dataset_input.dataset.name, dataset_input.dataset.digest
+    return None
+
+
+@contextlib.contextmanager
+def promotion_lock(uri: str, timeout: float = PROMOTION_WAIT) -> Iterator[None]:
+    """Hold this machine's lock on promotions to the store `uri`: one read-compare-move of the alias at a time.
+
+    Two plot stages of a `dvc queue start -j 2` could otherwise both read the same champion and
+    both move the alias, the worse run last. The lock is a file in the temporary folder, named
+    after the store, so it covers every clone on this machine; the OS releases it if the process dies.
+    """
+    import fcntl
+    import hashlib
+    import tempfile
+
+    name = hashlib.sha256(_shown(uri).encode()).hexdigest()[:16]
+    path = Path(tempfile.gettempdir()) / f"mnist-pipeline-promotion-{name}.lock"
+    with open(path, "a", encoding="utf-8") as handle:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TrackingError(f"MLflow registry {_shown(uri)}: another promotion on this machine held "
+                                        f"{path} for {timeout:g} s; nothing registered; run `dvc repro` again") from None
+                time.sleep(0.05)
+        yield  # released when the file closes
 
 
 def promote_if_best(experiment: str, run_id: str, model_uri: str, model_name: str,
-                    metric: str = "eval_accuracy") -> Optional[str]:
+                    metric: str = "eval_accuracy") -> Promotion:
     """Register the run's model (`model_uri`, models:/m-...) and point the `champion` alias at it
-    when the run beats the current champion.
+    when the run beats the current champion on the same, whole test set.
 
-    Returns "name version N" when it did, None when the champion stays. Moving
-    the alias by hand (UI or client) is respected: a run must beat whatever
-    version the alias points at now.
+    Only runs scored on the whole test set compete: a quick trial scored on twenty images could
+    otherwise reach 100% and take the alias from a better model. A champion scored on another test
+    set (a slice, before this rule) cannot defend the title: a whole-set run replaces it. Moving the
+    alias by hand (UI or client) is respected: a run must beat whatever version the alias points at.
+    Promotions to one store on this machine take turns (promotion_lock). If the registry fails
+    half-way (a version registered, the alias not moved), the next `dvc repro` finds this run's
+    version and moves the alias to it, instead of registering another.
     """
     client, _ = connect(experiment)
-    score = client.get_run(run_id).data.metrics.get(metric)
+    uri = mlflow.get_tracking_uri()
+    try:
+        run = client.get_run(run_id)
+    except (mlflow.exceptions.MlflowException, sqlalchemy.exc.SQLAlchemyError, OSError) as exc:
+        raise TrackingError(f"MLflow store {_shown(uri)}: cannot read run {run_id} ({_reason(exc)}); "
+                            "nothing registered; run `dvc repro` again") from None
+    score, scored_on = run.data.metrics.get(metric), test_set_of(run)
     if score is None:
-        return None
-    # Only "no such model" or "no such alias" means there is no champion yet. Any other failure (a locked
-    # database, a server hiccup) stops here: taking it for "none" would put a worse run over the real champion.
+        return Promotion(False, f"not compared with the {CHAMPION_ALIAS}: the run has no {metric}")
+    if scored_on is None or scored_on[0] != FULL_TEST_SET:
+        where = scored_on[0] if scored_on else "an unknown test set"
+        return Promotion(False, f"not compared with the {CHAMPION_ALIAS}: scored on {where}; only runs scored on "
+                                f"the whole test set ({FULL_TEST_SET}, data.max_test_images: null) compete")
+    with promotion_lock(uri):
+        champion = _read_champion(client, model_name, metric)
+        if champion is not None and champion[1] == scored_on and score <= champion[2]:
+            return Promotion(False, f"the {CHAMPION_ALIAS} stays: version {champion[0]}, {metric} {champion[2]:.4f} "
+                                    f"against this run's {score:.4f}")
+        version = _register_and_point(client, uri, run_id, model_uri, model_name)
+    replaced = ""
+    if champion is not None and champion[1] != scored_on:
+        was = champion[1][0] if champion[1] else "an unknown test set"
+        replaced = f"; version {champion[0]} was scored on {was}"
+    return Promotion(True, f"best so far: registered as {model_name} version {version} (alias {CHAMPION_ALIAS}){replaced}")
+
+
+def _read_champion(client: MlflowClient, model_name: str, metric: str) -> Optional[tuple[str, Optional[tuple[str, str]], float]]:
+    """The champion's version, the test set it was scored on, and its score; None when there is no champion yet."""
+    # Only "no such model" or "no such alias" means there is no champion yet. Any other failure (a locked database,
+    # a server hiccup) stops here: taking it for "none" would put a worse run over the real champion.
     # The alias is read off the registered model, not by get_model_version_by_alias, whose "no such alias"
     # (INVALID_PARAMETER_VALUE) is also its answer to a malformed request.
     try:
@@ -492,20 +579,34 @@ def promote_if_best(experiment: str, run_id: str, model_uri: str, model_name: st
             if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
                 raise
             aliases = {}
-        champion_version = aliases.get(CHAMPION_ALIAS)
-        best = float("-inf")
-        if champion_version is not None:
-            champion = client.get_model_version(model_name, champion_version)
-            best = client.get_run(champion.run_id).data.metrics.get(metric, float("-inf"))
-    except (mlflow.exceptions.MlflowException, sqlalchemy.exc.SQLAlchemyError) as exc:
+        version = aliases.get(CHAMPION_ALIAS)
+        if version is None:
+            return None
+        champion_run = client.get_run(client.get_model_version(model_name, version).run_id)
+    except (mlflow.exceptions.MlflowException, sqlalchemy.exc.SQLAlchemyError, OSError) as exc:
         raise TrackingError(
-            f"MLflow registry {mlflow.get_tracking_uri()}: cannot read model {model_name!r}'s {CHAMPION_ALIAS} "
+            f"MLflow registry {_shown(mlflow.get_tracking_uri())}: cannot read model {model_name!r}'s {CHAMPION_ALIAS} "
             f"({_reason(exc)}); nothing registered, the alias left as it was; run `dvc repro` again"
         ) from None
-    if score <= best:
-        return None
-    # By the logged model's own URI: a runs:/ URI makes MLflow 3 look for run artifacts first and warn.
-    version = mlflow.register_model(model_uri, model_name)
-    client.set_registered_model_alias(model_name, CHAMPION_ALIAS, version.version)
-    client.set_tag(run_id, REGISTERED_VERSION_TAG, f"{model_name}/{version.version}")
-    return f"{model_name} version {version.version} (alias {CHAMPION_ALIAS})"
+    return str(version), test_set_of(champion_run), champion_run.data.metrics.get(metric, float("-inf"))
+
+
+def _register_and_point(client: MlflowClient, uri: str, run_id: str, model_uri: str, model_name: str) -> str:
+    """This run's version of the model (registered now, or found from an earlier try), with the alias on it."""
+    version = None
+    try:
+        found = client.search_model_versions(f"name = '{model_name}' and run_id = '{run_id}'")
+        if found:  # an earlier promotion of this run registered it, then failed before the alias moved
+            version = str(max(int(v.version) for v in found))
+        else:
+            # By the logged model's own URI: a runs:/ URI makes MLflow 3 look for run artifacts first and warn.
+            version = str(mlflow.register_model(model_uri, model_name).version)
+        client.set_registered_model_alias(model_name, CHAMPION_ALIAS, version)
+        client.set_tag(run_id, REGISTERED_VERSION_TAG, f"{model_name}/{version}")
+        mlflow.flush_async_logging()  # the tag, under MLFLOW_ENABLE_ASYNC_LOGGING (see log_results)
+    except (mlflow.exceptions.MlflowException, sqlalchemy.exc.SQLAlchemyError, OSError) as exc:
+        done = (f"version {version} registered, but the alias {CHAMPION_ALIAS} not moved to it"
+                if version else "nothing registered, the alias left as it was")
+        raise TrackingError(f"MLflow registry {_shown(uri)}: {_reason(exc)}; {done}; "
+                            "run `dvc repro` again to finish") from None
+    return version
