@@ -19,6 +19,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 echo "setup: installing the pinned dependencies from requirements.lock (a few minutes the first time)"
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+# The library itself, editable: predict.py, the benchmarks, the tests and your own code import `mnist_pipeline`
+# from src/ as it is. (The lock pins setuptools, which builds it here, with no download.)
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 
 if [ "${1:-}" = "--no-repro" ]; then
     exit 0

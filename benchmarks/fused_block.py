@@ -24,19 +24,15 @@ from pathlib import Path
 
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "src"))
+from common import DATA, MEAN, RESULTS, STD, check_data, machine, new_training, stage_workers
+from mnist_pipeline import fused
+from mnist_pipeline.config import TrainConfig
+from mnist_pipeline.data import load_split
+from mnist_pipeline.evaluation import evaluate
+from mnist_pipeline.model import ModelConfig, build_model
+from mnist_pipeline.shards import ShardedModel
+from mnist_pipeline.training import train_one_epoch
 
-from mnist_pipeline import fused  # noqa: E402
-from mnist_pipeline.config import TrainConfig  # noqa: E402
-from mnist_pipeline.data import load_split  # noqa: E402
-from mnist_pipeline.device import place_model  # noqa: E402
-from mnist_pipeline.evaluation import evaluate  # noqa: E402
-from mnist_pipeline.model import ModelConfig, build_model  # noqa: E402
-from mnist_pipeline.seed import set_seed  # noqa: E402
-from mnist_pipeline.training import make_optimizer, train_one_epoch  # noqa: E402
-
-MEAN, STD = 0.1307, 0.3081
 CPU = torch.device("cpu")
 
 
@@ -44,38 +40,38 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="epochs of each network")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--data", type=Path, default=REPO_ROOT / "data" / "mnist")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "fused_block.json")
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--out", type=Path, default=RESULTS / "fused_block.json")
     args = parser.parse_args()
-    if not (args.data / "train-images-idx3-ubyte.gz").exists():
-        sys.exit(f"error: {args.data}: no MNIST files; run `dvc repro download` first")
+    check_data(args.data)
     uses_fused, line = fused.plan("auto", build_model(ModelConfig()), CPU)
     if not uses_fused:
         sys.exit(f"error: the fused block cannot run here: {line}")
     train_split = load_split(args.data, True, MEAN, STD)
     test_split = load_split(args.data, False, MEAN, STD)
     config = TrainConfig(seed=args.seed)
+    workers = stage_workers(config, CPU)  # as the train stage trains: in shards, on its threads
     runs = {}
     for kernels in ("torch", "auto"):  # same seed: same initial weights and the same shuffles
-        generator = set_seed(args.seed)
-        model = place_model(build_model(ModelConfig()), CPU)
-        forward = fused.reference_forward(model) if kernels == "auto" else None
-        runs[kernels] = {"model": model, "optimizer": make_optimizer(model, config), "generator": generator,
-                         "forward": forward, "images_per_second": [], "test_accuracy": []}
+        model, optimizer, _, generator = new_training(config, CPU, 0)
+        forward_of = fused.reference_forward if kernels == "auto" else (lambda module: module)
+        runs[kernels] = {"model": model, "optimizer": optimizer, "generator": generator,
+                         "sharded": ShardedModel(model, config.shards, forward_of),
+                         "images_per_second": [], "test_accuracy": []}
     for round_ in range(1, args.rounds + 1):
         for kernels, run in runs.items():
             started = time.perf_counter()
             train_one_epoch(run["model"], run["optimizer"], train_split, config.batch_size, run["generator"],
-                            forward=run["forward"])
+                            sharded=run["sharded"], workers=workers)
             run["images_per_second"].append(round(len(train_split) / (time.perf_counter() - started)))
-            run["test_accuracy"].append(evaluate(run["model"], test_split).accuracy)
+            run["test_accuracy"].append(evaluate(run["model"], test_split, workers=workers).accuracy)
         torch_rate, fused_rate = runs["torch"]["images_per_second"][-1], runs["auto"]["images_per_second"][-1]
         print(f"epoch {round_}: torch's kernels {torch_rate:,} images/s ({runs['torch']['test_accuracy'][-1]:.2%}), "
               f"fused block {fused_rate:,} images/s ({runs['auto']['test_accuracy'][-1]:.2%}): {fused_rate / torch_rate:.2f}x",
               flush=True)
     ratios = [f / t for f, t in zip(runs["auto"]["images_per_second"], runs["torch"]["images_per_second"])]
     summary = {
-        "machine": f"{torch.get_num_threads()} threads, torch {torch.__version__}",
+        "machine": f"{machine()}; {workers.count} threads, {config.shards} shards",
         "rounds": args.rounds,
         "seed": args.seed,
         "ratios": [round(r, 3) for r in ratios],

@@ -26,81 +26,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import shutil
-import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-RESULT = REPO_ROOT / "benchmarks" / "results" / "overhead.json"
-DOCS = REPO_ROOT / "docs" / "performance.md"
+from common import (REPO_ROOT, RESULTS, code_version, copy_repository, environment, last_train_seconds, machine,
+                    publish, timed)
+
+RESULT = RESULTS / "overhead.json"
 MARK = "<!-- overhead-results -->"
 WARM_UP = ("lr=0.02", "epochs=1")
 YAML_C_PARSER = "ruamel.yaml.clib"
 MEASURED = ("lr=0.05", "lr=0.03", "lr=0.04", "lr=0.06", "lr=0.07")  # each with epochs=1; a new value each time
 
 
-def copy_repository(destination: Path, revision: str | None = None) -> Path:
-    """The repository's files as a clone would have them, committed as a new repository.
-
-    Without `revision`, the working tree's (tracked and untracked-not-ignored files); with one, that commit's.
-    """
-    destination.mkdir(parents=True)
-    if revision:
-        archive = subprocess.run(["git", "archive", revision], cwd=REPO_ROOT, capture_output=True, check=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(destination)], input=archive, check=True)
-    else:
-        listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                                cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
-        for name in filter(None, listed.split("\0")):
-            source = REPO_ROOT / name
-            if source.is_file():
-                (destination / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(source, destination / name)
-    for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "benchmark baseline"]):
-        subprocess.run(command, cwd=destination, env=environment(), check=True, capture_output=True)
-    return destination
-
-
-def environment(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.setdefault("MNIST_MIRROR", str(REPO_ROOT.parent / "shared" / "data" / "mnist"))
-    env["DVC_NO_ANALYTICS"] = "1"
-    for role in ("AUTHOR", "COMMITTER"):
-        env[f"GIT_{role}_NAME"] = "benchmark"
-        env[f"GIT_{role}_EMAIL"] = "benchmark@example.invalid"
-    env.update(extra)
-    return env
-
-
-def timed(command: list[str], cwd: Path, env: dict[str, str]) -> float:
-    """Wall seconds of `command`; exits with its output when it fails."""
-    started = time.perf_counter()
-    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - started
-    if done.returncode != 0:
-        sys.exit(f"error: {' '.join(command)} exited {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    return seconds
-
-
 def unit_seconds(env: dict[str, str], repeats: int = 3) -> float:
     """U: the median wall time of `python -c "import torch, mlflow"`."""
     return statistics.median(timed([sys.executable, "-c", "import torch, mlflow"], REPO_ROOT, env)
                              for _ in range(repeats))
-
-
-def last_train_seconds(project: Path) -> float:
-    """The train_seconds metric of the newest MLflow run (read with sqlite3: the benchmark imports no MLflow)."""
-    with sqlite3.connect(project / "mlflow.db") as db:
-        row = db.execute("SELECT m.value FROM metrics m JOIN runs r ON m.run_uuid = r.run_uuid "
-                         "WHERE m.key = 'train_seconds' ORDER BY r.start_time DESC LIMIT 1").fetchone()
-    return float(row[0])
 
 
 def stage_records(path: Path) -> list[dict]:
@@ -161,14 +105,6 @@ def measure(repeats: int, baseline: str | None = None) -> dict:
     }
 
 
-def machine() -> str:
-    cpu = platform.processor()
-    if Path("/proc/cpuinfo").exists():
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), cpu)
-    return f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}"
-
-
 def report(summary: dict) -> list[str]:
     """The figures as text lines: per tree, each experiment, then the median experiment's stages and phases."""
     unit = summary["unit_seconds"]
@@ -197,15 +133,6 @@ def report(summary: dict) -> list[str]:
     return lines
 
 
-def update_docs(lines: list[str], mark: str = MARK) -> None:
-    """Put `lines` between the two `mark` comments of docs/performance.md, as a code block."""
-    parts = DOCS.read_text().split(mark) if DOCS.exists() else []
-    if len(parts) != 3:
-        sys.exit(f"error: {DOCS}: expected two {mark} markers around the figures")
-    DOCS.write_text(parts[0] + mark + "\n```\n" + "\n".join(lines) + "\n```\n" + mark + parts[2])
-    print(f"wrote the figures into {DOCS.relative_to(REPO_ROOT)}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, choices=range(1, len(MEASURED) + 1),
@@ -213,23 +140,11 @@ def main() -> None:
     parser.add_argument("--baseline", metavar="COMMIT", help="also time this commit's code, taking turns with the working tree's")
     parser.add_argument("--out", type=Path, default=RESULT)
     parser.add_argument("--report", action="store_true", help="only print (and with --update-docs write) the saved figures")
-    parser.add_argument("--update-docs", action="store_true", help=f"write the figures into {DOCS.relative_to(REPO_ROOT)}")
+    parser.add_argument("--update-docs", action="store_true", help="write the figures into docs/performance.md")
     args = parser.parse_args()
-    if args.report:
-        summary = json.loads(args.out.read_text())
-    else:
-        summary = measure(args.repeats, args.baseline)
-        summary["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT,
-                                           capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                               capture_output=True, text=True).stdout.strip()
-        summary["working_tree"] = "with uncommitted changes" if dirty else "clean"
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(summary, indent=2) + "\n")
-    lines = report(summary)
-    print("\n".join(lines))
-    if args.update_docs:
-        update_docs(lines)
+    summary = (json.loads(args.out.read_text()) if args.report
+               else {**measure(args.repeats, args.baseline), **code_version()})
+    publish(summary, args.out, report(summary), MARK, save=not args.report, update_docs=args.update_docs)
 
 
 if __name__ == "__main__":

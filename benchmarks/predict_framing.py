@@ -28,13 +28,12 @@ from pathlib import Path
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "src"))
 
-from mnist_pipeline.data import IDX_LABELS_MAGIC, raw_images, read_idx  # noqa: E402
-from mnist_pipeline.errors import PipelineError  # noqa: E402
-from mnist_pipeline.images import load_digit  # noqa: E402
-from mnist_pipeline.predict import probabilities_from_checkpoint  # noqa: E402
-from mnist_pipeline.user_digits import write_user_digits  # noqa: E402
+from mnist_pipeline.data import IDX_LABELS_MAGIC, raw_images, read_idx
+from mnist_pipeline.errors import PipelineError
+from mnist_pipeline.images import load_digit
+from mnist_pipeline.predict import probabilities_from_checkpoint
+from user_digits import write_user_digits
 
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "predict_framing.json"
 TURN_BINS = ((0, 3), (3, 6), (6, 11))  # |turn| in degrees; the set turns by up to 10

@@ -28,9 +28,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-README = REPO_ROOT / "README.md"  # holds the recipes
-DOCS = REPO_ROOT / "docs" / "performance.md"  # holds their measured table
+from common import REPO_ROOT, machine, new_training, stage_workers, write_block
+
+README = REPO_ROOT / "README.md"  # holds the recipes; DOCS (docs/performance.md), their measured table
 RECIPES_MARK = "<!-- recipes -->"
 RESULTS_MARK = "<!-- recipe-results -->"
 
@@ -91,35 +91,24 @@ def merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_recipe(params: dict[str, Any], seed: int) -> dict[str, Any]:
-    """Train once as the train stage would (same library calls, no MLflow); return accuracy and time."""
+    """Train once as the train stage would (same library calls and threads, no MLflow); return accuracy and time."""
     import torch
 
-    sys.path.insert(0, str(REPO_ROOT / "src"))
-    from mnist_pipeline import threads
     from mnist_pipeline.config import parse_config
     from mnist_pipeline.data import blank_value, load_split
-    from mnist_pipeline.device import place_model, resolve_device, use_threads
-    from mnist_pipeline.model import ModelConfig, build_model
-    from mnist_pipeline.seed import set_seed
-    from mnist_pipeline.shards import Workers
-    from mnist_pipeline.training import make_optimizer, make_schedule, steps_per_epoch, train
+    from mnist_pipeline.device import resolve_device
+    from mnist_pipeline.training import steps_per_epoch, train
 
     config = parse_config(merged(params, {"seed": seed}))
     device = resolve_device(config.train.device)
-    # As the train stage computes: in shards on a CPU, torch itself on one thread.
-    compute = threads.for_training(config.train.threads, config.train.shards, threads.available_cores(),
-                                   device=device.type, compiled=config.train.compile)
-    use_threads(1 if compute.sharded else compute.threads)
-    workers = Workers(compute.threads) if compute.sharded else None
     if config.train.nproc != 1:  # `auto` may mean several processes in the train stage; this trains in one
         sys.exit(f"error: recipes.py trains in one process; give the recipe `-S nproc=1` (it has nproc: {config.train.nproc})")
+    workers = stage_workers(config.train, device)
     data_dir = REPO_ROOT / config.data.dir
     train_split = load_split(data_dir, True, config.data.mean, config.data.std, config.data.max_train_images).to(device)
     test_split = load_split(data_dir, False, config.data.mean, config.data.std, config.data.max_test_images).to(device)
-    generator = set_seed(seed)
-    model = place_model(build_model(ModelConfig(architecture=config.train.model)), device)
-    optimizer = make_optimizer(model, config.train)
-    schedule = make_schedule(optimizer, config.train, steps_per_epoch(len(train_split), config.train.batch_size))
+    model, optimizer, schedule, generator = new_training(config.train, device,
+                                                         steps_per_epoch(len(train_split), config.train.batch_size))
     started = time.perf_counter()
     history = train(model, optimizer, train_split, test_split, config.train, generator, schedule=schedule,
                     augment=config.augment, background=blank_value(config.data.mean, config.data.std),
@@ -128,21 +117,6 @@ def run_recipe(params: dict[str, Any], seed: int) -> dict[str, Any]:
         torch.cuda.synchronize()
     return {"seed": seed, "test_accuracy": history[-1].test_accuracy, "train_seconds": time.perf_counter() - started,
             "device": str(device)}
-
-
-def machine() -> str:
-    import os
-    import platform
-
-    import torch
-
-    cpu = platform.processor() or "cpu"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        cpu = next((l.split(":", 1)[1].strip() for l in cpuinfo.read_text().splitlines() if l.startswith("model name")), cpu)
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
-    return f"{cpu}, {os.cpu_count()} cores"
 
 
 def table(results: dict[str, Any]) -> str:
@@ -157,14 +131,6 @@ def table(results: dict[str, Any]) -> str:
             f"({min(accuracies):.2f}–{max(accuracies):.2f}) | {statistics.mean(seconds):.1f} s ({max(seconds):.1f} s) | "
             f"{', '.join(str(r['seed']) for r in result['runs'])} | {result['machine']} |")
     return "\n".join(lines)
-
-
-def write_table(doc: Path, text: str) -> None:
-    """Replace what stands between the two `<!-- recipe-results -->` markers of `doc` with `text`."""
-    parts = doc.read_text().split(RESULTS_MARK)
-    if len(parts) != 3:
-        sys.exit(f"error: {doc.name}: expected two {RESULTS_MARK} markers around the results table")
-    doc.write_text(parts[0] + RESULTS_MARK + "\n" + text + "\n" + RESULTS_MARK + parts[2])
 
 
 def main() -> None:
@@ -197,8 +163,7 @@ def main() -> None:
     results = {name: results[name] for name in recipes if name in results}  # README order
     print(table(results))
     if args.update_docs:
-        write_table(DOCS, table(results))
-        print(f"wrote the table into {DOCS.relative_to(REPO_ROOT)}")
+        write_block(table(results).splitlines(), RESULTS_MARK, fenced=False)
 
 
 if __name__ == "__main__":

@@ -33,12 +33,11 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead import copy_repository, environment, last_train_seconds, machine, timed, update_docs  # noqa: E402
-from recipes import README, readme_recipes  # noqa: E402
+from common import (RESULTS, code_version, copy_repository, environment, last_train_seconds, machine, publish,
+                    timed)
+from recipes import README, readme_recipes
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-RESULT = REPO_ROOT / "benchmarks" / "results" / "sweep.json"
+RESULT = RESULTS / "sweep.json"
 MARK = "<!-- sweep-results -->"
 EXPERIMENTS = 4
 PAIRS = 3  # lone trainings of each tree, taking turns
@@ -147,20 +146,10 @@ def main() -> None:
     parser.add_argument("--report", action="store_true", help="only print (and with --update-docs write) the saved figures")
     parser.add_argument("--update-docs", action="store_true", help="write the figures into docs/performance.md")
     args = parser.parse_args()
-    if args.report:
-        summary = json.loads(args.out.read_text())
-    else:
-        if not args.baseline:
-            parser.error("--baseline COMMIT is needed to measure (or --report)")
-        summary = measure(args.baseline)
-        summary["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT,
-                                           capture_output=True, text=True).stdout.strip()
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(summary, indent=2) + "\n")
-    lines = report(summary)
-    print("\n".join(lines))
-    if args.update_docs:
-        update_docs(lines, MARK)
+    if not args.report and not args.baseline:
+        parser.error("--baseline COMMIT is needed to measure (or --report)")
+    summary = json.loads(args.out.read_text()) if args.report else {**measure(args.baseline), **code_version()}
+    publish(summary, args.out, report(summary), MARK, save=not args.report, update_docs=args.update_docs)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The cost of MLflow's system metrics on a training: the same short training with and without, interleaved.
 
 Each pair trains the reference network from the same seed on the same slice, once inside an MLflow
-run that samples CPU, memory (and GPUs) as the train stage does (every tracking.SYSTEM_METRICS_INTERVAL
+run that samples CPU, memory (and GPUs) as the train stage does (every store.SYSTEM_METRICS_INTERVAL
 seconds, or MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL), and once inside a run that does not; the order
 alternates from pair to pair. On a shared, noisy machine only the ratio within a pair means anything,
 so the wall-time result is the median of the pairs' ratios. Load from other processes swamps a cost of
@@ -20,27 +20,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "src"))
-RESULT = REPO_ROOT / "benchmarks" / "results" / "system_metrics.json"
+from common import DATA, MEAN, MIRROR, RESULTS, STD, machine, new_training, stage_workers
+from mnist_pipeline import store  # noqa: F401 (sets MLflow's environment, the sampling interval among it)
+from mnist_pipeline.config import TrainConfig
+from mnist_pipeline.data import load_split
+from mnist_pipeline.device import resolve_device
+from mnist_pipeline.training import train
 
-from mnist_pipeline import tracking  # noqa: E402
-from mnist_pipeline.config import TrainConfig  # noqa: E402
-from mnist_pipeline.data import load_split  # noqa: E402
-from mnist_pipeline.device import place_model, resolve_device  # noqa: E402
-from mnist_pipeline.model import ModelConfig, build_model  # noqa: E402
-from mnist_pipeline.seed import set_seed  # noqa: E402
-from mnist_pipeline.training import make_optimizer, train  # noqa: E402
-
-MEAN, STD = 0.1307, 0.3081
+RESULT = RESULTS / "system_metrics.json"
 
 
 def monitor_cpu_seconds() -> float:
@@ -59,14 +52,13 @@ def timed_training(data_dir: str, images: int, system_metrics: bool) -> tuple[fl
 
     device = resolve_device("auto")
     config = TrainConfig(epochs=1)
+    workers = stage_workers(config, device)
     train_split = load_split(data_dir, True, MEAN, STD, images).to(device)
     test_split = load_split(data_dir, False, MEAN, STD, 1000).to(device)
-    generator = set_seed(config.seed)
-    model = place_model(build_model(ModelConfig()), device)
-    optimizer = make_optimizer(model, config)
+    model, optimizer, _, generator = new_training(config, device, 0)
     with mlflow.start_run(log_system_metrics=system_metrics) as run:
         started, cpu_started = time.perf_counter(), time.process_time()
-        train(model, optimizer, train_split, test_split, config, generator)
+        train(model, optimizer, train_split, test_split, config, generator, workers=workers)
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
         monitor_seconds = monitor_cpu_seconds()
     client = mlflow.tracking.MlflowClient()
@@ -78,7 +70,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=4)
     parser.add_argument("--images", type=int, default=60000, help="training images per run (one epoch)")
-    parser.add_argument("--data", default=os.environ.get("MNIST_MIRROR") or str(REPO_ROOT / "data" / "mnist"))
+    parser.add_argument("--data", default=str(MIRROR if os.environ.get("MNIST_MIRROR") else DATA))
     args = parser.parse_args()
 
     import logging
@@ -86,8 +78,8 @@ def main() -> None:
     import mlflow
 
     logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
-    with tempfile.TemporaryDirectory() as store:
-        mlflow.set_tracking_uri(f"sqlite:///{store}/mlflow.db")
+    with tempfile.TemporaryDirectory() as folder:
+        mlflow.set_tracking_uri(f"sqlite:///{folder}/mlflow.db")
         mlflow.set_experiment("system-metrics-cost")
         timed_training(args.data, 500, False)  # warm-up: first-call costs (kernel build, allocator) in neither
         ratios, rows, monitor_shares = [], [], []
@@ -110,7 +102,7 @@ def main() -> None:
     print(f"wall time with / without, per pair: {', '.join(f'{r:.3f}' for r in ratios)}; median {median:.3f}")
     print(f"the sampling thread's CPU time / the training's CPU time: median {share:.2%}")
     RESULT.write_text(json.dumps({
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "interval_seconds": float(os.environ["MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"]),
+        "machine": machine(), "interval_seconds": float(os.environ["MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"]),
         "images": args.images, "pairs": args.pairs, "wall_ratios": [round(r, 4) for r in ratios],
         "median_wall_ratio": round(median, 4), "median_monitor_cpu_share": round(share, 5), "runs": rows,
         "command": f"benchmarks/system_metrics.py --pairs {args.pairs} --images {args.images}",

@@ -3,9 +3,9 @@
 Both train the reference CNN at the reference hyperparameters (SGD lr 0.01,
 momentum 0.5, batch 64, shuffled, test after every epoch) on the same MNIST
 files, one after the other on the same machine, so their ratio is fair even
-where absolute times are not comparable across machines. Also measured: the
-cost of the train stage's per-epoch MLflow logging, and the wall time of a
-`dvc repro` with nothing to do.
+where absolute times are not comparable across machines. The project's loop
+runs as the train stage runs it: on a CPU, in shards on the stage's threads.
+(What a whole `dvc exp run` costs besides training is benchmarks/overhead.py's.)
 
     .venv/bin/python benchmarks/train_speed.py                  # 2 epochs, seed 1
     .venv/bin/python benchmarks/train_speed.py --epochs 10 --seeds 1 2 --update-docs
@@ -22,10 +22,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import os
-import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,21 +32,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "src"))
+from common import DATA, MEAN, RESULTS, STD, check_data, machine, new_training, stage_workers, write_block
+from mnist_pipeline import distributed, fused, training
+from mnist_pipeline.config import TrainConfig
+from mnist_pipeline.data import load_split
+from mnist_pipeline.device import resolve_device
+from mnist_pipeline.distributed import Ranks
+from mnist_pipeline.training import steps_per_epoch, train
 
-from mnist_pipeline import distributed, fused  # noqa: E402
-from mnist_pipeline.config import TrainConfig  # noqa: E402
-from mnist_pipeline.data import load_split  # noqa: E402
-from mnist_pipeline.device import place_model, resolve_device  # noqa: E402
-from mnist_pipeline.distributed import Ranks  # noqa: E402
-from mnist_pipeline.model import ModelConfig, build_model  # noqa: E402
-from mnist_pipeline.seed import set_seed  # noqa: E402
-from mnist_pipeline import training  # noqa: E402
-from mnist_pipeline.training import make_optimizer, make_schedule, steps_per_epoch, train  # noqa: E402
-
-MEAN, STD = 0.1307, 0.3081
-DOCS = REPO_ROOT / "docs" / "performance.md"  # where --update-docs writes the figures
 SPEED_MARK = "<!-- speed-results -->"  # the docs block for the CPU figures
 GPU_SPEED_MARK = "<!-- speed-results-cuda -->"  # and for a GPU's (gpu_check.sh)
 
@@ -127,14 +117,13 @@ def project_loop(data_dir: Path, epochs: int, seed: int, device: torch.device, o
     train stage runs it under `nproc` > 1.
     """
     config = TrainConfig(epochs=epochs, seed=seed, precision=precision, compile=compile, kernels=kernels)
+    workers = stage_workers(config, device) if not ranks.distributed else None
     started = time.perf_counter()
     train_split = load_split(data_dir, True, MEAN, STD).to(device)
     test_split = load_split(data_dir, False, MEAN, STD).to(device)
     load_seconds = time.perf_counter() - started
-    generator = set_seed(seed)
-    model = place_model(build_model(ModelConfig()), device)
-    optimizer = make_optimizer(model, config)
-    schedule = make_schedule(optimizer, config, steps_per_epoch(len(train_split), config.batch_size))
+    model, optimizer, schedule, generator = new_training(config, device,
+                                                         steps_per_epoch(len(train_split), config.batch_size))
     marks = []
 
     def mark(history):
@@ -158,42 +147,27 @@ def project_loop(data_dir: Path, epochs: int, seed: int, device: torch.device, o
     try:
         started = time.perf_counter()
         history = train(model, optimizer, train_split, test_split, config, generator, schedule=schedule,
-                        on_epoch_end=mark, ranks=ranks)
+                        on_epoch_end=mark, ranks=ranks, workers=workers)
     finally:
         training.evaluate_across_ranks = untimed
     return {"load_seconds": load_seconds, "seconds": marks[-1] - started, "test_seconds": sum(test_seconds),
-            "processes": ranks.world_size, "accuracies": [r.test_accuracy for r in history],
+            "processes": ranks.world_size, "threads": workers.count if workers else torch.get_num_threads(),
+            "accuracies": [r.test_accuracy for r in history],
             "kernels": fused.plan(kernels, model, device, precision, compile, ranks.world_size)[1]}
-
-
-def logged_project_loop(data_dir: Path, epochs: int, seed: int, device: torch.device, workdir: Path,
-                        ranks: Ranks = Ranks(), kernels: str = "auto") -> dict:
-    """The project's loop with the train stage's per-epoch MLflow logging (rank 0) to a fresh SQLite store."""
-    if not ranks.is_main:
-        return project_loop(data_dir, epochs, seed, device, ranks=ranks, kernels=kernels)
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir / 'mlflow.db'}"
-    from mnist_pipeline import tracking
-
-    _, experiment_id = tracking.connect("benchmark")
-    with tracking.training_run(experiment_id, {"lr": 0.01}):
-        return project_loop(data_dir, epochs, seed, device, ranks=ranks, kernels=kernels,
-                            on_epoch_end=lambda h: tracking.log_epoch(h[-1].as_metrics(), h[-1].epoch))
 
 
 def project_loop_in_processes(nproc: int, data_dir: Path, epochs: int, seed: int, device: torch.device,
                               workdir: Path, precision: str = "fp32", compile: bool = False,
-                              mlflow: bool = False, kernels: str = "auto") -> dict:
+                              kernels: str = "auto") -> dict:
     """The project's loop in `nproc` processes under torchrun, as the train stage runs it (1: in this process).
 
     `wall_seconds` is the whole launch, Python start-up and data loading included.
     """
     if nproc == 1:
-        if mlflow:
-            return logged_project_loop(data_dir, epochs, seed, device, workdir, kernels=kernels)
         return project_loop(data_dir, epochs, seed, device, precision=precision, compile=compile, kernels=kernels)
-    result = workdir / f"worker-{nproc}-{seed}-{mlflow}.json"
+    result = workdir / f"worker-{nproc}-{seed}.json"
     worker = ["--worker", str(result), "--data", str(data_dir), "--epochs", str(epochs), "--seeds", str(seed),
-              "--device", device.type, "--precision", precision, "--kernels", kernels] + ["--compile"] * compile + ["--mlflow-dir", str(workdir)] * mlflow
+              "--device", device.type, "--precision", precision, "--kernels", kernels] + ["--compile"] * compile
     started = time.perf_counter()
     status = distributed.launch(nproc, __file__, worker)
     if status != 0:
@@ -205,51 +179,11 @@ def worker(args) -> None:
     """One rank of project_loop_in_processes (run by torchrun); rank 0 writes the result."""
     ranks = distributed.current()
     device = distributed.init(ranks, resolve_device(args.device))
-    if args.mlflow_dir is not None:
-        result = logged_project_loop(args.data, args.epochs, args.seeds[0], device, args.mlflow_dir, ranks,
-                                     kernels=args.kernels)
-    else:
-        result = project_loop(args.data, args.epochs, args.seeds[0], device, precision=args.precision,
-                              compile=args.compile, ranks=ranks, kernels=args.kernels)
+    result = project_loop(args.data, args.epochs, args.seeds[0], device, precision=args.precision,
+                          compile=args.compile, ranks=ranks, kernels=args.kernels)
     if ranks.is_main:
         Path(args.worker).write_text(json.dumps(result))
     distributed.shutdown()
-
-
-def noop_repro_seconds() -> float | None:
-    """Wall time of `dvc repro` when every stage is up to date (None when it is not, or dvc is missing)."""
-    dvc = shutil.which("dvc") or str(Path(sys.executable).parent / "dvc")
-    if not Path(dvc).exists():
-        return None
-    status = subprocess.run([dvc, "status", "--json"], cwd=REPO_ROOT, capture_output=True, text=True)
-    if status.returncode != 0 or json.loads(status.stdout or "{}"):
-        return None  # something would run: that is not the no-op we measure
-    started = time.perf_counter()
-    subprocess.run([dvc, "repro"], cwd=REPO_ROOT, capture_output=True, check=True)
-    return time.perf_counter() - started
-
-
-def stage_startup_seconds() -> dict[str, float]:
-    """Per stage, the wall time of starting Python and importing everything the stage script imports.
-
-    Runs each script with a run name other than __main__, so its imports happen and its main() does not.
-    """
-    seconds = {}
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")}
-    for script in sorted((REPO_ROOT / "stages").glob("*.py")):
-        probe = f"import runpy; runpy.run_path({str(script)!r}, run_name='startup_probe')"
-        started = time.perf_counter()
-        done = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, env=env, capture_output=True)
-        # None where the stage cannot start here (a GPU box with torch alone has no mlflow).
-        seconds[script.stem] = round(time.perf_counter() - started, 2) if done.returncode == 0 else None
-    return seconds
-
-
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
-    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"{cpu}, {os.cpu_count()} cores{gpu}; torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def main() -> None:
@@ -257,9 +191,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1])
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
-    parser.add_argument("--data", type=Path, default=REPO_ROOT / "data" / "mnist")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "train_speed.json")
-    parser.add_argument("--skip-mlflow", action="store_true", help="do not measure the MLflow logging overhead")
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--out", type=Path, default=RESULTS / "train_speed.json")
+    # Accepted for benchmarks/gpu_check.sh, which passes it; MLflow's logging is no longer measured here.
+    parser.add_argument("--skip-mlflow", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--skip-tutorial", action="store_true", help="time only the project's loop")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="the project loop's precision")
     parser.add_argument("--compile", action="store_true", help="torch.compile the project loop's network")
@@ -270,15 +205,12 @@ def main() -> None:
     parser.add_argument("--nproc", default="auto",
                         help="the project loop's processes, as the `nproc` param (default auto, as the train stage resolves it)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # one rank of a multi-process run: write the result here
-    parser.add_argument("--mlflow-dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args)
     if args.report:
         return finish(json.loads(args.out.read_text()), args)
-    if not all((args.data / f"{p}-{k}-idx{d}-ubyte.gz").exists()
-               for p in ("train", "t10k") for k, d in (("images", 3), ("labels", 1))):
-        sys.exit(f"error: {args.data}: the four MNIST .gz files are missing; run `dvc repro download` first")
+    check_data(args.data)
     device = resolve_device(args.device)
     images = 60000 * args.epochs
     nproc = distributed.resolve_nproc(args.nproc if args.nproc == "auto" else int(args.nproc), device)
@@ -293,10 +225,7 @@ def main() -> None:
             # What the processes bring: the same loop in one process, with all the threads.
             single = project_loop(args.data, args.epochs, seed, device, precision=args.precision,
                                   compile=args.compile, kernels=args.kernels) if nproc > 1 else None
-            logged = None if args.skip_mlflow else project_loop_in_processes(
-                nproc, args.data, args.epochs, seed, device, Path(tmp), mlflow=True, kernels=args.kernels)
-            runs.append({"seed": seed, "tutorial": tutorial, "project": ours, "project_single_process": single,
-                         "project_with_mlflow": logged})
+            runs.append({"seed": seed, "tutorial": tutorial, "project": ours, "project_single_process": single})
             ours_rate = images / ours["seconds"]  # ours includes its per-epoch test passes
             print(f"seed {seed}: project {ours_rate:,.0f} images/s (train + test, {nproc} process(es)), "
                   f"final {ours['accuracies'][-1]:.2%}", flush=True)
@@ -337,10 +266,7 @@ def main() -> None:
         "speedup_vs_tutorial_with_tests": round(project_rate / tutorial_total_rate, 2) if timed_tutorial else None,
         "tutorial_final_accuracy_mean": mean([r["tutorial"]["accuracies"][-1] for r in runs]) if timed_tutorial else None,
         "project_final_accuracy_mean": mean([r["project"]["accuracies"][-1] for r in runs]),
-        "mlflow_logging_overhead": None if args.skip_mlflow else round(
-            mean([r["project_with_mlflow"]["seconds"] / r["project"]["seconds"] for r in runs]) - 1, 3),
-        "noop_dvc_repro_seconds": noop_repro_seconds(),
-        "stage_startup_seconds": stage_startup_seconds(),
+        "project_threads": runs[0]["project"]["threads"],
         "runs": runs,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -350,7 +276,6 @@ def main() -> None:
 
 def report(summary: dict) -> list[str]:
     """The benchmark's figures as lines of text (also the block in docs/performance.md)."""
-    repro = summary["noop_dvc_repro_seconds"]
     lines = [f"{summary['machine']}; {summary['device']}; {summary['epochs']} epochs, seeds {summary['seeds']}"]
     if summary["tutorial_images_per_second"] is not None:
         lines.append(f"tutorial loop:   {summary['tutorial_images_per_second']:,} images/s training "
@@ -359,13 +284,14 @@ def report(summary: dict) -> list[str]:
     processes = summary.get("project_processes", 1)
     seconds = sum(r["project"]["seconds"] for r in summary["runs"]) / len(summary["runs"])
     training_alone = summary.get("project_images_per_second")  # absent from results older than the split timing
-    lines.append(f"project loop:    "
+    lines.append("project loop:    "
                  + (f"{training_alone:,} images/s training ({summary['project_images_per_second_with_tests']:,} with its test passes, "
                     if training_alone else f"{summary['project_images_per_second_with_tests']:,} images/s training with its test passes (")
                  + f"{seconds:.1f} s for the {summary['epochs']} epochs{f', {processes} processes' if processes > 1 else ''}), "
                  f"final test accuracy {summary['project_final_accuracy_mean']:.2%}")
     if summary.get("project_kernels"):
-        lines.append(f"project kernels: {summary['project_kernels']}")
+        threads = f", {summary['project_threads']} threads" if summary.get("project_threads") else ""
+        lines.append(f"project kernels: {summary['project_kernels']}{threads}")
     if summary.get("project_single_process_images_per_second_with_tests"):
         single = summary["project_single_process_images_per_second_with_tests"]
         lines.append(f"one process:     {single:,} images/s with its test passes, with all the threads; {processes} processes "
@@ -376,12 +302,6 @@ def report(summary: dict) -> list[str]:
     elif summary.get("speedup_vs_tutorial_training_only") is not None:
         lines.append(f"speed-up:        {summary['speedup_vs_tutorial_training_only']:.2f}x the tutorial's training alone, "
                      f"{summary['speedup_vs_tutorial_with_tests']:.2f}x with test passes on both sides")
-    if summary["mlflow_logging_overhead"] is not None:
-        lines.append(f"MLflow logging:  {summary['mlflow_logging_overhead']:+.1%} training time (one batch of metrics per epoch)")
-    lines.append(f"no-op dvc repro: {f'{repro:.1f} s' if repro is not None else 'not measured (no dvc here, or the pipeline was not up to date)'}")
-    lines.append("stage start-up (Python + imports): "
-                 + ", ".join(f"{k} {v:.1f} s" if v is not None else f"{k} (cannot start here)"
-                             for k, v in summary["stage_startup_seconds"].items()))
     return lines
 
 
@@ -389,13 +309,7 @@ def finish(summary: dict, args) -> None:
     lines = report(summary)
     print("\n" + "\n".join(lines))
     if args.update_docs:
-        mark = GPU_SPEED_MARK if summary["device"].startswith("cuda") else SPEED_MARK
-        parts = DOCS.read_text().split(mark)
-        if len(parts) != 3:
-            sys.exit(f"error: {DOCS.relative_to(REPO_ROOT)}: expected two {mark} markers around the figures")
-        block = "```\n" + "\n".join(lines) + "\n```"
-        DOCS.write_text(parts[0] + mark + "\n" + block + "\n" + mark + parts[2])
-        print(f"wrote the figures into {DOCS.relative_to(REPO_ROOT)}")
+        write_block(lines, GPU_SPEED_MARK if summary["device"].startswith("cuda") else SPEED_MARK)
 
 
 if __name__ == "__main__":

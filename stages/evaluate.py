@@ -1,7 +1,7 @@
 """Stage evaluate: rebuild the model from its checkpoint and measure it on the test set.
 
-It does not import MLflow, which would double its time: the plot stage, which
-imports MLflow anyway, logs these results to the run and registers the model.
+It does not import MLflow, which would double its time: the register stage logs
+these results to the run and registers the model.
 """
 
 from mnist_pipeline import threads
@@ -11,7 +11,7 @@ from mnist_pipeline.config import load_config, parse_config
 from mnist_pipeline.data import load_split
 from mnist_pipeline.device import place_model, resolve_device, use_threads
 from mnist_pipeline.evaluation import metrics_from_logits, mistakes_from_logits, predict
-from mnist_pipeline.reports import write_confusion, write_json, write_mistakes
+from mnist_pipeline.reports import EvaluationReport, EvaluationRun, write_confusion, write_mistakes
 from mnist_pipeline.shards import Workers
 from mnist_pipeline.timing import StageClock
 
@@ -40,20 +40,15 @@ def main() -> None:
     logits = predict(model, test_split.images, workers=workers)
     result = metrics_from_logits(logits, test_split.labels)
     per_class = {str(digit): round(acc, 6) for digit, acc in enumerate(result.per_class_accuracy)}
-    write_json(config.paths.eval_metrics, {
-        "test_accuracy": result.accuracy,
-        "test_loss": result.loss,
-        "test_images": len(test_split),
-        "per_class_accuracy": per_class,
-    })
+    EvaluationReport(result.accuracy, result.loss, len(test_split), per_class).write(config.paths.eval_metrics)
     write_confusion(config.paths.confusion, result.confusion_matrix)
     write_mistakes(config.paths.mistakes, mistakes_from_logits(logits, test_split.labels))
     print(f"evaluate: test accuracy {result.accuracy:.2%}, test loss {result.loss:.4f} on {len(test_split)} images")
     print("evaluate: per digit " + "  ".join(f"{d}:{acc:.1%}" for d, acc in enumerate(result.per_class_accuracy)))
 
     clock.mark("evaluation")
-    # Not a result (it differs run to run), so not in eval.json: what the plot stage adds to the MLflow run.
-    write_json(config.paths.eval_run, {"threads": thread_choice.threads, "seconds": round(clock.total(), 3)})
+    # Not a result (it differs run to run), so not in eval.json: what the register stage adds to the MLflow run.
+    EvaluationRun(thread_choice.threads, round(clock.total(), 3)).write(config.paths.eval_run)
     clock.report()
 
 

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from mnist_pipeline import distributed, fused, threads, tracking
+from mnist_pipeline import datasets, distributed, fused, runs, store, threads
 from mnist_pipeline.checkpoint import CheckpointError, load_checkpoint, restore_training, resume_decision, save_checkpoint
 from mnist_pipeline.cli import run_stage
 from mnist_pipeline.config import PARAMS_FILE, flatten, load_config
@@ -32,7 +32,7 @@ def main() -> None:
     nproc = distributed.resolve_nproc(config.train.nproc, device)
     if nproc > 1 and not distributed.under_torchrun():
         distributed.check_nproc(nproc, config.train.batch_size, device)
-        tracking.connect(config.tracking.experiment)  # a dead tracking server fails here, before the launch
+        store.connect(config.tracking.experiment)  # a dead tracking server fails here, before the launch
         print(f"train: launching {nproc} processes with torchrun (nproc: {config.train.nproc})")
         sys.exit(distributed.launch(nproc, __file__))
     if ranks.distributed:
@@ -48,7 +48,7 @@ def main() -> None:
     configure_determinism(config.train.deterministic)
     # Connect before loading data or training: a dead tracking server fails now, not after the run.
     clock.mark("start-up and imports")
-    experiment_id = tracking.connect(config.tracking.experiment)[1] if ranks.is_main else None
+    experiment_id = store.connect(config.tracking.experiment)[1] if ranks.is_main else None
     clock.mark("store")
     paths, data, config_dict = config.paths, config.data, config.to_dict()
     say = print if ranks.is_main else (lambda *args: None)
@@ -77,20 +77,20 @@ def main() -> None:
     history = restore_training(previous, model, optimizer, generator, schedule) if resume else []
 
     resume_run_id = previous.get("mlflow_run_id") if resume else None
-    run = (tracking.training_run(experiment_id, flatten(config_dict), resume_run_id) if ranks.is_main
+    run = (runs.training_run(experiment_id, flatten(config_dict), resume_run_id) if ranks.is_main
            else contextlib.nullcontext(None))
     with run as run_id:
         processes = f" in {ranks.world_size} processes" if ranks.distributed else ""
         say(f"train: {config.train.model} network ({parameter_count(model):,} parameters), {len(train_split)} images, "
             f"{config.train.epochs} epochs on {device}{processes}; MLflow run {run_id}")
         if ranks.is_main:
-            tracking.log_epoch({"threads": compute.threads}, len(history))  # a resume may run on another count
-            already_logged = tracking.logged_epochs(run_id)
+            runs.log_epoch({"threads": compute.threads}, len(history))  # a resume may run on another count
+            already_logged = runs.logged_epochs(run_id)
             for result in history:  # epochs the killed run finished but did not get to log
                 if result.epoch not in already_logged:
-                    tracking.log_epoch(result.as_metrics(), result.epoch)
+                    runs.log_epoch(result.as_metrics(), result.epoch)
             slices = {"training": data.max_train_images, "test": data.max_test_images}
-            for note in tracking.log_lineage(data.dir, slices, PARAMS_FILE, on_gpu=device.type == "cuda"):
+            for note in datasets.log_lineage(data.dir, slices, PARAMS_FILE, on_gpu=device.type == "cuda"):
                 say(f"train: {note}")
 
         def end_of_epoch(history_so_far):
@@ -98,7 +98,7 @@ def main() -> None:
             save_checkpoint(paths.checkpoint, model=model, optimizer=optimizer, generator=generator,
                             model_config=model_config, config=config_dict, history=history_so_far,
                             mlflow_run_id=run_id, schedule=schedule)
-            tracking.log_epoch(history_so_far[-1].as_metrics(), history_so_far[-1].epoch)
+            runs.log_epoch(history_so_far[-1].as_metrics(), history_so_far[-1].epoch)
 
         clock.mark("model, optimizer and run")
         started = time.perf_counter()
@@ -111,7 +111,7 @@ def main() -> None:
         distributed.shutdown()
         if not ranks.is_main:
             return
-        tracking.log_epoch({"train_seconds": train_seconds, "stage_seconds/train": clock.total()}, config.train.epochs)
+        runs.log_epoch({"train_seconds": train_seconds, "stage_seconds/train": clock.total()}, config.train.epochs)
 
         write_history(paths.history, history)
         last = history[-1]
@@ -124,10 +124,10 @@ def main() -> None:
         if config.tracking.log_model:
             classifier = DigitClassifier(model.cpu(), data.mean, data.std).eval()  # dropout off, batch norm frozen
             example = (test_split.images[:4].cpu() * data.std + data.mean) * 255  # raw pixels, as served
-            model_uri = tracking.log_model(classifier, example.round().numpy())
+            model_uri = runs.log_model(classifier, example.round().numpy())
             print(f"train: logged model {model_uri}")
         clock.mark("model logging")
-        # The plot stage registers this model (by its URI) when its evaluation beats the champion.
+        # The register stage registers this model (by its URI) when its evaluation beats the champion.
         write_json(paths.mlflow_run, {"run_id": run_id, "experiment": config.tracking.experiment,
                                       "model_uri": model_uri})
     clock.mark("closing the run")

@@ -113,3 +113,16 @@ def experimented_project(prepared_project, tmp_path_factory):
 
     project = copy_project(prepared_project, tmp_path_factory.mktemp("experimented"))
     return Prepared(project, run(project, "dvc", "exp", "run", "-S", "lr=0.05"))
+
+
+@pytest.fixture
+def local_store(tmp_path, monkeypatch):
+    """A fresh SQLite MLflow store in a fake repository root, as DVC would point at it (tests of the MLflow modules)."""
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for var in ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
+        monkeypatch.delenv(var, raising=False)
+    yield tmp_path
+    import mlflow  # here, not at the top: the suite's collection stays quick
+
+    mlflow.end_run()

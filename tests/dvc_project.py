@@ -175,7 +175,7 @@ def check_lineage(project: Path, run_id: str, lock_text: str, params_text: str) 
 
     metrics = mlflow_run.data.metrics
     assert metrics["system/cpu_utilization_percentage"] >= 0 and metrics["system/system_memory_usage_megabytes"] > 0
-    assert all(metrics[f"stage_seconds/{stage}"] > 0 for stage in ("train", "evaluate", "plot"))
+    assert all(metrics[f"stage_seconds/{stage}"] > 0 for stage in ("train", "evaluate", "register"))
     tags = mlflow_run.data.tags
     (logged_model,) = [m for m in client.search_logged_models([mlflow_run.info.experiment_id])
                        if m.source_run_id == run_id]
@@ -186,8 +186,8 @@ def check_lineage(project: Path, run_id: str, lock_text: str, params_text: str) 
         reproduce = Path(client.download_artifacts(run_id, "reproduce", folder))
         # Logged by the last stage before DVC wrote that stage's own entry: every other entry is the repro's.
         logged = yaml.safe_load((reproduce / "dvc.lock").read_text())
-        assert {k: v for k, v in logged["stages"].items() if k != "plot"} == {
-            k: v for k, v in lock["stages"].items() if k != "plot"}
+        assert {k: v for k, v in logged["stages"].items() if k != "register"} == {
+            k: v for k, v in lock["stages"].items() if k != "register"}
         assert (reproduce / "params.yaml").read_text() == params_text
 
 

@@ -2,7 +2,6 @@ import os
 import subprocess
 import sys
 
-from conftest import REPO_ROOT
 
 STAGE = '''
 import atexit, threading, time
@@ -22,7 +21,7 @@ run_stage(main)
 
 def test_a_successful_stage_exits_0_after_its_threads_exit_handlers_and_output(tmp_path):
     done = subprocess.run([sys.executable, "-c", f"OUT = {str(tmp_path)!r}\n" + STAGE],
-                          env={"PYTHONPATH": str(REPO_ROOT / "src")}, capture_output=True, text=True, timeout=60)
+                          env={}, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "buffered output"
     assert (tmp_path / "thread").read_text() == "finished"
@@ -32,7 +31,7 @@ def test_a_successful_stage_exits_0_after_its_threads_exit_handlers_and_output(t
 def test_a_failing_stage_exits_2_with_one_line():
     stage = ("from mnist_pipeline.cli import run_stage\nfrom mnist_pipeline.errors import PipelineError\n"
              "def main():\n    raise PipelineError('lr: got -1.0; must be > 0.0')\nrun_stage(main)\n")
-    done = subprocess.run([sys.executable, "-c", stage], env={"PYTHONPATH": str(REPO_ROOT / "src")},
+    done = subprocess.run([sys.executable, "-c", stage], env={},
                           capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stderr, done.stdout) == (2, "error: lr: got -1.0; must be > 0.0\n", "")
 
@@ -53,23 +52,23 @@ run_stage(main)
 
 
 def test_a_live_thread_pool_does_not_hold_the_exit():
-    done = subprocess.run([sys.executable, "-c", POOL_STAGE], env={"PYTHONPATH": str(REPO_ROOT / "src")},
+    done = subprocess.run([sys.executable, "-c", POOL_STAGE], env={},
                           capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout) == (0, "pool task ran\n"), done.stderr
 
 
 ASYNC_LOGGING_STAGE = '''
 import os
-from mnist_pipeline import tracking
+from mnist_pipeline import reporting, runs, store
 from mnist_pipeline.cli import run_stage
 
 def main():
-    client, experiment_id = tracking.connect("async")
-    with tracking.training_run(experiment_id, {}) as run_id:
+    client, experiment_id = store.connect("async")
+    with runs.training_run(experiment_id, {}) as run_id:
         for epoch in range(1, 51):
-            tracking.log_epoch({"train_loss": 1.0 / epoch}, epoch)
-    # As the plot stage reports to the finished training run.
-    tracking.log_results("async", run_id, metrics={f"eval_accuracy_digit_{d}": 0.9 for d in range(10)})
+            runs.log_epoch({"train_loss": 1.0 / epoch}, epoch)
+    # As the register stage reports to the finished training run.
+    reporting.log_results("async", run_id, metrics={f"eval_accuracy_digit_{d}": 0.9 for d in range(10)})
     print(run_id)
 
 run_stage(main)
@@ -77,7 +76,7 @@ run_stage(main)
 
 
 def test_a_stage_that_logs_asynchronously_exits_with_every_metric_stored(tmp_path):
-    env = {"PYTHONPATH": str(REPO_ROOT / "src"), "MLFLOW_ENABLE_ASYNC_LOGGING": "true", "DVC_ROOT": str(tmp_path),
+    env = {"MLFLOW_ENABLE_ASYNC_LOGGING": "true", "DVC_ROOT": str(tmp_path),
            "PATH": os.environ["PATH"]}
     done = subprocess.run([sys.executable, "-c", ASYNC_LOGGING_STAGE], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
@@ -95,6 +94,6 @@ def test_the_quick_exit_is_the_first_exit_handler_registered():
     exist in the process, the quick exit runs after all of theirs."""
     probe = ("import sys; import mnist_pipeline; "
              "print(sorted(m for m in ('torch', 'mlflow', 'numpy') if m in sys.modules))")
-    done = subprocess.run([sys.executable, "-c", probe], env={"PYTHONPATH": str(REPO_ROOT / "src")},
+    done = subprocess.run([sys.executable, "-c", probe], env={},
                           capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "[]", done.stderr

@@ -129,7 +129,7 @@ def test_the_download_stage_imports_neither_torch_nor_numpy_nor_mlflow(tmp_path)
     probe = ("import atexit, runpy, sys, mnist_pipeline; "
              "atexit.register(lambda: print('loaded:', sorted(m for m in ('torch', 'numpy', 'mlflow') if m in sys.modules))); "
              f"runpy.run_path({str(REPO_ROOT / 'stages' / 'download.py')!r}, run_name='__main__')")
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src"), "MNIST_MIRROR": str(MNIST_MIRROR)}
+    env = {**os.environ, "MNIST_MIRROR": str(MNIST_MIRROR)}
     done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "download: mnist/t10k-labels-idx1-ubyte.gz (MD5 verified)" in done.stdout

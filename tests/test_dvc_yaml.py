@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 
 import pytest
@@ -10,10 +11,12 @@ import yaml
 
 from conftest import REPO_ROOT, requires_mnist_mirror
 from dvc_project import copy_project, run, update_params
+from mnist_pipeline.config import SECTIONS, TrainConfig
 
 PACKAGE = REPO_ROOT / "src" / "mnist_pipeline"
-STAGES = ("download", "train", "evaluate", "plot")
-UPSTREAM = {"download": (), "train": ("download",), "evaluate": ("download", "train"), "plot": ("train", "evaluate")}
+STAGES = ("download", "train", "evaluate", "plot", "register")
+UPSTREAM = {"download": (), "train": ("download",), "evaluate": ("download", "train"), "plot": ("train", "evaluate"),
+            "register": ("train", "evaluate", "plot")}
 
 
 def imported_modules(path) -> set[str]:
@@ -57,22 +60,48 @@ def reruns(directly_changed: set[str]) -> list[str]:
     return result
 
 
-ALL = ["download", "train", "evaluate", "plot"]
-TRAINING = ["train", "evaluate", "plot"]
-PARAM_CASES = [
-    ({"lr": 0.02}, TRAINING), ({"momentum": 0.9}, TRAINING), ({"batch_size": 32}, TRAINING),
-    ({"epochs": 3}, TRAINING), ({"seed": 2}, TRAINING), ({"device": "cpu"}, TRAINING),
-    ({"deterministic": True}, TRAINING), ({"data": {"mean": 0.13}}, TRAINING),
-    ({"data": {"max_test_images": 400}}, TRAINING), ({"tracking": {"experiment": "other"}}, TRAINING),
-    ({"tracking": {"log_model": False}}, TRAINING), ({"model": "compact"}, TRAINING), ({"optimizer": "adam"}, TRAINING),
-    ({"schedule": "onecycle"}, TRAINING), ({"weight_decay": 0.01}, TRAINING), ({"label_smoothing": 0.1}, TRAINING),
-    ({"precision": "bf16"}, TRAINING), ({"compile": True}, TRAINING), ({"nproc": 2}, TRAINING),
-    ({"kernels": "torch"}, TRAINING), ({"shards": 1}, TRAINING),
-    ({"threads": 1}, []),  # the speed only: the same results, so nothing reruns
-    ({"augment": {"shift": 2.0}}, TRAINING),
-    ({"plots": {"dpi": 70}}, ["plot"]), ({"plots": {"cmap": "viridis"}}, ["plot"]),
-    ({"plots": {"width": 5.0}}, ["plot"]),
-]
+ALL = ["download", "train", "evaluate", "plot", "register"]
+TRAINING = ["train", "evaluate", "plot", "register"]
+PLOTTING = ["plot", "register"]
+# Which stages a param's change must rerun, by section; a param added to a section is checked without an edit here.
+RERUNS_BY_SECTION = {"train": TRAINING, "augment": TRAINING, "data": TRAINING, "plots": PLOTTING, "tracking": TRAINING}
+RERUNS_BY_PARAM = {
+    "threads": [],  # the speed only: the same results, so nothing reruns
+    "tracking.registered_model": ["register"],
+    "data.dir": None, "plots.cmap": None,  # not changed here: a new folder is a new download; see PARAM_CASES
+}
+
+
+def _changed_value(field, default):
+    """A valid value other than `default` for a config field, from its type and its allowed range or choices."""
+    spec = field.metadata or {}
+    if spec.get("choices"):
+        return next(choice for choice in spec["choices"] if choice != default)
+    if isinstance(default, bool):
+        return not default
+    if default == "auto" or default is None:
+        return spec.get("low") or 1
+    if isinstance(default, int):
+        return default + 1 if spec.get("high") is None or default + 1 <= spec["high"] else default - 1
+    if isinstance(default, float):
+        return round(default * 0.5 if default else 0.1, 6)
+    return default + "-other"
+
+
+def _param_cases():
+    cases = []
+    for section, cls in [("train", TrainConfig), *((name, cls) for name, cls in SECTIONS.items() if name != "paths")]:
+        for field in dataclasses.fields(cls):
+            key = field.name if section == "train" else f"{section}.{field.name}"
+            expected = RERUNS_BY_PARAM.get(key, RERUNS_BY_SECTION[section])
+            if expected is None:
+                continue
+            value = _changed_value(field, field.default)
+            cases.append(({field.name: value} if section == "train" else {section: {field.name: value}}, expected))
+    return cases
+
+
+PARAM_CASES = _param_cases() + [({"plots": {"cmap": "viridis"}}, PLOTTING)]
 CODE_CASES = {
     "src/mnist_pipeline/config.py": ALL, "src/mnist_pipeline/errors.py": ALL, "src/mnist_pipeline/cli.py": ALL,
     "src/mnist_pipeline/download.py": ALL, "src/mnist_pipeline/timing.py": ALL, "stages/download.py": ALL,
@@ -82,14 +111,18 @@ CODE_CASES = {
     "src/mnist_pipeline/device.py": TRAINING, "src/mnist_pipeline/distributed.py": TRAINING, "src/mnist_pipeline/seed.py": TRAINING,
     "src/mnist_pipeline/threads.py": TRAINING, "src/mnist_pipeline/shards.py": TRAINING,
     "src/mnist_pipeline/progress.py": TRAINING, "src/mnist_pipeline/files.py": TRAINING,
-    "src/mnist_pipeline/reports.py": TRAINING, "src/mnist_pipeline/tracking.py": TRAINING,
-    "stages/train.py": TRAINING, "stages/evaluate.py": ["evaluate", "plot"],
+    "src/mnist_pipeline/reports.py": TRAINING, "src/mnist_pipeline/store.py": TRAINING,
+    "src/mnist_pipeline/runs.py": TRAINING, "src/mnist_pipeline/datasets.py": TRAINING,
+    "stages/train.py": TRAINING, "stages/evaluate.py": ["evaluate", "plot", "register"],
     "src/mnist_pipeline/history.py": TRAINING, "src/mnist_pipeline/fused.py": TRAINING,
     "src/mnist_pipeline/lineage.py": TRAINING,
     "src/mnist_pipeline/csrc/reference_block1.c": TRAINING,
-    "src/mnist_pipeline/plots.py": ["plot"], "stages/plot.py": ["plot"],
+    "src/mnist_pipeline/plots.py": PLOTTING, "stages/plot.py": PLOTTING,
+    # The register stage's own code reruns it alone: editing the registry never retrains the model.
+    "src/mnist_pipeline/registry.py": ["register"], "src/mnist_pipeline/reporting.py": ["register"],
+    "stages/register.py": ["register"],
     "src/mnist_pipeline/predict.py": [], "predict.py": [],  # the predict command: no stage runs it
-    "src/mnist_pipeline/images.py": [], "src/mnist_pipeline/user_digits.py": [],  # predict's framing, its test set
+    "src/mnist_pipeline/images.py": [],  # predict's framing
 }
 
 

@@ -40,14 +40,14 @@ def test_per_class_accuracy_of_an_absent_class_is_zero():
     assert result.per_class_accuracy == [1.0, 0.0]
 
 
-def test_find_mistakes_lists_the_wrong_ones_most_confident_first():
-    from mnist_pipeline.evaluation import find_mistakes
+def test_the_mistakes_are_the_wrong_ones_most_confident_first():
+    from mnist_pipeline.evaluation import mistakes_from_logits, predict
     from mnist_pipeline.history import Mistake
 
     logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 1.0], [4.0, 0.0, 0.0]])
     images = torch.arange(4, dtype=torch.float32).reshape(4, 1, 1, 1).expand(4, 1, 2, 2).contiguous()
     labels = torch.tensor([0, 2, 2, 1])  # images 1 and 3 are wrong
-    mistakes = find_mistakes(FixedLogits(logits), Split(images, labels))
+    mistakes = mistakes_from_logits(predict(FixedLogits(logits), images), labels)
     probability = torch.softmax(logits, dim=1).max(dim=1).values
     assert mistakes == [
         Mistake(3, 1, 0, round(probability[3].item(), 6)),

@@ -23,8 +23,7 @@ from dvc_project import (all_runs, check_lineage, copy_project, environment, mlf
                          shown_run_ids, stages_run, update_params)
 from mnist_pipeline.checkpoint import load_checkpoint
 
-sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-from recipes import readme_recipes, recipe_params  # noqa: E402
+from recipes import readme_recipes, recipe_params
 
 pytestmark = [pytest.mark.e2e, requires_mnist_mirror()]
 
@@ -110,7 +109,7 @@ def test_the_same_params_give_the_same_bits_beside_busy_processes_and_at_any_thr
         for hog in hogs:
             hog.kill()
             hog.wait()
-    assert stages_run(busy.stdout) == ["train", "evaluate", "plot"]
+    assert stages_run(busy.stdout) == ["train", "evaluate", "plot", "register"]
     assert results(project) == first
     update_params(project, {"threads": 1})
     assert run(project, "dvc", "status").stdout.strip() == "Data and pipelines are up to date."  # speed only
@@ -181,7 +180,7 @@ def test_a_queued_sweep_is_one_named_mlflow_run_per_experiment_in_the_repo_store
     # the bits it had beside another training.
     name = next(n for n in queued if experiments[n][0] == 0.05)
     alone = run(project, "dvc", "exp", "run", "--temp", "-n", "alone", "-f", "--downstream", "train", "-S", "lr=0.05")
-    assert stages_run(alone.stdout) == ["train", "evaluate", "plot"]
+    assert stages_run(alone.stdout) == ["train", "evaluate", "plot", "register"]
     shown = json.loads(run(project, "dvc", "exp", "show", "--json").stdout)
     alone_commit = next(rev["rev"] for revision in shown for experiment in (revision.get("experiments") or [])
                         for rev in experiment["revs"] if rev.get("name") == "alone")
@@ -208,7 +207,7 @@ def test_two_processes_train_like_one_and_log_one_run(project):
     runs_before = {r.info.run_id for r in all_runs(project)}
 
     done = run(project, "dvc", "exp", "run", "-S", "nproc=2")
-    assert stages_run(done.stdout) == ["train", "evaluate", "plot"]
+    assert stages_run(done.stdout) == ["train", "evaluate", "plot", "register"]
     assert "train: launching 2 processes with torchrun" in done.stdout and "in 2 processes" in done.stdout
     print("\n" + "\n".join(line for line in done.stdout.splitlines() if line.startswith("train:")))
 
@@ -256,7 +255,7 @@ def test_each_recipe_runs_through_dvc_exp_run_starts_fresh_and_logs_the_values_i
         recipe = dict(_flat(recipe_params(assignments)), epochs=1)
         # Changed params: the finished baseline checkpoint is not resumed, and the stage says so.
         assert "train: the checkpoint holds a finished training; training from scratch" in done.stdout
-        assert stages_run(done.stdout) == ["train", "evaluate", "plot"]
+        assert stages_run(done.stdout) == ["train", "evaluate", "plot", "register"]
         assert f"train: {recipe['model']} network" in done.stdout
 
         (mlflow_run,) = [r for r in all_runs(project) if r.info.run_id not in runs_before]
@@ -273,3 +272,21 @@ def test_each_recipe_runs_through_dvc_exp_run_starts_fresh_and_logs_the_values_i
         for key, value in recipe.items():
             section, _, leaf = key.rpartition(".")
             assert (params[section][leaf] if section else params[key]) == value, (name, key)
+
+
+def test_a_queued_experiment_runs_the_code_it_was_queued_with(prepared_project, tmp_path):
+    """DVC runs a queued experiment in a copy of the repository, made when it was queued: that copy's code must
+    run, the code DVC hashed, not whatever the installed package points at (why dvc.yaml keeps PYTHONPATH=src)."""
+    project = copy_project(prepared_project, tmp_path / "queued-code")
+    timing = project / "src" / "mnist_pipeline" / "timing.py"
+    original = timing.read_text()
+    timing.write_text(original + '\nprint("code as queued")\n')  # a change of code, queued as an experiment
+    run(project, "dvc", "exp", "run", "--queue", "-n", "as-queued", "-S", "epochs=1")
+    timing.write_text(original)  # the workspace moves on before the queue runs
+    run(project, "dvc", "queue", "start", "-j", "1")
+    deadline = time.monotonic() + 300
+    while not _queue_done(project):
+        assert time.monotonic() < deadline, run(project, "dvc", "queue", "status").stdout
+        time.sleep(2)
+    logs = run(project, "dvc", "queue", "logs", "as-queued").stdout
+    assert "Running stage 'train'" in logs and "code as queued" in logs

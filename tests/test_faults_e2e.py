@@ -134,7 +134,7 @@ def test_killed_training_leaves_dvc_and_mlflow_consistent_and_the_next_repro_wor
     assert "train:" in status and "up to date" not in status  # DVC knows the results are stale
 
     again = run(project, "dvc", "repro")
-    assert stages_run(again.stdout) == ["train", "evaluate", "plot"]
+    assert stages_run(again.stdout) == ["train", "evaluate", "plot", "register"]
     assert "train: resuming after epoch" in again.stdout
     assert run(project, "dvc", "status").stdout.strip() == "Data and pipelines are up to date."
     newest = all_runs(project)[-1]

@@ -208,7 +208,7 @@ def test_a_28_pixel_image_that_is_not_framed_is_framed():
 @requires_mnist_mirror()
 def test_a_seeded_sample_of_user_digits_frames_as_mnist_framed_them(tmp_path):
     """The regression guard: redrawn MNIST digits come back close to MNIST's own framing of them."""
-    from mnist_pipeline.user_digits import write_user_digits
+    from user_digits import write_user_digits
 
     digits, labels = mnist_test_digits()
     items = write_user_digits(digits, labels, tmp_path, seed=0, count=40, max_side=512)

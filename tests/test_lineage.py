@@ -70,7 +70,7 @@ def test_a_download_stage_run_by_hand_says_so_from_the_stage_without_a_traceback
     write_lock(tmp_path / "dvc.lock", {"train": {}})
     done = subprocess.run([sys.executable, "-c", "from mnist_pipeline.lineage import data_digest; "
                            "d = data_digest('data/mnist'); print(d.origin); print(d.note)"],
-                          capture_output=True, text=True, env={"PYTHONPATH": str(REPO_ROOT / "src")}, cwd=tmp_path)
+                          capture_output=True, text=True, env={}, cwd=tmp_path)
     assert done.returncode == 0 and done.stderr == ""
     assert done.stdout.splitlines() == ["files", "dvc.lock has no download stage: the data's MD5 is computed "
                                         "from the files in data/mnist"]

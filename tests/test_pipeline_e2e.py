@@ -43,7 +43,7 @@ def stage_threads(output: str, stage: str) -> tuple[int, int]:
 
 def test_first_repro_runs_every_stage_and_writes_every_output(project, prepared_project):
     first = prepared_project.output
-    assert stages_run(first.stdout) == ["download", "train", "evaluate", "plot"]
+    assert stages_run(first.stdout) == ["download", "train", "evaluate", "plot", "register"]
     for name in ("train-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
         assert (project / "data" / "mnist" / name).stat().st_size > 0
     assert (project / "models" / "model.pt").is_file()
@@ -59,7 +59,7 @@ def test_first_repro_runs_every_stage_and_writes_every_output(project, prepared_
     assert "epoch 2/2" in first.stderr + first.stdout
     assert "evaluate: test accuracy" in first.stdout
     assert "plot: plots/accuracy.png" in first.stdout
-    assert "plot: best so far: registered as mnist-cnn version 1 (alias champion)" in first.stdout
+    assert "register: best so far: registered as mnist-cnn version 1 (alias champion)" in first.stdout
     # `threads: auto`: one thread per shard up to the cores in training, every core in evaluation; each stage says so.
     assert stage_threads(first.stdout, "train") == (min(2, available_cores()), available_cores())
     assert stage_threads(first.stdout, "evaluate") == (available_cores(), available_cores())
@@ -73,7 +73,7 @@ def test_the_evaluate_stage_runs_without_mlflow(prepared_project, tmp_path):
     probe = ("import atexit, runpy, sys, mnist_pipeline; "
              "atexit.register(lambda: print('mlflow loaded:', 'mlflow' in sys.modules)); "
              "runpy.run_path('stages/evaluate.py', run_name='__main__')")
-    done = run(project, sys.executable, "-c", probe, env=environment(PYTHONPATH="src"))
+    done = run(project, sys.executable, "-c", probe, env=environment())
     assert "evaluate: test accuracy" in done.stdout and "mlflow loaded: False" in done.stdout
     assert set(json.loads((project / "metrics" / "eval_run.json").read_text())) == {"threads", "seconds"}
 
@@ -149,14 +149,14 @@ def test_changing_a_plot_param_reruns_only_plot(project):
     before = (project / "plots" / "accuracy.png").read_bytes()
     update_params(project, {"plots": {"dpi": 60}})
     rerun = run(project, "dvc", "repro")
-    assert stages_run(rerun.stdout) == ["plot"]
+    assert stages_run(rerun.stdout) == ["plot", "register"]
     assert (project / "plots" / "accuracy.png").read_bytes() != before
     assert len(all_runs(project)) == 1
 
 
 def test_exp_run_with_a_new_lr_is_a_second_mlflow_run_named_after_the_experiment(experimented_project):
     project, experiment = experimented_project.path, experimented_project.output
-    assert stages_run(experiment.stdout) == ["train", "evaluate", "plot"]  # not download
+    assert stages_run(experiment.stdout) == ["train", "evaluate", "plot", "register"]  # not download
     names = run(project, "dvc", "exp", "list", "--name-only").stdout.split()
     assert len(names) == 1
     runs = all_runs(project)

@@ -47,7 +47,6 @@ def test_checkpoint_probabilities_take_read_only_pixels_quietly(tmp_path):
 
 def test_predict_with_a_checkpoint_imports_no_mlflow(tmp_path):
     """The README says `predict.py --checkpoint` needs no MLflow: it must not even import it."""
-    import os
     import subprocess
     import sys
 
@@ -66,7 +65,6 @@ def test_predict_with_a_checkpoint_imports_no_mlflow(tmp_path):
              "atexit.register(lambda: print('mlflow loaded:', 'mlflow' in sys.modules)); "
              f"sys.argv = ['predict.py', '--checkpoint', {str(tmp_path / 'model.pt')!r}, {str(tmp_path / 'one.png')!r}]; "
              f"runpy.run_path({str(REPO_ROOT / 'predict.py')!r}, run_name='__main__')")
-    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")})
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert f"{tmp_path / 'one.png'}: " in done.stdout and "mlflow loaded: False" in done.stdout

@@ -80,7 +80,7 @@ def test_a_fresh_clone_pulls_byte_identical_outputs_and_reruns_nothing(team):
 def test_an_experiment_travels_through_exp_push_and_exp_pull(team):
     a, b, remote = team["a"], team["b"], team["remote"]
     experiment = run(a, "dvc", "exp", "run", "-S", "lr=0.05")
-    assert stages_run(experiment.stdout) == ["train", "evaluate", "plot"]
+    assert stages_run(experiment.stdout) == ["train", "evaluate", "plot", "register"]
     (name,) = run(a, "dvc", "exp", "list", "--name-only").stdout.split()
     exp_checkpoint = (a / "models" / "model.pt").read_bytes()
     exp_md5 = hashlib.md5(exp_checkpoint).hexdigest()

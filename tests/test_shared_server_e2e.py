@@ -90,7 +90,7 @@ def client(tracking_server):
 
 
 def test_repro_logs_one_finished_run_to_the_server_and_nothing_locally(project, tracking_server, client, postgres):
-    assert stages_run(REPRO[project].stdout) == ["download", "train", "evaluate", "plot"]
+    assert stages_run(REPRO[project].stdout) == ["download", "train", "evaluate", "plot", "register"]
     # The project's own store is never touched when MLFLOW_TRACKING_URI is set.
     assert not (project / "mlflow.db").exists()
     assert not (project / "mlartifacts").exists()

@@ -2,7 +2,6 @@ import json
 import subprocess
 import sys
 
-from conftest import REPO_ROOT
 from mnist_pipeline.timing import TIMINGS_ENV, StageClock
 
 
@@ -20,7 +19,7 @@ def test_the_first_phase_holds_what_the_process_did_before_the_clock_existed():
     """Interpreter start-up and imports count: a process that waits 0.5 s before timing shows them."""
     probe = ("import time; time.sleep(0.5); from mnist_pipeline.timing import StageClock; "
              "clock = StageClock('probe'); clock.mark('before'); print(clock.phases['before'])")
-    done = subprocess.run([sys.executable, "-c", probe], env={"PYTHONPATH": str(REPO_ROOT / "src")},
+    done = subprocess.run([sys.executable, "-c", probe], env={},
                           capture_output=True, text=True, check=True)
     assert 0.5 <= float(done.stdout) < 30
 

@@ -1,7 +1,7 @@
 import numpy as np
 from PIL import Image
 
-from mnist_pipeline.user_digits import write_user_digits
+from user_digits import write_user_digits
 
 
 def digits_and_labels(count=30):

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import subprocess
 import types
 import typing
 from dataclasses import dataclass, field
@@ -145,7 +143,7 @@ class Config:
 
 
 # Sections of params.yaml besides the top-level training knobs.
-_SECTIONS = {"augment": AugmentConfig, "data": DataConfig, "paths": PathsConfig, "plots": PlotsConfig, "tracking": TrackingConfig}
+SECTIONS = {"augment": AugmentConfig, "data": DataConfig, "paths": PathsConfig, "plots": PlotsConfig, "tracking": TrackingConfig}
 
 
 def _show_key(key: Any) -> str:
@@ -223,9 +221,9 @@ def parse_config(raw: Any) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(f"params.yaml: expected a mapping of keys to values, got {type(raw).__name__}")
     top_level = [f.name for f in dataclasses.fields(TrainConfig)]
-    unknown = [k for k in raw if k not in top_level and k not in _SECTIONS]
+    unknown = [k for k in raw if k not in top_level and k not in SECTIONS]
     if unknown:
-        allowed = ", ".join([*top_level, *_SECTIONS])
+        allowed = ", ".join([*top_level, *SECTIONS])
         raise ConfigError(f"{_show_key(unknown[0])}: unknown key; allowed at the top level: {allowed}")
     train = _build(TrainConfig, {k: v for k, v in raw.items() if k in top_level}, "")
     if train.shards > train.batch_size:
@@ -233,7 +231,7 @@ def parse_config(raw: Any) -> Config:
                           f"cannot be split into more parts than it has images, so at most {train.batch_size}")
     sections = {
         name: _build(cls, raw[name] if raw.get(name) is not None else {}, name + ".")
-        for name, cls in _SECTIONS.items()
+        for name, cls in SECTIONS.items()
     }
     return Config(train=train, **sections)
 
@@ -256,55 +254,6 @@ def load_config(path: str | Path = PARAMS_FILE) -> Config:
         problem = getattr(exc, "problem", None) or "not valid YAML"
         raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
     return parse_config(raw)
-
-
-def exp_run_hint(path: str | Path = PARAMS_FILE) -> str:
-    """How to get the committed params.yaml back after `dvc exp run -S` wrote a bad value into it, or "".
-
-    DVC writes -S values into the workspace's params.yaml before the stages
-    run, and leaves them there when a stage fails. The hint is given only under
-    a workspace `dvc exp run` (DVC sets DVC_EXP_NAME; --queue and --temp runs
-    change a copy, whose directory is not DVC_ROOT) and only when the committed
-    params.yaml differs and is valid. It runs git: call it on the error path only.
-    """
-    root = os.environ.get("DVC_ROOT")
-    if not os.environ.get("DVC_EXP_NAME") or (root and Path(root).resolve() != Path.cwd().resolve()):
-        return ""
-    committed = _git("show", f"HEAD:{path}")
-    try:
-        current = Path(path).read_bytes()
-    except OSError:  # deleted: not something -S did
-        return ""
-    if committed is None or committed.returncode != 0 or committed.stdout == current:
-        return ""
-    import yaml
-
-    try:
-        parse_config(yaml.safe_load(committed.stdout))
-    except (ConfigError, yaml.YAMLError):
-        return ""  # restoring it would not help
-    # DVC's git operations can leave git's index with the new file's size and time beside the old
-    # content, so that git status shows no change and `git checkout params.yaml` does nothing;
-    # `git show ... >` writes the file whatever the index says.
-    unseen = ", though git's index is stale and git status does not show it" if _index_is_stale(path) else ""
-    return f" (dvc exp run -S wrote this into {path}{unseen}; git show HEAD:{path} > {path} restores the committed one)"
-
-
-def _git(*args: str) -> Optional[subprocess.CompletedProcess]:
-    try:
-        return subprocess.run(["git", *args], capture_output=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-
-
-def _index_is_stale(path: str | Path) -> bool:
-    """Whether git reports `path` unchanged although its content is not the blob in git's index."""
-    staged = _git("ls-files", "-s", "--", str(path))  # b"100644 <blob> 0\tparams.yaml"
-    content = _git("hash-object", "--", str(path))
-    diff = _git("diff", "--quiet", "--", str(path))  # exit status 0: git sees no change
-    if None in (staged, content, diff) or not staged.stdout or content.returncode != 0:
-        return False
-    return staged.stdout.split()[1] != content.stdout.strip() and diff.returncode == 0
 
 
 def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -74,12 +74,6 @@ def metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor, num_classes:
     return EvalResult(accuracy=correct / len(labels), loss=loss / len(labels), confusion_matrix=matrix)
 
 
-@torch.no_grad()
-def find_mistakes(model: nn.Module, split: Split, batch_size: int = EVAL_BATCH_SIZE) -> list[Mistake]:
-    """Every misclassified image of `split`, most confident first (the ones worth looking at)."""
-    return mistakes_from_logits(predict(model, split.images, batch_size), split.labels)
-
-
 def mistakes_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> list[Mistake]:
     """The misclassified rows of logits (N, classes) against labels (N,), most confident first."""
     confidence, predicted = torch.softmax(logits, dim=1).max(dim=1)

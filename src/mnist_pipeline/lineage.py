@@ -16,6 +16,7 @@ import yaml
 
 LOCK_FILE = "dvc.lock"
 DATA_STAGE = "download"
+REPRODUCE_DIR = "reproduce"  # a run's artifacts that bring it back: params.yaml (train) and dvc.lock (register)
 
 
 def repo_root() -> Path:
@@ -86,19 +87,6 @@ def reproduce_command(exp_name: Optional[str], commit: Optional[str]) -> str:
     if commit:
         return f"git checkout {commit} && (dvc pull || dvc repro)"
     return "dvc repro"
-
-
-def current_lock(lock_path: Path = Path(LOCK_FILE)) -> Optional[str]:
-    """dvc.lock as it is now, or None without one.
-
-    DVC writes a stage's entry when the stage ends, so read from the last stage, every entry but
-    that stage's own is this repro's: the data, the code, the params and the checkpoint that
-    reproduce the run. (The last stage's own entry holds only its plots' hashes.)
-    """
-    try:
-        return Path(lock_path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
 
 
 SPLIT_PREFIXES = {"training": "train", "test": "t10k"}  # MNIST's file names: train-*.gz, t10k-*.gz

@@ -35,7 +35,7 @@ def probabilities_from_mlflow(pixels: np.ndarray, model_uri: str) -> np.ndarray:
     import mlflow
     import mlflow.pyfunc
 
-    from mnist_pipeline.tracking import tracking_uri
+    from mnist_pipeline.store import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri())
     try:
@@ -48,7 +48,7 @@ def probabilities_from_mlflow(pixels: np.ndarray, model_uri: str) -> np.ndarray:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """`predict.py digit.png ...`: print the predicted digit and its confidence for each image."""
-    # From config, not tracking: with --checkpoint, nothing here may import MLflow.
+    # From config, not the registry: with --checkpoint, nothing here may import MLflow.
     from mnist_pipeline.config import CHAMPION_ALIAS, load_config
 
     parser = argparse.ArgumentParser(description="Classify images of handwritten digits, one digit per image.")

@@ -6,8 +6,10 @@ Each is written atomically: the pipeline's outputs persist across failed runs (d
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -84,3 +86,38 @@ def read_mistakes(path: str | Path) -> list[Mistake]:
     with Path(path).open(newline="", encoding="utf-8") as f:
         return [Mistake(int(r["index"]), int(r["actual"]), int(r["predicted"]), float(r["confidence"]))
                 for r in csv.DictReader(f)]
+
+
+@dataclass(frozen=True)
+class EvaluationReport:
+    """metrics/eval.json: the evaluate stage's results, the one place that knows the file's shape."""
+
+    test_accuracy: float  # fraction correct, 0..1
+    test_loss: float  # mean cross-entropy per image
+    test_images: int
+    per_class_accuracy: dict[str, float]  # "0".."9" -> recall of that digit
+
+    def write(self, path: str | Path) -> None:
+        write_json(path, dataclasses.asdict(self))
+
+    @classmethod
+    def read(cls, path: str | Path) -> "EvaluationReport":
+        data = read_json(path)
+        return cls(float(data["test_accuracy"]), float(data["test_loss"]), int(data["test_images"]),
+                   {str(k): float(v) for k, v in data["per_class_accuracy"].items()})
+
+
+@dataclass(frozen=True)
+class EvaluationRun:
+    """metrics/eval_run.json: how the evaluation ran (it differs run to run, so it stays out of eval.json)."""
+
+    threads: int
+    seconds: float
+
+    def write(self, path: str | Path) -> None:
+        write_json(path, dataclasses.asdict(self))
+
+    @classmethod
+    def read(cls, path: str | Path) -> "EvaluationRun":
+        data = read_json(path)
+        return cls(int(data["threads"]), float(data["seconds"]))

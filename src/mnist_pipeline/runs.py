@@ -1,0 +1,181 @@
+"""A training's one MLflow run: its start (name, tags, description), resume, end status, orphans, and
+what the train stage logs to it as it goes (params, per-epoch metrics, the model)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from mnist_pipeline.store import MlflowClient, mlflow, run_exists  # noqa: I001 (store sets MLflow's environment first)
+from mnist_pipeline import lineage
+
+PID_TAG = "pipeline.pid"  # with HOST_TAG: lets a later run tell a crashed training from a live one
+HOST_TAG = "pipeline.host"
+REPRODUCE_TAG = "reproduce.command"
+
+
+def git_commit(root: Path) -> Optional[str]:
+    """The commit the run was made from: DVC's baseline under `dvc exp run`, else git HEAD."""
+    baseline = os.environ.get("DVC_EXP_BASELINE_REV")
+    if baseline:
+        return baseline
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def run_tags() -> dict[str, str]:
+    """Tags that tie a run to its code and its DVC experiment."""
+    tags = {"mlflow.source.type": "PROJECT", "dvc.stage": os.environ.get("DVC_STAGE", "")}
+    commit = git_commit(Path.cwd())
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    exp_name = os.environ.get("DVC_EXP_NAME")
+    if exp_name:
+        tags["dvc.exp_name"] = exp_name
+    tags[REPRODUCE_TAG] = lineage.reproduce_command(exp_name, commit)
+    return {k: v for k, v in tags.items() if v}
+
+
+def _reproduce_note(command: str) -> str:
+    """The run's description: how to get it back, and what else it carries for that."""
+    return (f"Bring this run back: `{command}`. Its params.yaml and dvc.lock are in the artifacts, "
+            f"under {lineage.REPRODUCE_DIR}/.")
+
+
+def gpu_metrics_skipped() -> Optional[str]:
+    """Why the system metrics hold no GPU, in one line; None when MLflow can read the GPUs."""
+    try:
+        import pynvml
+    except ImportError:
+        return "GPU metrics skipped: nvidia-ml-py is not installed (pip install -r requirements.txt)"
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as exc:
+        return f"GPU metrics skipped: NVML cannot start ({exc})"
+    return None
+
+
+def run_name() -> Optional[str]:
+    """The DVC experiment's name under `dvc exp run`; MLflow picks one otherwise."""
+    return os.environ.get("DVC_EXP_NAME") or None
+
+
+@contextlib.contextmanager
+def training_run(experiment_id: str, params: dict[str, Any], resume_run_id: Optional[str] = None) -> Iterator[str]:
+    """Start (or, when resuming, reopen) the one MLflow run of a training and yield its id.
+
+    The run ends FINISHED only when the block completes: an error marks it
+    FAILED, Ctrl-C or SIGTERM marks it KILLED, so a half-finished run is never
+    mistaken for a result. Runs left RUNNING by a training that was killed
+    outright (SIGKILL, power cut) are marked KILLED here, the next time.
+    """
+    client = MlflowClient(mlflow.get_tracking_uri())
+    close_orphaned_runs(client, experiment_id)
+    if resume_run_id is not None and not run_exists(client, resume_run_id):
+        resume_run_id = None  # the store was reset since: a new run it is
+    tags = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+    # Only the process that opens the run measures, for the whole host: CPU and memory are
+    # machine-wide and the GPU monitor reads every GPU. Under torchrun that is rank 0 (one node).
+    # Its start and stop notices are noise in the stage's output; gpu_metrics_skipped() says why no GPU.
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+    if resume_run_id is None:
+        new_tags = run_tags()
+        run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name(), tags={**new_tags, **tags},
+                               description=_reproduce_note(new_tags[REPRODUCE_TAG]), log_system_metrics=True)
+    else:
+        run = mlflow.start_run(run_id=resume_run_id, tags=tags, log_system_metrics=True)
+    status = "FAILED"
+    try:
+        if resume_run_id is None:
+            log_params(params)
+        yield run.info.run_id
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        mlflow.end_run(status)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` still exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def close_orphaned_runs(client: MlflowClient, experiment_id: str) -> list[str]:
+    """Mark KILLED the runs still RUNNING whose training process on this host is gone; return their ids."""
+    host = socket.gethostname()
+    orphans = [
+        run.info.run_id
+        for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'")
+        if run.data.tags.get(HOST_TAG) == host
+        and run.data.tags.get(PID_TAG, "").isdigit()
+        and not process_alive(int(run.data.tags[PID_TAG]))
+    ]
+    for run_id in orphans:
+        client.set_terminated(run_id, "KILLED")
+    return orphans
+
+
+def log_params(params: dict[str, Any]) -> None:
+    """Log flattened params of the active run; MLflow stores them as strings ("None" for null)."""
+    mlflow.log_params({k: str(v) for k, v in params.items()})
+
+
+def log_epoch(metrics: dict[str, float], epoch: int) -> None:
+    """One batched call per epoch, so logging never slows the training steps."""
+    mlflow.log_metrics(metrics, step=epoch)
+
+
+def logged_epochs(run_id: str, metric: str = "test_accuracy") -> set[int]:
+    """The epochs (steps) of `metric` already in the run: a resumed run logs only the missing ones."""
+    client = MlflowClient(mlflow.get_tracking_uri())
+    return {m.step for m in client.get_metric_history(run_id, metric)}
+
+
+def log_model(model, example_pixels) -> str:
+    """Log the digit classifier (raw 0-255 pixels in, class probabilities out); return its URI.
+
+    Saved as torch.export's graph archive (pt2): no pickle to trust, and no project code
+    to ship with it. torch.export traces the model once; channels-last weights become
+    contiguous first, since the archive writer expects each weight to fill its storage
+    (it warns "No complete tensor found in the group" otherwise). The results are the same.
+    """
+    import numpy as np
+    import torch
+
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1, 28, 28))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 10))]),
+    )
+    info = mlflow.pytorch.log_model(
+        model.to(memory_format=torch.contiguous_format),
+        name="model",
+        serialization_format="pt2",
+        signature=signature,
+        input_example=example_pixels,
+        # Listed, not inferred: inference loads the model in a subprocess and takes seconds.
+        pip_requirements=[
+            f"torch=={torch.__version__.split('+')[0]}",
+            f"mlflow=={mlflow.__version__}",
+            f"numpy=={np.__version__}",
+        ],
+    )
+    return info.model_uri
