@@ -154,11 +154,12 @@ def code_version() -> dict[str, str]:
             "working_tree": "with uncommitted changes" if dirty else "clean"}
 
 
-def publish(summary: dict, out: Path, lines: list[str], mark: str, *, save: bool, update_docs: bool) -> None:
-    """Write `summary` to `out` (when it was just measured), print `lines`, and put them into the docs if asked."""
+def publish(summary: dict, out: Path, lines: list[str], mark: str, *, save: bool, update_docs: bool,
+            doc: Path = DOCS) -> None:
+    """Write `summary` to `out` (when it was just measured), print `lines`, and put them into `doc` if asked."""
     if save:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(summary, indent=2) + "\n")
     print("\n".join(lines))
     if update_docs:
-        write_block(lines, mark)
+        write_block(lines, mark, doc)

@@ -13,7 +13,7 @@ from mnist_pipeline import datasets, distributed, fused, runs, store, threads
 from mnist_pipeline.checkpoint import CheckpointError, load_checkpoint, restore_training, resume_decision, save_checkpoint
 from mnist_pipeline.cli import run_stage
 from mnist_pipeline.config import PARAMS_FILE, flatten, load_config
-from mnist_pipeline.data import blank_value, load_split
+from mnist_pipeline.data import blank_value, load_split, load_training
 from mnist_pipeline.device import configure_determinism, place_model, resolve_device, use_threads
 from mnist_pipeline.model import DigitClassifier, ModelConfig, build_model, parameter_count
 from mnist_pipeline.progress import epoch_bars
@@ -64,7 +64,8 @@ def main() -> None:
     resume, reason = resume_decision(previous, config_dict)
     say(f"train: {reason}")
 
-    train_split = load_split(data.dir, True, data.mean, data.std, data.max_train_images).to(device)
+    train_split, _ = load_training(data.dir, data.mean, data.std, data.max_train_images, data.validation_images)
+    train_split = train_split.to(device)
     test_split = load_split(data.dir, False, data.mean, data.std, data.max_test_images).to(device)
     clock.mark("data")
     generator = set_seed(config.train.seed)
@@ -89,7 +90,9 @@ def main() -> None:
             for result in history:  # epochs the killed run finished but did not get to log
                 if result.epoch not in already_logged:
                     runs.log_epoch(result.as_metrics(), result.epoch)
-            slices = {"training": data.max_train_images, "test": data.max_test_images}
+            slices = {"training": data.training_images, "test": data.max_test_images}
+            if data.validation_images:
+                slices["validation"] = data.validation_images
             for note in datasets.log_lineage(data.dir, slices, PARAMS_FILE, on_gpu=device.type == "cuda"):
                 say(f"train: {note}")
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import time
 import urllib.request
 from contextlib import contextmanager
@@ -55,3 +58,52 @@ def server(command: list[str], cwd: Path, ready_path: str, env: dict[str, str] |
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+def postgres_bin() -> Path | None:
+    """The newest Debian PostgreSQL server's bin folder (apt-get install postgresql), if any."""
+    found = [p.parent for p in Path("/usr/lib/postgresql").glob("*/bin/initdb") if p.parts[-3].isdigit()]
+    return max(found, key=lambda p: int(p.parts[-2]), default=None)
+
+
+@contextmanager
+def postgres_cluster(bin_dir: Path, databases: tuple[str, ...] = ("mlflow",)):
+    """A throwaway PostgreSQL cluster on a free 127.0.0.1 port with empty `databases`; yields {name: URL}; always stopped."""
+    # initdb and postgres refuse to run as root: as root, the cluster belongs to Debian's `postgres` user.
+    owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    # Not pytest's tmp_path: its parents are private to root, and the postgres user must reach the cluster.
+    home = Path(tempfile.mkdtemp(prefix="pipeline-postgres-"))
+
+    def run(*command: str, check: bool = True) -> None:
+        done = subprocess.run(command, cwd=home, capture_output=True, text=True)
+        assert done.returncode == 0 or not check, f"{command[0]}: {done.stderr.strip()}"
+
+    try:
+        if owner:
+            shutil.chown(home, "postgres", "postgres")
+        data, port = home / "data", free_port()
+        # Trust on loopback only, no fsync: a cluster that lives for one test module.
+        run(*owner, str(bin_dir / "initdb"), "-D", str(data), "-U", "mlflow", "--auth=trust",
+            "-E", "UTF8", "--locale=C", "--no-sync")
+        options = (f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={home} "
+                   "-c fsync=off -c full_page_writes=off")
+        run(*owner, str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(home / "postgres.log"),
+            "-o", options, "-w", "start")
+        try:
+            for database in databases:
+                run(str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow", database)
+            yield {database: f"postgresql://mlflow@127.0.0.1:{port}/{database}" for database in databases}
+        finally:
+            run(*owner, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop", check=False)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@contextmanager
+def mlflow_server(backend_store: str, folder: Path, env: dict[str, str]):
+    """`mlflow server` as the README starts it, on `backend_store`, serving artifacts from a folder; yields its URL."""
+    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", backend_store,
+               "--artifacts-destination", str(folder / "artifacts"), "--serve-artifacts", "--host", "127.0.0.1",
+               "--workers", "1"]  # one worker is plenty for the tests' clients, and starts faster on 2 cores
+    with server(command, folder, "/health", env=env) as port:
+        yield f"http://127.0.0.1:{port}"

@@ -8,69 +8,35 @@ Steps of one story on one project, in file order.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 
 from conftest import require, requires_mnist_mirror
 from dvc_project import environment, make_project, predicts_like_evaluate, run, stages_run
-from servers import free_port, server
+from servers import mlflow_server, postgres_bin, postgres_cluster
 
 pytestmark = [pytest.mark.e2e, requires_mnist_mirror()]
 
 REPRO: dict[Path, object] = {}
 
 
-def postgres_bin() -> Path | None:
-    """The newest Debian PostgreSQL server's bin folder (apt-get install postgresql), if any."""
-    found = [p.parent for p in Path("/usr/lib/postgresql").glob("*/bin/initdb") if p.parts[-3].isdigit()]
-    return max(found, key=lambda p: int(p.parts[-2]), default=None)
-
-
 @pytest.fixture(scope="module")
 def postgres():
-    """A throwaway PostgreSQL cluster on a free 127.0.0.1 port with an empty `mlflow` database; always stopped."""
+    """A throwaway PostgreSQL cluster with an empty `mlflow` database; always stopped."""
     bin_dir = postgres_bin()
     require(bin_dir, "a PostgreSQL server (/usr/lib/postgresql/*/bin/initdb)",
             "apt-get install postgresql (as .ci/run does)")
-    # initdb and postgres refuse to run as root: as root, the cluster belongs to Debian's `postgres` user.
-    owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    # Not pytest's tmp_path: its parents are private to root, and the postgres user must reach the cluster.
-    home = Path(tempfile.mkdtemp(prefix="mlflow-postgres-"))
-    try:
-        if owner:
-            shutil.chown(home, "postgres", "postgres")
-        data, port = home / "data", free_port()
-        # Trust on loopback only, no fsync: a cluster that lives for one test module.
-        run(home, *owner, str(bin_dir / "initdb"), "-D", str(data), "-U", "mlflow", "--auth=trust",
-            "-E", "UTF8", "--locale=C", "--no-sync")
-        options = (f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={home} "
-                   "-c fsync=off -c full_page_writes=off")
-        run(home, *owner, str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(home / "postgres.log"),
-            "-o", options, "-w", "start")
-        try:
-            run(home, str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow", "mlflow")
-            yield f"postgresql://mlflow@127.0.0.1:{port}/mlflow"
-        finally:
-            run(home, *owner, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop", check=False)
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
+    with postgres_cluster(bin_dir) as databases:
+        yield databases["mlflow"]
 
 
 @pytest.fixture(scope="module")
 def tracking_server(postgres, tmp_path_factory):
     """`mlflow server` as the README starts it, on that database, serving artifacts from a folder; always stopped."""
     folder = tmp_path_factory.mktemp("server")
-    artifacts = folder / "artifacts"
-    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", postgres,
-               "--artifacts-destination", str(artifacts), "--serve-artifacts", "--host", "127.0.0.1",
-               "--workers", "1"]  # one worker is plenty for one client, and starts faster on 2 cores
-    with server(command, folder, "/health", env=environment()) as port:
-        yield f"http://127.0.0.1:{port}", artifacts
+    with mlflow_server(postgres, folder, environment()) as url:
+        yield url, folder / "artifacts"
 
 
 @pytest.fixture(scope="module")

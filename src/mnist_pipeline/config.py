@@ -28,6 +28,9 @@ def _spec(*, low=None, high=None, low_open=False, choices=None, auto=False, doc=
     return {"low": low, "high": high, "low_open": low_open, "choices": choices, "auto": auto, "doc": doc}
 
 
+TRAINING_SPLIT_IMAGES = 60000  # MNIST's training split; its test split has 10000
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where MNIST lives, how it is normalised, and how much of it a run uses."""
@@ -37,6 +40,16 @@ class DataConfig:
     std: float = field(default=0.3081, metadata=_spec(low=0.0, high=1.0, low_open=True))
     max_train_images: Optional[int] = field(default=None, metadata=_spec(low=1, high=60000))
     max_test_images: Optional[int] = field(default=None, metadata=_spec(low=1, high=10000))
+    # The last N training images, held out: searches and model selection score on them, never on the test set.
+    validation_images: int = field(default=0, metadata=_spec(low=0, high=30000))
+
+    @property
+    def training_images(self) -> Optional[int]:
+        """How many of the training split's images train: all but the held-out ones, at most max_train_images."""
+        if not self.validation_images:
+            return self.max_train_images
+        remaining = TRAINING_SPLIT_IMAGES - self.validation_images
+        return remaining if self.max_train_images is None else min(self.max_train_images, remaining)
 
 
 @dataclass(frozen=True)
@@ -233,6 +246,11 @@ def parse_config(raw: Any) -> Config:
         name: _build(cls, raw[name] if raw.get(name) is not None else {}, name + ".")
         for name, cls in SECTIONS.items()
     }
+    data = sections["data"]
+    remaining = TRAINING_SPLIT_IMAGES - data.validation_images
+    if data.validation_images and data.max_train_images is not None and data.max_train_images > remaining:
+        raise ConfigError(f"data.max_train_images: got {data.max_train_images}; with data.validation_images "
+                          f"{data.validation_images} held out, {remaining} training images remain, so at most {remaining}")
     return Config(train=train, **sections)
 
 

@@ -79,6 +79,22 @@ def load_split(data_dir: str | Path, train: bool, mean: float, std: float, limit
     return Split(normalize(pixels, mean, std), torch.from_numpy(labels.astype(np.int64)))
 
 
+def load_training(data_dir: str | Path, mean: float, std: float, limit: int | None = None,
+                  validation: int = 0) -> tuple[Split, Split | None]:
+    """The training split as (images to train on, held-out validation images or None).
+
+    The validation images are the split's last `validation`; training takes the first `limit` of the
+    rest (all of them when None). The reference run holds none out and trains on all 60000.
+    """
+    if not validation:
+        return load_split(data_dir, True, mean, std, limit), None
+    whole = load_split(data_dir, True, mean, std)
+    remaining = len(whole) - validation
+    end = remaining if limit is None else min(limit, remaining)
+    held_out = Split(whole.images[remaining:], whole.labels[remaining:])
+    return Split(whole.images[:end], whole.labels[:end]), held_out
+
+
 def normalize(pixels: torch.Tensor, mean: float, std: float) -> torch.Tensor:
     """Raw 0-255 pixels -> float32, scaled to [0, 1] then standardised, as ToTensor + Normalize do."""
     import torch

@@ -15,8 +15,9 @@ from mnist_pipeline.runs import gpu_metrics_skipped
 def log_data_inputs(data_dir: str, digest: lineage.DataDigest, slices: dict[str, Optional[int]]) -> None:
     """Log the training and test data as dataset inputs of the active run, named by split and slice.
 
-    The digest is DVC's MD5 of `data_dir` (the UI's Dataset column shows it); `slices` gives each
-    context (`training`, `test`) its first-N image limit, None for the whole split.
+    The digest is DVC's MD5 of `data_dir` (the UI's Dataset column shows it); `slices` gives the
+    `training` and `test` contexts their first-N image limit (None for the whole split) and, when
+    images are held out, the `validation` context their count: the training split's last N.
     """
     from mlflow.data.meta_dataset import MetaDataset
 
@@ -24,11 +25,15 @@ def log_data_inputs(data_dir: str, digest: lineage.DataDigest, slices: dict[str,
     files = lineage.split_files(data_dir)
     datasets, contexts, tags = [], [], []
     for context, limit in slices.items():
-        name = f"mnist-{context}" + (f"[:{limit}]" if limit is not None else "")
-        source = FilesSource(folder, tuple(f"{folder}/{name_}" for name_ in files[context]))
+        if context == "validation":
+            name, split, images = f"mnist-training[-{limit}:]", "training", f"last {limit} of the training split"
+        else:
+            name = f"mnist-{context}" + (f"[:{limit}]" if limit is not None else "")
+            split, images = context, "all" if limit is None else f"first {limit}"
+        source = FilesSource(folder, tuple(f"{folder}/{name_}" for name_ in files[split]))
         datasets.append(MetaDataset(source, name=name, digest=digest.md5))
         contexts.append(context)
-        tags.append({"images": "all" if limit is None else f"first {limit}", "digest_from": digest.origin})
+        tags.append({"images": images, "digest_from": digest.origin})
     mlflow.log_inputs(datasets=datasets, contexts=contexts, tags_list=tags)
 
 

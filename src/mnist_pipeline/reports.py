@@ -11,7 +11,7 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 from mnist_pipeline.files import write_text_atomic
 from mnist_pipeline.history import EpochResult, Mistake
@@ -96,6 +96,10 @@ class EvaluationReport:
     test_loss: float  # mean cross-entropy per image
     test_images: int
     per_class_accuracy: dict[str, float]  # "0".."9" -> recall of that digit
+    # On the held-out training images (data.validation_images); None when none are held out.
+    val_accuracy: Optional[float] = None
+    val_loss: Optional[float] = None
+    val_images: int = 0
 
     def write(self, path: str | Path) -> None:
         write_json(path, dataclasses.asdict(self))
@@ -103,8 +107,10 @@ class EvaluationReport:
     @classmethod
     def read(cls, path: str | Path) -> "EvaluationReport":
         data = read_json(path)
+        optional = {key: None if data.get(key) is None else float(data[key]) for key in ("val_accuracy", "val_loss")}
         return cls(float(data["test_accuracy"]), float(data["test_loss"]), int(data["test_images"]),
-                   {str(k): float(v) for k, v in data["per_class_accuracy"].items()})
+                   {str(k): float(v) for k, v in data["per_class_accuracy"].items()},
+                   val_images=int(data.get("val_images", 0)), **optional)
 
 
 @dataclass(frozen=True)

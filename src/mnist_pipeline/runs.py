@@ -17,6 +17,10 @@ from mnist_pipeline import lineage
 PID_TAG = "pipeline.pid"  # with HOST_TAG: lets a later run tell a crashed training from a live one
 HOST_TAG = "pipeline.host"
 REPRODUCE_TAG = "reproduce.command"
+# A search (mnist_pipeline.search) runs each trial with these set: the trial's run is tagged with its study and
+# trial, and is a child of the study's summary run. They change no result, only the run's place in MLflow.
+STUDY_ENV, TRIAL_ENV, PARENT_ENV = "MNIST_PIPELINE_SEARCH_STUDY", "MNIST_PIPELINE_SEARCH_TRIAL", "MNIST_PIPELINE_SEARCH_PARENT"
+STUDY_TAG, TRIAL_TAG = "search.study", "search.trial"
 
 
 def git_commit(root: Path) -> Optional[str]:
@@ -41,6 +45,8 @@ def run_tags() -> dict[str, str]:
     if exp_name:
         tags["dvc.exp_name"] = exp_name
     tags[REPRODUCE_TAG] = lineage.reproduce_command(exp_name, commit)
+    tags.update({STUDY_TAG: os.environ.get(STUDY_ENV, ""), TRIAL_TAG: os.environ.get(TRIAL_ENV, ""),
+                 "mlflow.parentRunId": os.environ.get(PARENT_ENV, "")})
     return {k: v for k, v in tags.items() if v}
 
 
