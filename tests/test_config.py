@@ -113,6 +113,16 @@ def test_more_shards_than_images_in_a_batch_is_refused_with_one_line():
     assert parse_config({"batch_size": 4, "shards": 4}).train.shards == 4
 
 
+def test_validation_images_leave_the_rest_for_training_and_max_train_images_must_fit():
+    data = parse_config({"data": {"validation_images": 5000}}).data
+    assert data.training_images == 55000 and parse_config({}).data.training_images is None
+    assert parse_config({"data": {"validation_images": 5000, "max_train_images": 2000}}).data.training_images == 2000
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"data": {"validation_images": 5000, "max_train_images": 58000}})
+    assert str(caught.value) == ("data.max_train_images: got 58000; with data.validation_images 5000 held out, "
+                                 "55000 training images remain, so at most 55000")
+
+
 def test_threads_beyond_this_machines_cores_still_parse():
     # A checkpoint's config made on a bigger machine parses here (evaluate rebuilds from it); the stages refuse
     # such a count when they choose their threads (mnist_pipeline.threads).

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from conftest import MNIST_MIRROR, requires_mnist_mirror, write_idx
-from mnist_pipeline.data import load_split, normalize, read_idx
+from mnist_pipeline.data import load_split, load_training, normalize, read_idx
 from mnist_pipeline.download import MNIST_FILES, md5sum
 from mnist_pipeline.errors import DataError
 
@@ -44,6 +44,17 @@ def test_load_split_normalises_and_limits(tiny_mnist):
     raw = read_idx(tiny_mnist / "train-images-idx3-ubyte.gz", 2051)[:7]
     expected = (torch.from_numpy(raw.astype(np.float32)) / 255 - 0.5) / 0.25
     assert torch.equal(split.images[:, 0], expected)
+
+
+def test_validation_images_are_the_training_split_s_last_and_never_trained_on(tiny_mnist):
+    whole = load_split(tiny_mnist, train=True, mean=0.5, std=0.25)
+    train, held_out = load_training(tiny_mnist, mean=0.5, std=0.25, validation=6)
+    assert torch.equal(train.images, whole.images[:14]) and torch.equal(held_out.images, whole.images[14:])
+    assert torch.equal(held_out.labels, whole.labels[14:])
+    limited, held_out_again = load_training(tiny_mnist, mean=0.5, std=0.25, limit=5, validation=6)
+    assert torch.equal(limited.images, whole.images[:5]) and torch.equal(held_out_again.images, held_out.images)
+    plain, none = load_training(tiny_mnist, mean=0.5, std=0.25, limit=7)
+    assert none is None and torch.equal(plain.images, whole.images[:7])  # nothing held out: as before
 
 
 def test_normalize_in_place_gives_the_bits_of_the_plain_formula_and_leaves_its_input_alone():

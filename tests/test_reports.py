@@ -1,3 +1,4 @@
+import json
 from mnist_pipeline.reports import (read_confusion, read_history, read_json, write_confusion, write_history,
                                     write_json)
 from mnist_pipeline.history import EpochResult
@@ -36,3 +37,15 @@ def test_mistakes_round_trip(tmp_path):
     write_mistakes(tmp_path / "m.csv", mistakes)
     assert (tmp_path / "m.csv").read_text().splitlines()[0] == "index,actual,predicted,confidence"
     assert read_mistakes(tmp_path / "m.csv") == mistakes
+
+
+def test_the_evaluation_report_round_trips_with_and_without_validation(tmp_path):
+    from mnist_pipeline.reports import EvaluationReport
+
+    plain = EvaluationReport(0.98, 0.06, 10000, {"0": 0.99})
+    plain.write(tmp_path / "eval.json")
+    assert EvaluationReport.read(tmp_path / "eval.json") == plain
+    assert json.loads((tmp_path / "eval.json").read_text())["val_accuracy"] is None
+    held_out = EvaluationReport(0.98, 0.06, 10000, {"0": 0.99}, val_accuracy=0.97, val_loss=0.09, val_images=5000)
+    held_out.write(tmp_path / "eval.json")
+    assert EvaluationReport.read(tmp_path / "eval.json") == held_out
