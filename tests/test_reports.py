@@ -1,4 +1,5 @@
 import json
+
 from mnist_pipeline.reports import (read_confusion, read_history, read_json, write_confusion, write_history,
                                     write_json)
 from mnist_pipeline.history import EpochResult

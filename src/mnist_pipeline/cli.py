@@ -88,11 +88,13 @@ def exp_run_hint(path: str | Path = PARAMS_FILE) -> str:
     unseen = ", though git's index is stale and git status does not show it" if _index_is_stale(path) else ""
     return f" (dvc exp run -S wrote this into {path}{unseen}; git show HEAD:{path} > {path} restores the committed one)"
 
+
 def _git(*args: str) -> Optional[subprocess.CompletedProcess]:
     try:
         return subprocess.run(["git", *args], capture_output=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
+
 
 def _index_is_stale(path: str | Path) -> bool:
     """Whether git reports `path` unchanged although its content is not the blob in git's index."""

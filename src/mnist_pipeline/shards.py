@@ -27,6 +27,7 @@ from torch import nn
 
 from mnist_pipeline.model import SeededDropout
 
+
 class Workers:
     """`count` threads that compute parts side by side, the calling thread one of them; torch on one thread in each."""
 
