@@ -123,6 +123,7 @@ CODE_CASES = {
     "stages/register.py": ["register"],
     "src/mnist_pipeline/predict.py": [], "predict.py": [],  # the predict command: no stage runs it
     "src/mnist_pipeline/images.py": [],  # predict's framing
+    "src/mnist_pipeline/serve.py": [],  # predict.py --serve: the page and POST /predict
 }
 
 
