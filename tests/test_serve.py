@@ -193,3 +193,16 @@ def test_the_image_part_is_found_among_other_fields():
             b'--b\r\nContent-Disposition: form-data; name="image"; filename="../../etc/seven.png"\r\n'
             b"Content-Type: image/png\r\n\r\nPNGDATA\r\n--b--\r\n")
     assert image_part(body, "multipart/form-data; boundary=b") == ("seven.png", b"PNGDATA")  # the name, no folders
+
+
+def test_without_a_store_the_champion_is_one_line_and_no_store_is_created(tmp_path):
+    import shutil
+
+    shutil.copy(REPO_ROOT / "params.yaml", tmp_path / "params.yaml")
+    env = {"PYTHONPATH": str(REPO_ROOT / "src"), "PATH": str(Path(sys.executable).parent)}
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "predict.py"), "--serve", "--port", str(free_port())],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (f"error: no MLflow store at sqlite:///{tmp_path / 'mlflow.db'}; run dvc repro first, "
+                                   "or pass --checkpoint models/model.pt")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["params.yaml"]

@@ -82,9 +82,13 @@ class FollowedAlias:
     """
 
     def __init__(self, model_name: str, alias: str, mlflow_ui: Optional[str], check_seconds: float = ALIAS_CHECK_SECONDS):
-        from mnist_pipeline.store import MlflowClient, mlflow, tracking_uri  # sets MLflow's environment first
+        from mnist_pipeline.store import MlflowClient, _sqlite_path, mlflow, shown, tracking_uri  # MLflow's environment first
 
-        mlflow.set_tracking_uri(tracking_uri())
+        uri = tracking_uri()
+        store_file = _sqlite_path(uri)
+        if store_file is not None and not store_file.exists():  # MLflow would create an empty one: write nothing
+            raise PipelineError(f"no MLflow store at {shown(uri)}; run dvc repro first, or pass --checkpoint models/model.pt")
+        mlflow.set_tracking_uri(uri)
         self.client = MlflowClient(mlflow.get_tracking_uri())
         self.model_name, self.alias, self.mlflow_ui = model_name, alias, mlflow_ui
         self.check_seconds = check_seconds
