@@ -34,11 +34,20 @@ def listening_addresses(port: int) -> set[str]:
 
 
 @contextmanager
-def server(command: list[str], cwd: Path, ready_path: str, env: dict[str, str] | None = None):
-    """Start a server on a free 127.0.0.1 port, wait until `ready_path` answers, and always stop it."""
+def server(command: list[str], cwd: Path, ready_path: str, env: dict[str, str] | None = None,
+           output: Path | None = None):
+    """Start a server on a free 127.0.0.1 port, wait until `ready_path` answers, and always stop it.
+
+    What it prints goes to `output` (stdout and stderr together) when given, else nowhere.
+    """
     port = free_port()
-    process = subprocess.Popen([*command, "--port", str(port)], cwd=cwd, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    log = open(output, "wb") if output else subprocess.DEVNULL
+    try:
+        process = subprocess.Popen([*command, "--port", str(port)], cwd=cwd, env=env,
+                                   stdout=log, stderr=subprocess.STDOUT if output else log, start_new_session=True)
+    finally:
+        if output:
+            log.close()  # the child holds its own copy
     try:
         deadline = time.monotonic() + 180
         while True:
@@ -107,3 +116,32 @@ def mlflow_server(backend_store: str, folder: Path, env: dict[str, str]):
                "--workers", "1"]  # one worker is plenty for the tests' clients, and starts faster on 2 cores
     with server(command, folder, "/health", env=env) as port:
         yield f"http://127.0.0.1:{port}"
+
+
+def post_image(port: int, data: bytes, name: str = "digit.png", field: str = "image",
+               chunked: bool = False) -> tuple[int, dict]:
+    """POST `data` as a multipart form field to 127.0.0.1:`port`/predict; (status, JSON answer).
+
+    http.client, as a browser, keeps the connection open: a server that answers before it has read
+    the whole body (413) can drain the rest, and the client reads the answer. (urllib asks the server
+    to close the connection, which then resets it while a large body is still being sent.)
+    """
+    import http.client
+    import json
+    import uuid
+
+    boundary = uuid.uuid4().hex
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{name}"\r\n'
+            f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    try:
+        headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+        if chunked:  # no Content-Length: the server has to count what arrives
+            connection.request("POST", "/predict", body=iter([body[i:i + 65536] for i in range(0, len(body), 65536)]),
+                               headers=headers, encode_chunked=True)
+        else:
+            connection.request("POST", "/predict", body=body, headers=headers)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()

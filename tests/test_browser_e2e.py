@@ -51,6 +51,8 @@ def browser():
 def test_mlflow_compare_view_shows_both_runs_their_lr_and_accuracy(project):
     runs = all_runs(project)
     assert len(runs) == 2
+    experiment = mlflow_client(project).get_experiment(runs[0].info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     names = [r.info.run_name for r in runs]
     experiment_id = runs[0].info.experiment_id
     mlflow_ui = Path(sys.executable).parent / "mlflow"
@@ -59,7 +61,9 @@ def test_mlflow_compare_view_shows_both_runs_their_lr_and_accuracy(project):
                 env=environment()) as port:
         assert listening_addresses(port) == {"127.0.0.1"}
         with browser() as page:
-            page.goto(f"http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs")
+            # The address the README gives: the experiment with the model-training view asked for.
+            page.goto(f"http://127.0.0.1:{port}/#/experiments/{experiment_id}?workflowType=machine_learning")
+            page.wait_for_url(f"**/#/experiments/{experiment_id}/runs?*", timeout=60000)
             for name in names:
                 page.get_by_text(name, exact=True).first.wait_for(timeout=60000)
                 page.locator(".ag-row", has_text=name).first.get_by_role("checkbox").first.check()

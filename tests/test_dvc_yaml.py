@@ -126,6 +126,7 @@ CODE_CASES = {
     # search.py: a search runs the pipeline through `dvc exp run`; no stage imports it.
     "src/mnist_pipeline/search.py": [], "src/mnist_pipeline/search_space.py": [],
     "src/mnist_pipeline/study_runs.py": [], "search.py": [], "search.yaml": [],
+    "src/mnist_pipeline/serve.py": [],  # predict.py --serve: the page and POST /predict
 }
 
 

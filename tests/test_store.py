@@ -35,6 +35,23 @@ def test_connect_creates_the_experiment_once_with_artifacts_beside_the_store(loc
     assert location == (local_store / "mlartifacts").as_uri()
 
 
+def test_the_experiment_says_it_is_model_training_when_created_and_when_found_without_a_kind(local_store):
+    client, created = store.connect("exp-new")
+    assert client.get_experiment(created).tags[store.EXPERIMENT_KIND_TAG] == "custom_model_development"
+    # An experiment an older version of this project created, without a kind: the next connect adds it.
+    older = MlflowClient(store.tracking_uri()).create_experiment("exp-old")
+    assert store.EXPERIMENT_KIND_TAG not in client.get_experiment(older).tags
+    _, found = store.connect("exp-old")
+    assert found == older and client.get_experiment(older).tags[store.EXPERIMENT_KIND_TAG] == "custom_model_development"
+
+
+def test_a_kind_someone_chose_in_the_ui_is_kept(local_store):
+    chosen = MlflowClient(store.tracking_uri()).create_experiment(
+        "exp-chosen", tags={store.EXPERIMENT_KIND_TAG: "genai_development"})
+    client, found = store.connect("exp-chosen")
+    assert found == chosen and client.get_experiment(chosen).tags[store.EXPERIMENT_KIND_TAG] == "genai_development"
+
+
 def test_an_unreachable_server_fails_fast_with_a_clear_error(local_store, monkeypatch):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))

@@ -9,6 +9,7 @@ a photo or a drawing, after working out what is background and what is ink.
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -29,8 +30,22 @@ SPECK_FRACTION = 0.05  # a mark with less ink than this fraction of the digit's 
 JOIN_MARGIN = 0.25  # marks within this fraction of the digit's size of it are pieces of it
 OTHER_DIGIT_MASS = 0.3  # a separate mark with this much of the digit's ink ...
 OTHER_DIGIT_HEIGHT = 0.5  # ... and this much of its height is a second digit
+# ... also when it stands close, if it stands beside the digit, not within its columns: its columns overlap
+# the digit's by less than this fraction of the narrower of the two (a 4 drawn in two strokes overlaps fully) ...
+BESIDE_OVERLAP = 0.3
+FAINT_LEVEL = 0.05  # ... if no faint ink (this fraction of the strongest) joins them ...
+# ... and if together they are at least this much wider than tall: two digits side by side are (a printed
+# digit is 0.45-0.8 times as wide as tall, a 1 less), the two halves of a hairline 0 whose thin top and bottom
+# were lost in noise are not.
+PAIR_ASPECT = 1.0
 RESAMPLING = Image.Resampling.LANCZOS  # into the 20x20 box: anti-aliased, sharp
 MIN_DIGIT_FRACTION = 0.03  # a digit spans at least this fraction of the longer side (and 3 px): less is noise
+# MNIST's pen: the median stroke width of MNIST's training digits as a fraction of their longer side
+# (pen_width), measured by benchmarks/predict_framing.py ("mnist_pen" in its results). Every digit is
+# redrawn with it before it is scaled: a hairline or a heavy font, a fine pen or a marker, look to the
+# model like the digits it learned (docs/predict.md, "Printed digits").
+MNIST_PEN = 0.149
+PEN_SIDE = 4 * BOX  # the digit's longer side, pixels, while its pen is measured and redrawn
 # EXIF orientations (phone photos are stored sideways and tagged) and the transpose that undoes each.
 EXIF_ORIENTATION_TAG = 0x0112
 EXIF_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
@@ -38,30 +53,48 @@ EXIF_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_
                   6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
 
 
-def load_digit(path: str | Path) -> np.ndarray:
-    """The digit in an image file, framed as MNIST frames its digits: (28, 28) uint8."""
-    return frame_digit(read_image(path), name=str(path))
+class UnreadableImage(PipelineError):
+    """The file is not an image Pillow can decode: another kind of file, empty, cut short, or too many pixels."""
 
 
-def read_image(path: str | Path) -> Image.Image:
-    """Decode an image file at no more than about WORKING_SIDE pixels a side, upright as its EXIF says.
+class NotOneDigit(PipelineError):
+    """The image holds no digit, or more than one."""
+
+
+def load_digit(source: str | Path | bytes, name: str | None = None) -> np.ndarray:
+    """The digit in an image file (a path, or its bytes), framed as MNIST frames its digits: (28, 28) uint8.
+
+    Errors name the file as `name`, else as its path.
+    """
+    name = name or str(source)
+    return frame_digit(read_image(source, name), name=name)
+
+
+def read_image(source: str | Path | bytes, name: str | None = None) -> Image.Image:
+    """Decode an image file (a path, or its bytes) at no more than about WORKING_SIDE pixels a side, upright as its EXIF says.
 
     A JPEG is decoded at a reduced scale directly (`draft`); other formats are
     decoded once at full size and reduced by averaging blocks, so a large image
     is held at full resolution once, in its own mode, never as floats.
     """
+    name = name or str(source)
     try:
-        image = Image.open(path)
+        if (len(source) if isinstance(source, bytes) else Path(source).stat().st_size) == 0:
+            raise UnreadableImage(f"{name}: not a readable image (the file is empty)")
+        image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
         orientation = image.getexif().get(EXIF_ORIENTATION_TAG)
         if image.format == "JPEG" and image.mode in ("L", "RGB", "YCbCr"):
             image.draft("L", _reduced_size(image.size))  # decode at 1/2..1/8 scale, straight to luminance
         image.load()
     except FileNotFoundError:
-        raise PipelineError(f"{path}: no such file") from None
+        raise PipelineError(f"{name}: no such file") from None
     except Image.DecompressionBombError as exc:
-        raise PipelineError(f"{path}: too large to read ({exc})") from None
-    except (Image.UnidentifiedImageError, OSError, ValueError) as exc:
-        raise PipelineError(f"{path}: not a readable image ({exc})") from None
+        raise UnreadableImage(f"{name}: too large to read ({exc})") from None
+    except Image.UnidentifiedImageError:
+        # Pillow's own words name a path, or an in-memory buffer's address: say it the same way for both.
+        raise UnreadableImage(f"{name}: not a readable image (not PNG, JPEG or another image format)") from None
+    except (OSError, ValueError) as exc:
+        raise UnreadableImage(f"{name}: not a readable image ({exc})") from None
     image = _reduced(_common_mode(image))
     if orientation in EXIF_TRANSPOSE:
         image = image.transpose(EXIF_TRANSPOSE[orientation])
@@ -73,7 +106,7 @@ def frame_digit(image: Image.Image, name: str = "image") -> np.ndarray:
 
     An image that is already framed that way (28x28, black background, the
     digit 19-20 pixels on its longer side, centred by mass) is returned as is.
-    Raises PipelineError, naming `name`, when the image is blank or holds more
+    Raises NotOneDigit, naming `name`, when the image is blank or holds more
     than one digit (specks and small marks are ignored, see _crop_to_digit).
     """
     grey = _flatten(_reduced(_common_mode(image)))
@@ -83,7 +116,7 @@ def frame_digit(image: Image.Image, name: str = "image") -> np.ndarray:
             return pixels
     ink = _ink(grey, name)
     digit = _crop_to_digit(ink, name)
-    return _place_in_frame(digit)
+    return _place_in_frame(_with_mnist_pen(digit))
 
 
 def is_mnist_framed(pixels: np.ndarray) -> bool:
@@ -162,7 +195,7 @@ def _ink(grey: np.ndarray, name: str) -> np.ndarray:
     # Polarity: which way the pixels depart from the border's level, not whether the mean is bright.
     ink = darker if darker.sum() > lighter.sum() else lighter
     if ink.max() < MIN_CONTRAST:
-        raise PipelineError(f"{name}: no digit found (the image is blank)")
+        raise NotOneDigit(f"{name}: no digit found (the image is blank)")
     return ink
 
 
@@ -179,9 +212,32 @@ def _crop_to_digit(ink: np.ndarray, name: str) -> np.ndarray:
     main_height = main_box[0].stop - main_box[0].start
     main_size = max(main_height, main_box[1].stop - main_box[1].start)
     if main_size < max(3, MIN_DIGIT_FRACTION * max(ink.shape)):
-        raise PipelineError(f"{name}: no digit found (the image is blank)")
+        raise NotOneDigit(f"{name}: no digit found (the image is blank)")
 
-    # Grow the digit from its largest stroke: marks near it are its pieces (a 5's detached bar).
+    def digit_sized(index: int) -> bool:
+        box = boxes[index]
+        return (masses[index] >= OTHER_DIGIT_MASS * masses[largest]
+                and box[0].stop - box[0].start >= OTHER_DIGIT_HEIGHT * main_height)
+
+    faint = None  # labels of the faint ink, computed the first time a digit-sized mark stands beside the digit
+
+    def beside(index: int, top: int, bottom: int, left: int, right: int) -> bool:
+        """Whether digit-sized mark `index` stands beside the digit (its box so far) as another digit would."""
+        nonlocal faint
+        box = boxes[index]
+        overlap = min(right, box[1].stop) - max(left, box[1].start)
+        if overlap >= BESIDE_OVERLAP * min(right - left, box[1].stop - box[1].start):
+            return False
+        if faint is None:
+            faint = ndimage.label(ink > FAINT_LEVEL * ink.max(), structure=np.ones((3, 3)))[0]
+        if faint[_any_pixel(labels, index + 1, box)] == faint[_any_pixel(labels, largest + 1, main_box)]:
+            return False
+        width = max(right, box[1].stop) - min(left, box[1].start)
+        height = max(bottom, box[0].stop) - min(top, box[0].start)
+        return width >= PAIR_ASPECT * height
+
+    # Grow the digit from its largest stroke: marks near it are its pieces (a 5's detached bar), unless a
+    # mark as large as a digit stands beside it ("42" typed with the glyphs a few pixels apart).
     members = {largest}
     top, bottom, left, right = main_box[0].start, main_box[0].stop, main_box[1].start, main_box[1].stop
     grown = True
@@ -192,16 +248,15 @@ def _crop_to_digit(ink: np.ndarray, name: str) -> np.ndarray:
             if index in members or masses[index] < SPECK_FRACTION * masses[largest]:
                 continue
             if (box[0].start < bottom + margin and box[0].stop > top - margin
-                    and box[1].start < right + margin and box[1].stop > left - margin):
+                    and box[1].start < right + margin and box[1].stop > left - margin
+                    and not (digit_sized(index) and beside(index, top, bottom, left, right))):
                 members.add(index)
                 top, bottom = min(top, box[0].start), max(bottom, box[0].stop)
                 left, right = min(left, box[1].start), max(right, box[1].stop)
                 grown = True
-    others = [index for index, box in enumerate(boxes) if index not in members
-              and masses[index] >= OTHER_DIGIT_MASS * masses[largest]
-              and box[0].stop - box[0].start >= OTHER_DIGIT_HEIGHT * main_height]
+    others = [index for index in range(count) if index not in members and digit_sized(index)]
     if others:
-        raise PipelineError(f"{name}: {len(others) + 1} digits found; give one digit per image")
+        raise NotOneDigit(f"{name}: {len(others) + 1} digits found; give one digit per image")
 
     # Measure the box down to the strokes' faint edges, as MNIST's boxes include them.
     grow = max(1, round(0.05 * main_size))
@@ -213,6 +268,75 @@ def _crop_to_digit(ink: np.ndarray, name: str) -> np.ndarray:
     rows, cols = np.flatnonzero(edges.any(axis=1)), np.flatnonzero(edges.any(axis=0))
     digit = digit[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
     return np.clip(digit / digit.max(), 0, 1)
+
+
+def _any_pixel(labels: np.ndarray, label: int, box: tuple[slice, slice]) -> tuple[int, int]:
+    """(row, col) of one pixel of mark `label`, found inside its box."""
+    rows, cols = np.nonzero(labels[box] == label)
+    return box[0].start + int(rows[0]), box[1].start + int(cols[0])
+
+
+def pen_width(digit: np.ndarray) -> float:
+    """The pen a digit cropped to its box was drawn with, as a fraction of its longer side; 0 without ink.
+
+    2 x area / outline of its strokes (MASK_LEVEL of the strongest ink) with the digit PEN_SIDE
+    pixels on its longer side: a stroke of width w and length L has area w L and outline about 2 L.
+    """
+    from scipy import ndimage
+
+    working = _at_pen_side(digit)
+    if working.max() <= 0:
+        return 0.0
+    strokes = working > MASK_LEVEL * working.max()
+    outline = strokes & ~ndimage.binary_erosion(strokes)
+    return float(2 * strokes.sum() / outline.sum() / PEN_SIDE)
+
+
+def _at_pen_side(digit: np.ndarray) -> np.ndarray:
+    height, width = digit.shape
+    scale = PEN_SIDE / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(Image.fromarray(digit.astype(np.float32), mode="F").resize(size, RESAMPLING))
+
+
+def _with_mnist_pen(digit: np.ndarray) -> np.ndarray:
+    """The cropped digit (ink in [0, 1]) redrawn with MNIST's pen (MNIST_PEN), or as it is when its pen is close.
+
+    At PEN_SIDE pixels on its longer side, the outline of its strokes moves out or in by the same
+    distance everywhere, as a bolder or a finer pen would draw it. The move stops short of any
+    change in the digit's pieces or holes (a bold 8's counters closing, a serif's hairline
+    vanishing): bisection on that distance.
+    """
+    from scipy import ndimage
+
+    measured = pen_width(digit)
+    shift = (MNIST_PEN - measured) * PEN_SIDE / 2  # pixels the outline moves out (+) or in (-)
+    if measured == 0 or abs(shift) < 0.5:
+        return digit
+    room = PEN_SIDE // 4
+    working = np.pad(_at_pen_side(digit), room)  # room for a thicker pen
+    strokes = working > MASK_LEVEL * working.max()
+    distance = ndimage.distance_transform_edt(~strokes if shift > 0 else strokes)
+
+    def drawn(by: float) -> np.ndarray:
+        return distance <= by if shift > 0 else distance > by
+
+    def shape(mask: np.ndarray) -> tuple[int, int]:
+        pieces = ndimage.label(mask, structure=np.ones((3, 3)))[1]
+        return pieces, ndimage.label(~mask)[1] - 1  # the background around the digit is one region
+
+    wanted, moved = shape(strokes), abs(shift)
+    if shape(drawn(moved)) != wanted:
+        kept, lost = 0.0, moved
+        for _ in range(8):
+            middle = (kept + lost) / 2
+            kept, lost = (middle, lost) if shape(drawn(middle)) == wanted else (kept, middle)
+        moved = kept
+    if moved < 0.5:
+        return digit
+    redrawn = drawn(moved).astype(np.float32)
+    rows, cols = np.flatnonzero(redrawn.any(axis=1)), np.flatnonzero(redrawn.any(axis=0))
+    return redrawn[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
 
 
 def _place_in_frame(digit: np.ndarray) -> np.ndarray:

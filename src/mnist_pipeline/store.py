@@ -15,6 +15,9 @@ from typing import Optional
 STORE_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
 CONNECT_ATTEMPTS = 4
+# What kind of experiment this is, as MLflow's UI records it (its experiment-type selector writes this tag).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"  # the UI's "Model training"; GenAI is "genai_development"
 # CPU, memory and (with nvidia-ml-py) GPU every 5 s, unless MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL says
 # otherwise (the end-to-end tests take 1 s). MLflow's 10 s default leaves a one-epoch run on a GPU with no
 # sample at all; each sample costs the sampling thread ~20 ms of CPU, 0.4% of training (docs/design.md).
@@ -81,13 +84,24 @@ def connect(experiment: str) -> tuple[MlflowClient, str]:
 
 
 def _get_or_create_experiment(client: MlflowClient, name: str, artifact_location: Optional[str]) -> str:
+    """The experiment's id, created if need be, with its kind (model training) said.
+
+    An experiment without the kind tag gets it, one that has a kind keeps it: that is someone's
+    choice in the UI's experiment-type selector, which writes the same tag. MLflow 3.17.2's UI,
+    though, picks the view an experiment opens in from the browser's GenAI / Model training
+    switch, not from this tag (GenAI unless the address says ?workflowType=machine_learning):
+    read in its JavaScript and seen in Chromium, docs/design.md ("Which view the MLflow UI opens").
+    """
     found = client.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_location)
+    if found is None:
+        return client.create_experiment(name, artifact_location=artifact_location,
+                                         tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
+    if EXPERIMENT_KIND_TAG not in found.tags:
+        client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
+    return found.experiment_id
 
 
-def _sqlite_path(uri: str) -> Optional[Path]:
+def sqlite_path(uri: str) -> Optional[Path]:
     """The file of a SQLite store (None for a server or an in-memory store)."""
     if not uri.startswith("sqlite:"):
         return None
@@ -110,7 +124,7 @@ def _check_sqlite_store(uri: str) -> None:
     this project's store) and rewrites a header field to its own value inside
     a transaction it rolls back, so the file is left as it was.
     """
-    path = _sqlite_path(uri)
+    path = sqlite_path(uri)
     if path is None or not path.exists():
         return  # MLflow creates a new store on first use
     db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, timeout=_lock_timeout(uri),
@@ -168,7 +182,7 @@ def _known_schema(revision: str) -> bool:
 def _advice(uri: str, exc: Exception) -> str:
     """What the user can do about a store failure, by its kind."""
     text = str(exc).lower()
-    if _sqlite_path(uri) is None:
+    if sqlite_path(uri) is None:
         return "start it, or fix or unset MLFLOW_TRACKING_URI"
     if "malformed" in text or "not a database" in text:
         return "move it aside or restore a backup"

@@ -1,0 +1,211 @@
+"""How fast `predict.py --serve` answers POST /predict: answers per second, median and 99th-percentile latency.
+
+Starts the server as a user does (a free 127.0.0.1 port, the repository's own code), once with the
+registry's champion (MLflow's pyfunc model, the default) and once with --checkpoint models/model.pt,
+and sends it, from one client on one kept-alive connection, a 28x28 PNG (an MNIST test digit) and a
+2000x2000 JPEG (that digit written large, dark on light, as a phone photo). Each latency is the
+client's: sending the form, framing, the model, the JSON answer. Answers per second are the one
+client's, one request at a time.
+
+    .venv/bin/python benchmarks/serve.py                   # 300 small and 60 large requests per model
+    .venv/bin/python benchmarks/serve.py --update-docs     # also put the figures into docs/serve.md
+
+Needs a trained checkpoint and a champion (`dvc repro`) and the MNIST test files. Prints the load average
+before and after: on a shared machine, rerun when the 1-minute load was above the core count minus half.
+Writes benchmarks/results/serve.json. A benchmark, not a test: nothing asserts on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from common import DATA, MIRROR, REPO_ROOT, RESULTS, code_version, machine, publish
+
+RESULT = RESULTS / "serve.json"
+DOC = REPO_ROOT / "docs" / "serve.md"
+MARK = "<!-- serve-results -->"
+GOAL_MS = 20  # the small image's median, on 2 cores (issue 27)
+
+
+def images(data: Path) -> dict[str, bytes]:
+    """The two requests' images: an MNIST test digit as a 28x28 PNG, and as a 2000x2000 JPEG photo."""
+    from mnist_pipeline.data import raw_images
+
+    digit = raw_images(data, train=False)[0]
+    small = io.BytesIO()
+    Image.fromarray(digit).save(small, format="PNG")
+    rows, cols = np.flatnonzero(digit.any(axis=1)), np.flatnonzero(digit.any(axis=0))
+    ink = Image.fromarray(digit[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]).resize((700, 1100), Image.Resampling.BICUBIC)
+    paper = np.full((2000, 2000), 215.0)
+    paper[450:1550, 600:1300] -= np.asarray(ink, dtype=np.float64) * 0.75
+    paper += np.random.default_rng(0).normal(0, 4, paper.shape)
+    large = io.BytesIO()
+    Image.fromarray(np.clip(paper, 0, 255).astype(np.uint8)).save(large, format="JPEG", quality=90)
+    return {"28x28 PNG": small.getvalue(), "2000x2000 JPEG": large.getvalue()}
+
+
+def form(data: bytes, name: str) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start(arguments: list[str]) -> tuple[subprocess.Popen, int]:
+    """predict.py --serve with `arguments`, started in the repository on a free port; (process, port) once it answers."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")}
+    process = subprocess.Popen([sys.executable, "predict.py", "--serve", "--port", str(port), *arguments], cwd=REPO_ROOT,
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            connection.request("GET", "/model")
+            connection.getresponse().read()
+            return process, port
+        except OSError:
+            if process.poll() is not None:
+                sys.exit(f"error: predict.py --serve {' '.join(arguments)} exited: {process.stderr.read().decode()[-2000:]}")
+            if time.monotonic() > deadline:
+                process.kill()
+                sys.exit("error: the server did not answer within 3 minutes")
+            time.sleep(0.3)
+
+
+def timed_requests(port: int, data: bytes, name: str, count: int, warmup: int) -> list[float]:
+    """Seconds of each of `count` POST /predict, one after another on one connection, after `warmup` untimed ones."""
+    import socket
+
+    body, content_type = form(data, name)
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    connection.connect()
+    # http.client writes the headers and the body apart; without TCP_NODELAY (which browsers and curl set),
+    # Nagle's algorithm holds the body until the server's delayed ACK, 40 ms later, on every request.
+    connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    seconds = []
+    for number in range(warmup + count):
+        started = time.perf_counter()
+        connection.request("POST", "/predict", body=body, headers={"Content-Type": content_type})
+        response = connection.getresponse()
+        answer = json.loads(response.read())
+        elapsed = time.perf_counter() - started
+        if response.status != 200:
+            sys.exit(f"error: POST /predict {name} answered {response.status}: {answer}")
+        if number >= warmup:
+            seconds.append(elapsed)
+    connection.close()
+    return seconds
+
+
+def summary(seconds: list[float]) -> dict:
+    milliseconds = np.array(seconds) * 1000
+    return {"requests": len(seconds), "answers_per_second": round(len(seconds) / sum(seconds), 1),
+            "median_ms": round(float(np.median(milliseconds)), 2), "p99_ms": round(float(np.percentile(milliseconds, 99)), 2)}
+
+
+def answer_ms_by_torch_threads(checkpoint: str, data: bytes, repeats: int = 200) -> dict:
+    """Median and 99th-percentile milliseconds of serve.answer (framing and the model, no HTTP) in this process on
+    1 and on 2 torch threads, alone and beside one process that keeps a core busy: why the server answers on one."""
+    import torch
+
+    from mnist_pipeline.serve import answer, checkpoint_model
+
+    answerer = checkpoint_model(checkpoint).current()
+    medians: dict[str, dict] = {}
+    for beside in ("alone", "beside a busy process"):
+        busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if beside != "alone" else None
+        try:
+            for threads in (2, 1):
+                torch.set_num_threads(threads)
+                seconds = []
+                for number in range(repeats + 10):
+                    started = time.perf_counter()
+                    answer(answerer, data, "digit.png")
+                    if number >= 10:
+                        seconds.append(time.perf_counter() - started)
+                label = f"{beside}, {threads} thread{'s' if threads > 1 else ''}"
+                medians[label] = {"median_ms": round(float(np.median(seconds)) * 1000, 2),
+                                  "p99_ms": round(float(np.percentile(seconds, 99)) * 1000, 2)}
+        finally:
+            if busy:
+                busy.kill()
+                busy.wait()
+    return medians
+
+
+def load_average() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0]) if Path("/proc/loadavg").exists() else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--small", type=int, default=300, help="timed requests with the 28x28 PNG, per model")
+    parser.add_argument("--large", type=int, default=60, help="timed requests with the 2000x2000 JPEG, per model")
+    parser.add_argument("--checkpoint", default="models/model.pt")
+    parser.add_argument("--data", default=str(DATA if DATA.exists() else MIRROR), help="the MNIST files")
+    parser.add_argument("--update-docs", action="store_true", help=f"put the figures into {DOC.relative_to(REPO_ROOT)}")
+    args = parser.parse_args()
+
+    requests = images(Path(args.data))
+    counts = {"28x28 PNG": args.small, "2000x2000 JPEG": args.large}
+    load_before = load_average()
+    print(f"load average before: {load_before:.2f}")
+    results = {}
+    for model, arguments in (("champion (MLflow pyfunc)", []), ("checkpoint", ["--checkpoint", args.checkpoint])):
+        process, port = start(arguments)
+        try:
+            for name, data in requests.items():
+                seconds = timed_requests(port, data, name.replace(" ", "_"), counts[name], warmup=max(5, counts[name] // 10))
+                results.setdefault(model, {})[name] = summary(seconds)
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+    by_threads = answer_ms_by_torch_threads(str(REPO_ROOT / args.checkpoint), requests["28x28 PNG"])
+    load_after = load_average()
+    print(f"load average after: {load_after:.2f}")
+    summary_json = {"machine": machine(), "cpu_count": os.cpu_count(), **code_version(),
+                    "load_average_1min": {"before": load_before, "after": load_after},
+                    "image_bytes": {name: len(data) for name, data in requests.items()},
+                    "goal": f"median <= {GOAL_MS} ms for the 28x28 PNG on 2 cores", "results": results,
+                    "answer_ms_by_torch_threads": by_threads,
+                    "command": "benchmarks/serve.py " + " ".join(sys.argv[1:])}
+    lines = [f"POST /predict, one client, one request at a time: {machine()}"]
+    for model, rows in results.items():
+        for name, row in rows.items():
+            lines.append(f"{model:25s} {name:15s} {row['answers_per_second']:7.1f} answers/s   median "
+                         f"{row['median_ms']:7.2f} ms   p99 {row['p99_ms']:7.2f} ms   ({row['requests']} requests)")
+    lines.append("framing and the checkpoint's model for the 28x28 PNG in one process, by torch threads:")
+    lines += [f"  {label:32s} median {row['median_ms']:5.2f} ms   p99 {row['p99_ms']:5.2f} ms"
+              for label, row in by_threads.items()]
+    lines.append(f"(load average {load_before:.2f} before, {load_after:.2f} after; images "
+                 f"{len(requests['28x28 PNG'])} and {len(requests['2000x2000 JPEG'])} bytes)")
+    publish(summary_json, RESULT, lines, MARK, save=True, update_docs=False)
+    if args.update_docs:
+        from common import write_block
+
+        write_block(lines, MARK, doc=DOC)
+
+
+if __name__ == "__main__":
+    main()
