@@ -44,7 +44,7 @@ from font_digits import write_font_digits
 from mnist_pipeline.data import IDX_LABELS_MAGIC, raw_images, read_idx
 from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.images import MNIST_PEN, load_digit, pen_width
-from mnist_pipeline.predict import probabilities_from_checkpoint
+from mnist_pipeline.classifier import probabilities_from_checkpoint
 from user_digits import write_user_digits
 
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "predict_framing.json"
@@ -120,8 +120,9 @@ def canvas_pen() -> dict:
     return {"canvas_side": CANVAS_SIDE, "mnist_pen": MNIST_PEN, "pen_by_width": measured, "chosen_width": chosen}
 
 
-def frame_all(paths: list[Path], loader) -> tuple[np.ndarray, list[str]]:
-    """Each image framed by `loader`; an image it refuses becomes a blank frame (a wrong answer) and its error."""
+def frame_all(paths: list[Path], loader) -> tuple[np.ndarray, list[str], float]:
+    """Each image framed by `loader`; an image it refuses becomes a blank frame (a wrong answer) and its error; seconds."""
+    started = time.perf_counter()
     framed, errors = [], []
     for path in paths:
         try:
@@ -129,7 +130,7 @@ def frame_all(paths: list[Path], loader) -> tuple[np.ndarray, list[str]]:
         except PipelineError as exc:
             framed.append(np.zeros((28, 28), dtype=np.uint8))
             errors.append(str(exc))
-    return np.stack(framed), errors
+    return np.stack(framed), errors, time.perf_counter() - started
 
 
 def save_figure(figure_path: Path, items, originals: np.ndarray, old: np.ndarray, new: np.ndarray,
@@ -199,12 +200,8 @@ def measure_fonts(args, previous) -> dict:
         items = write_font_digits(folder, seed=args.font_seed, count=args.font_count)
         written_s = time.perf_counter() - started
         paths = [item.path for item in items]
-        started = time.perf_counter()
-        before, before_errors = frame_all(paths, previous)
-        before_s = time.perf_counter() - started
-        started = time.perf_counter()
-        after, after_errors = frame_all(paths, load_digit)
-        after_s = time.perf_counter() - started
+        before, before_errors, before_s = frame_all(paths, previous)
+        after, after_errors, after_s = frame_all(paths, load_digit)
     truth = np.array([item.label for item in items])
     predictions = {"previous": probabilities_from_checkpoint(before, args.checkpoint).argmax(axis=1),
                    "after": probabilities_from_checkpoint(after, args.checkpoint).argmax(axis=1)}
@@ -255,7 +252,7 @@ def clean_glyphs(args, previous) -> dict:
         truth = np.array(truth)
         found = {}
         for framing, loader in (("previous", previous), ("after", load_digit)):
-            framed, _ = frame_all(images, loader)
+            framed, _, _ = frame_all(images, loader)
             found[framing] = probabilities_from_checkpoint(framed, args.checkpoint).argmax(axis=1)
     return {"images": len(images),
             **{f"accuracy_{framing}": float((predicted == truth).mean()) for framing, predicted in found.items()},
@@ -283,15 +280,9 @@ def main() -> None:
         items = write_user_digits(digits, labels, folder, seed=args.seed, count=args.count)
         written_s = time.perf_counter() - started
         paths = [item.path for item in items]
-        started = time.perf_counter()
-        old, old_errors = frame_all(paths, old_load_png)
-        old_s = time.perf_counter() - started
-        started = time.perf_counter()
-        before, before_errors = frame_all(paths, previous)
-        before_s = time.perf_counter() - started
-        started = time.perf_counter()
-        new, new_errors = frame_all(paths, load_digit)
-        new_s = time.perf_counter() - started
+        old, old_errors, old_s = frame_all(paths, old_load_png)
+        before, before_errors, before_s = frame_all(paths, previous)
+        new, new_errors, new_s = frame_all(paths, load_digit)
         originals = digits[[item.mnist_index for item in items]]
         truth = np.array([item.label for item in items])
         old_predictions = probabilities_from_checkpoint(old, args.checkpoint).argmax(axis=1)

@@ -123,6 +123,7 @@ CODE_CASES = {
     "stages/register.py": ["register"],
     "src/mnist_pipeline/predict.py": [], "predict.py": [],  # the predict command: no stage runs it
     "src/mnist_pipeline/images.py": [],  # predict's framing
+    "src/mnist_pipeline/classifier.py": [],  # predict's and serve's model
     # search.py: a search runs the pipeline through `dvc exp run`; no stage imports it.
     "src/mnist_pipeline/search.py": [], "src/mnist_pipeline/search_space.py": [],
     "src/mnist_pipeline/study_runs.py": [], "search.py": [], "search.yaml": [],

@@ -23,7 +23,8 @@ from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.history import EpochResult
 from mnist_pipeline.images import load_digit
 from mnist_pipeline.model import ModelConfig, build_model
-from mnist_pipeline.predict import main, probabilities_from_checkpoint
+from mnist_pipeline.classifier import probabilities_from_checkpoint
+from mnist_pipeline.predict import main
 from mnist_pipeline.serve import MAX_UPLOAD_BYTES, image_part, is_loopback, too_large_message
 from servers import free_port, listening_addresses, post_image, server
 

@@ -126,21 +126,19 @@ class FollowedAlias:
             raise PipelineError(f"MLflow store {shown(mlflow.get_tracking_uri())}: {reason(exc)}") from None
 
     def _load(self, version: str) -> Answerer:
-        import mlflow.pyfunc
+        import mlflow
 
-        uri = f"models:/{self.model_name}/{version}"
+        from mnist_pipeline.classifier import mlflow_classifier
+
+        probabilities = mlflow_classifier(f"models:/{self.model_name}/{version}")
         try:
-            model = mlflow.pyfunc.load_model(uri)
             run_id = self.client.get_model_version(self.model_name, version).run_id
             experiment_id = self.client.get_run(run_id).info.experiment_id if run_id else None
         except mlflow.exceptions.MlflowException as exc:
-            raise PipelineError(f"{uri}: cannot load the model ({str(exc).splitlines()[0]})") from None
+            raise PipelineError(f"models:/{self.model_name}/{version}: cannot read its run "
+                                f"({str(exc).splitlines()[0]})") from None
         run_url = (f"{self.mlflow_ui.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
                    if self.mlflow_ui and experiment_id else None)
-
-        def probabilities(pixels: np.ndarray) -> np.ndarray:
-            return np.asarray(model.predict(pixels[:, None].astype(np.float32)))
-
         return Answerer(probabilities, {"kind": "registered", "name": self.model_name, "version": version,
                                         "alias": self.alias, "run_id": run_id, "run_url": run_url})
 
@@ -162,7 +160,7 @@ class FollowedAlias:
 
 def checkpoint_model(checkpoint_path: str) -> FixedModel:
     """A training checkpoint as the answering model; imports no MLflow."""
-    from mnist_pipeline.predict import checkpoint_classifier
+    from mnist_pipeline.classifier import checkpoint_classifier
 
     probabilities, run_id = checkpoint_classifier(checkpoint_path)
     return FixedModel(Answerer(probabilities, {"kind": "checkpoint", "checkpoint": str(checkpoint_path),
