@@ -336,9 +336,13 @@ def main() -> None:
     print(f"the same digits as MNIST frames them:          {result['accuracy_on_mnist_framing']:.2%}"
           f" (now agrees with it on {result['agreement_after_with_mnist_framing']:.2%})")
     for kind, row in result["by_kind"].items():
+        if not row["images"]:  # a kind the sample drew none of (a small --count)
+            continue
         print(f"  {kind:9s} {row['images']:5d} images: {row['accuracy_before']:7.2%} -> {row['accuracy_previous']:7.2%}"
               f" -> {row['accuracy_after']:7.2%} (MNIST's framing: {row['accuracy_on_mnist_framing']:.2%})")
     for turn, row in result["by_turn"].items():
+        if not row["images"]:
+            continue
         print(f"  turned {turn:16s} {row['images']:5d} images: now {row['accuracy_after']:7.2%}"
               f" (MNIST's framing: {row['accuracy_on_mnist_framing']:.2%})")
     print(f"{fonts['images']} printed images ({fonts['fonts']} fonts, seed {fonts['seed']}): "
@@ -346,6 +350,8 @@ def main() -> None:
           f"refused {len(fonts['refused_previous'])} -> {len(fonts['refused_after'])}")
     for group in ("by_style", "by_weight", "by_stroke"):
         for name, row in fonts[group].items():
+            if not row["images"]:
+                continue
             print(f"  {name:12s} {row['images']:5d} images: {row['accuracy_previous']:7.2%} -> {row['accuracy_after']:7.2%}")
     row = fonts["sans_and_mono"]
     print(f"  sans and mono {row['images']:4d} images: {row['accuracy_previous']:7.2%} -> {row['accuracy_after']:7.2%}")

@@ -149,6 +149,8 @@ def main() -> None:
         sys.exit(f"error: {unknown[0]}: no such recipe in README.md; there are: {', '.join(recipes)}")
     base = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
+    if not args.report:
+        import torch  # noqa: F401  machine() names torch's version once torch is loaded: the same text before and after a run
     for name in [] if args.report else (args.names or list(recipes)):
         previous = results.get(name, {})
         # Runs of the same recipe on the same machine accumulate by seed (a rerun replaces its seed).

@@ -12,7 +12,7 @@ from another's run cache), in one run on the same machine:
 Each trial trains one epoch with the default params on the training split less the 5000 images held
 out, and scores on those.
 
-    .venv/bin/python benchmarks/search.py                  # about 15 minutes on 2 cores
+    .venv/bin/python benchmarks/search.py                  # about 7 minutes on 2 cores
     .venv/bin/python benchmarks/search.py --update-docs    # and write the figures into docs/search.md
     .venv/bin/python benchmarks/search.py --report --update-docs
 
