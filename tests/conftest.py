@@ -82,6 +82,23 @@ def write_idx(path: Path, array: np.ndarray, magic: int, compress: bool = True) 
     return path
 
 
+def untrained_checkpoint(path: Path, mlflow_run_id: str | None = None) -> Path:
+    """A complete checkpoint of the reference network, untrained (seed 0): what predict and serve load."""
+    import torch
+
+    from mnist_pipeline.checkpoint import save_checkpoint
+    from mnist_pipeline.config import parse_config
+    from mnist_pipeline.history import EpochResult
+    from mnist_pipeline.model import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig())
+    save_checkpoint(path, model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01),
+                    generator=torch.Generator(), model_config=ModelConfig(), config=parse_config({"epochs": 1}).to_dict(),
+                    history=[EpochResult(1, 0.5, 0.4, 0.9)], mlflow_run_id=mlflow_run_id)
+    return path
+
+
 @pytest.fixture
 def tiny_mnist(tmp_path: Path) -> Path:
     """A folder with the four MNIST file names holding 20 train and 10 test random images."""

@@ -1,13 +1,8 @@
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.checkpoint import save_checkpoint
-from mnist_pipeline.config import parse_config
-from mnist_pipeline.history import EpochResult
-from mnist_pipeline.model import ModelConfig, build_model
 from mnist_pipeline.predict import main
 
 
@@ -33,13 +28,9 @@ def test_predict_with_a_checkpoint_imports_no_mlflow(tmp_path):
     import subprocess
     import sys
 
-    from conftest import REPO_ROOT
+    from conftest import REPO_ROOT, untrained_checkpoint
 
-    torch.manual_seed(0)
-    model = build_model(ModelConfig())
-    save_checkpoint(tmp_path / "model.pt", model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01),
-                    generator=torch.Generator(), model_config=ModelConfig(),
-                    config=parse_config({"epochs": 1}).to_dict(), history=[EpochResult(1, 0.5, 0.4, 0.9)])
+    untrained_checkpoint(tmp_path / "model.pt")
     digit = np.zeros((28, 28), dtype=np.uint8)
     digit[4:24, 12:16] = 255
     Image.fromarray(digit).save(tmp_path / "one.png")

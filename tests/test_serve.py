@@ -13,17 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image, ImageDraw
 
-from conftest import REPO_ROOT
-from mnist_pipeline.checkpoint import save_checkpoint
-from mnist_pipeline.config import parse_config
-from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.history import EpochResult
-from mnist_pipeline.images import load_digit
-from mnist_pipeline.model import ModelConfig, build_model
+from conftest import REPO_ROOT, untrained_checkpoint
 from mnist_pipeline.classifier import probabilities_from_checkpoint
+from mnist_pipeline.errors import PipelineError
+from mnist_pipeline.images import load_digit
 from mnist_pipeline.predict import main
 from mnist_pipeline.serve import MAX_UPLOAD_BYTES, image_part, is_loopback, too_large_message
 from servers import free_port, listening_addresses, post_image, server
@@ -32,13 +27,7 @@ from servers import free_port, listening_addresses, post_image, server
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A checkpoint of an untrained network: its answers are arbitrary, and the same in and out of the server."""
-    path = tmp_path_factory.mktemp("model") / "model.pt"
-    torch.manual_seed(0)
-    model = build_model(ModelConfig())
-    save_checkpoint(path, model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01),
-                    generator=torch.Generator(), model_config=ModelConfig(), config=parse_config({"epochs": 1}).to_dict(),
-                    history=[EpochResult(1, 0.5, 0.4, 0.9)], mlflow_run_id="0123456789abcdef")
-    return path
+    return untrained_checkpoint(tmp_path_factory.mktemp("model") / "model.pt", mlflow_run_id="0123456789abcdef")
 
 
 @pytest.fixture(scope="module")
