@@ -62,3 +62,9 @@ def test_dotted_names_nest_as_params_yaml_does():
 def test_a_missing_space_file_says_so(tmp_path):
     with pytest.raises(SearchSpaceError, match=r"nope.yaml: not found; give --space, or run from the repository root$"):
         load_space(tmp_path / "nope.yaml")
+
+
+def test_a_space_that_is_not_yaml_is_one_line_naming_where(tmp_path):
+    (tmp_path / "search.yaml").write_text("lr: {low: 0.01, high: [0.1}\n")
+    with pytest.raises(SearchSpaceError, match=r"search.yaml: invalid YAML at line \d+, column \d+: [^\n]+$"):
+        load_space(tmp_path / "search.yaml")

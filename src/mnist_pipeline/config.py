@@ -256,22 +256,26 @@ def parse_config(raw: Any) -> Config:
 
 def load_config(path: str | Path = PARAMS_FILE) -> Config:
     """Read and validate params.yaml; raise ConfigError (one line) when it is missing or wrong."""
+    return parse_config(read_yaml(path, "run from the repository root, where params.yaml lives"))
+
+
+def read_yaml(path: str | Path, where_it_is: str, error: type[ConfigError] = ConfigError) -> Any:
+    """The YAML in the file at `path`; `error` (one line) when it is missing, saying `where_it_is`, or not YAML."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{path}: not found; run from the repository root, where params.yaml lives") from None
+        raise error(f"{path}: not found; {where_it_is}") from None
     # Imported here so that the training core runs where only torch is installed.
     import yaml
 
     try:
-        raw = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "not valid YAML"
-        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
-    return parse_config(raw)
+        raise error(f"{path}: invalid YAML{where}: {problem}") from None
 
 
 def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:

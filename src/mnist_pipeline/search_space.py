@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
-from mnist_pipeline.config import SECTIONS, ConfigError, TrainConfig, parse_config
+from mnist_pipeline.config import SECTIONS, ConfigError, TrainConfig, parse_config, read_yaml
 
 SPACE_FILE = "search.yaml"
 
@@ -163,20 +163,7 @@ def parse_space(raw: Any) -> SearchSpace:
 
 def load_space(path: str | Path = SPACE_FILE) -> SearchSpace:
     """Read and validate search.yaml; one line (SearchSpaceError) when it is missing or wrong."""
-    import yaml
-
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SearchSpaceError(f"{path}: not found; give --space, or run from the repository root") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise SearchSpaceError(f"{path}: invalid YAML{where}") from None
-    return parse_space(raw)
+    return parse_space(read_yaml(path, "give --space, or run from the repository root", SearchSpaceError))
 
 
 def parse_assignments(assignments: list[str]) -> dict[str, Any]:
