@@ -129,8 +129,10 @@ def stage_workers(config, device):
     return Workers(compute.threads) if compute.sharded else None
 
 
-def new_training(config, device, steps_per_epoch: int, architecture: str | None = None):
-    """(model, optimizer, schedule, shuffle generator) for `config` (a TrainConfig), seeded as the train stage seeds."""
+def new_training(config, device, steps_per_epoch: int, architecture: str | None = None, processes: int = 1):
+    """(model, optimizer, schedule, shuffle generator, kernels.Plan) for `config` (a TrainConfig), seeded and
+    planned as the train stage does: pass `own_kernels=plan.used` to training.train."""
+    from mnist_pipeline import kernels
     from mnist_pipeline.device import place_model
     from mnist_pipeline.model import ModelConfig, build_model
     from mnist_pipeline.seed import set_seed
@@ -138,8 +140,9 @@ def new_training(config, device, steps_per_epoch: int, architecture: str | None 
 
     generator = set_seed(config.seed)
     model = place_model(build_model(ModelConfig(architecture=architecture or config.model)), device)
-    optimizer = make_optimizer(model, config)
-    return model, optimizer, make_schedule(optimizer, config, steps_per_epoch), generator
+    plan = kernels.plan(config.kernels, model, device, config.precision, config.compile, processes)
+    optimizer = make_optimizer(model, config, plan.used)
+    return model, optimizer, make_schedule(optimizer, config, steps_per_epoch), generator, plan
 
 
 # Results: saved as JSON under benchmarks/results/, shown, and with --update-docs written into the docs.

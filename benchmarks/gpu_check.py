@@ -103,7 +103,7 @@ def main() -> int:
                                   " (first run: includes cuDNN warm-up)"))
     history, seconds, _ = one_run(train_split, test_split, precision="bf16")
     results.append(accuracy_check("reference, 1 epoch bf16", "reference", history, seconds))
-    configure_determinism(True)
+    configure_determinism(True, torch.device("cuda"))
     first, _, model_a = one_run(train_split, test_split)
     second, _, model_b = one_run(train_split, test_split)
     same = all(torch.equal(a, b) for a, b in zip(model_a.state_dict().values(), model_b.state_dict().values()))

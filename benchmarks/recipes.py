@@ -107,12 +107,12 @@ def run_recipe(params: dict[str, Any], seed: int) -> dict[str, Any]:
     data_dir = REPO_ROOT / config.data.dir
     train_split = load_split(data_dir, True, config.data.mean, config.data.std, config.data.max_train_images).to(device)
     test_split = load_split(data_dir, False, config.data.mean, config.data.std, config.data.max_test_images).to(device)
-    model, optimizer, schedule, generator = new_training(config.train, device,
-                                                         steps_per_epoch(len(train_split), config.train.batch_size))
+    model, optimizer, schedule, generator, plan = new_training(config.train, device,
+                                                               steps_per_epoch(len(train_split), config.train.batch_size))
     started = time.perf_counter()
     history = train(model, optimizer, train_split, test_split, config.train, generator, schedule=schedule,
                     augment=config.augment, background=blank_value(config.data.mean, config.data.std),
-                    workers=workers)
+                    workers=workers, own_kernels=plan.used)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return {"seed": seed, "test_accuracy": history[-1].test_accuracy, "train_seconds": time.perf_counter() - started,

@@ -55,10 +55,10 @@ def timed_training(data_dir: str, images: int, system_metrics: bool) -> tuple[fl
     workers = stage_workers(config, device)
     train_split = load_split(data_dir, True, MEAN, STD, images).to(device)
     test_split = load_split(data_dir, False, MEAN, STD, 1000).to(device)
-    model, optimizer, _, generator = new_training(config, device, 0)
+    model, optimizer, _, generator, plan = new_training(config, device, 0)
     with mlflow.start_run(log_system_metrics=system_metrics) as run:
         started, cpu_started = time.perf_counter(), time.process_time()
-        train(model, optimizer, train_split, test_split, config, generator, workers=workers)
+        train(model, optimizer, train_split, test_split, config, generator, workers=workers, own_kernels=plan.used)
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
         monitor_seconds = monitor_cpu_seconds()
     client = mlflow.tracking.MlflowClient()

@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from common import DATA, MEAN, RESULTS, STD, check_data, machine, new_training, stage_workers, write_block
-from mnist_pipeline import distributed, fused, training
+from mnist_pipeline import distributed, training
 from mnist_pipeline.config import TrainConfig
 from mnist_pipeline.data import load_split
 from mnist_pipeline.device import resolve_device
@@ -122,8 +122,9 @@ def project_loop(data_dir: Path, epochs: int, seed: int, device: torch.device, o
     train_split = load_split(data_dir, True, MEAN, STD).to(device)
     test_split = load_split(data_dir, False, MEAN, STD).to(device)
     load_seconds = time.perf_counter() - started
-    model, optimizer, schedule, generator = new_training(config, device,
-                                                         steps_per_epoch(len(train_split), config.batch_size))
+    model, optimizer, schedule, generator, plan = new_training(config, device,
+                                                               steps_per_epoch(len(train_split), config.batch_size),
+                                                               processes=ranks.world_size)
     marks = []
 
     def mark(history):
@@ -147,13 +148,13 @@ def project_loop(data_dir: Path, epochs: int, seed: int, device: torch.device, o
     try:
         started = time.perf_counter()
         history = train(model, optimizer, train_split, test_split, config, generator, schedule=schedule,
-                        on_epoch_end=mark, ranks=ranks, workers=workers)
+                        on_epoch_end=mark, ranks=ranks, workers=workers, own_kernels=plan.used)
     finally:
         training.evaluate_across_ranks = untimed
     return {"load_seconds": load_seconds, "seconds": marks[-1] - started, "test_seconds": sum(test_seconds),
             "processes": ranks.world_size, "threads": workers.count if workers else torch.get_num_threads(),
             "accuracies": [r.test_accuracy for r in history],
-            "kernels": fused.plan(kernels, model, device, precision, compile, ranks.world_size)[1]}
+            "kernels": plan.line}
 
 
 def project_loop_in_processes(nproc: int, data_dir: Path, epochs: int, seed: int, device: torch.device,

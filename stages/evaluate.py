@@ -4,13 +4,13 @@ It does not import MLflow, which would double its time: the register stage logs
 these results to the run and registers the model.
 """
 
-from mnist_pipeline import threads
+from mnist_pipeline import kernels, threads
 from mnist_pipeline.checkpoint import load_checkpoint, model_from_checkpoint, require_complete
 from mnist_pipeline.cli import run_stage
 from mnist_pipeline.config import load_config, parse_config
 from mnist_pipeline.data import load_split, load_training
 from mnist_pipeline.device import place_model, resolve_device, use_threads
-from mnist_pipeline.evaluation import metrics_from_logits, mistakes_from_logits, predict
+from mnist_pipeline.evaluation import metrics, mistakes, score
 from mnist_pipeline.reports import EvaluationReport, EvaluationRun, write_confusion, write_mistakes
 from mnist_pipeline.shards import Workers
 from mnist_pipeline.timing import StageClock
@@ -33,6 +33,10 @@ def main() -> None:
     trained_config = parse_config(checkpoint["config"])
     trained = trained_config.data
     model = place_model(model_from_checkpoint(checkpoint), device)
+    # Scored in the kernels it was tested in after each epoch, where they apply here.
+    kernel_plan = kernels.plan(trained_config.train.kernels, model, device, trained_config.train.precision)
+    print(f"evaluate: {kernel_plan.line}")
+    own_kernels = kernels.ReferenceKernels(model) if kernel_plan.used else None
     test_split = load_split(config.data.dir, False, trained.mean, trained.std, trained.max_test_images).to(device)
     # The held-out training images the run was trained without, if any: what searches score on.
     validation_split = None
@@ -41,14 +45,14 @@ def main() -> None:
                                             trained.validation_images)
 
     clock.mark("data and model")
-    # One forward pass over the test set serves both the metrics and the list of mistakes.
-    logits = predict(model, test_split.images, workers=workers)
-    result = metrics_from_logits(logits, test_split.labels)
+    # One pass over the test set serves both the metrics and the list of mistakes.
+    scores = score(model, test_split, workers=workers, kernels=own_kernels)
+    result = metrics(scores, test_split.labels)
     per_class = {str(digit): round(acc, 6) for digit, acc in enumerate(result.per_class_accuracy)}
     validation = None
     if validation_split is not None:
         validation_split = validation_split.to(device)
-        validation = metrics_from_logits(predict(model, validation_split.images, workers=workers), validation_split.labels)
+        validation = metrics(score(model, validation_split, workers=workers, kernels=own_kernels), validation_split.labels)
         print(f"evaluate: validation accuracy {validation.accuracy:.2%}, validation loss {validation.loss:.4f} "
               f"on {len(validation_split)} held-out training images")
     EvaluationReport(result.accuracy, result.loss, len(test_split), per_class,
@@ -57,7 +61,7 @@ def main() -> None:
                      val_images=len(validation_split) if validation_split is not None else 0,
                      ).write(config.paths.eval_metrics)
     write_confusion(config.paths.confusion, result.confusion_matrix)
-    write_mistakes(config.paths.mistakes, mistakes_from_logits(logits, test_split.labels))
+    write_mistakes(config.paths.mistakes, mistakes(scores, test_split.labels))
     print(f"evaluate: test accuracy {result.accuracy:.2%}, test loss {result.loss:.4f} on {len(test_split)} images")
     print("evaluate: per digit " + "  ".join(f"{d}:{acc:.1%}" for d, acc in enumerate(result.per_class_accuracy)))
 

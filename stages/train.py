@@ -9,15 +9,16 @@ import sys
 import time
 from pathlib import Path
 
-from mnist_pipeline import datasets, distributed, fused, runs, store, threads
-from mnist_pipeline.checkpoint import CheckpointError, load_checkpoint, restore_training, resume_decision, save_checkpoint
+from mnist_pipeline import datasets, distributed, kernels, runs, store, threads
+from mnist_pipeline.checkpoint import (CheckpointError, load_checkpoint, restore_training, resume_decision, save_checkpoint,
+                                       training_config)
 from mnist_pipeline.cli import run_stage
 from mnist_pipeline.config import PARAMS_FILE, flatten, load_config
 from mnist_pipeline.data import blank_value, load_split, load_training
 from mnist_pipeline.device import configure_determinism, place_model, resolve_device, use_threads
 from mnist_pipeline.model import DigitClassifier, ModelConfig, build_model, parameter_count
 from mnist_pipeline.progress import epoch_bars
-from mnist_pipeline.reports import write_history, write_json
+from mnist_pipeline.reports import read_run_id, write_history, write_json
 from mnist_pipeline.seed import set_seed
 from mnist_pipeline.shards import Workers
 from mnist_pipeline.timing import StageClock
@@ -45,7 +46,9 @@ def main() -> None:
     workers = Workers(compute.threads) if compute.sharded else None
     if ranks.is_main:
         print(compute.line)
-    configure_determinism(config.train.deterministic)
+    determinism = configure_determinism(config.train.deterministic, device)
+    if ranks.is_main and determinism:
+        print(f"train: {determinism}")
     # Connect before loading data or training: a dead tracking server fails now, not after the run.
     clock.mark("start-up and imports")
     experiment_id = store.connect(config.tracking.experiment)[1] if ranks.is_main else None
@@ -71,16 +74,21 @@ def main() -> None:
     generator = set_seed(config.train.seed)
     model_config = ModelConfig(architecture=config.train.model)
     model = place_model(build_model(model_config), device)
-    optimizer = make_optimizer(model, config.train)
-    kernels = fused.plan(config.train.kernels, model, device, config.train.precision, config.train.compile, ranks.world_size)
-    say(f"train: {kernels[1]}")
+    kernel_plan = kernels.plan(config.train.kernels, model, device, config.train.precision, config.train.compile,
+                               ranks.world_size)
+    say(f"train: {kernel_plan.line}")
+    optimizer = make_optimizer(model, config.train, kernel_plan.used)
     schedule = make_schedule(optimizer, config.train, steps_per_epoch(len(train_split), config.train.batch_size))
     history = restore_training(previous, model, optimizer, generator, schedule) if resume else []
 
-    resume_run_id = previous.get("mlflow_run_id") if resume else None
-    run = (runs.training_run(experiment_id, flatten(config_dict), resume_run_id) if ranks.is_main
+    # The run the killed training logged to, kept beside the checkpoint (not in it: the checkpoint is a result).
+    resume_run_id = read_run_id(paths.mlflow_run) if resume else None
+    run = (runs.training_run(experiment_id, flatten(config_dict), resume_run_id,
+                             resume_params=flatten(training_config(config_dict))) if ranks.is_main
            else contextlib.nullcontext(None))
     with run as run_id:
+        if ranks.is_main:  # before the first checkpoint: a resume finds this run
+            write_json(paths.mlflow_run, {"run_id": run_id, "experiment": config.tracking.experiment, "model_uri": None})
         processes = f" in {ranks.world_size} processes" if ranks.distributed else ""
         say(f"train: {config.train.model} network ({parameter_count(model):,} parameters), {len(train_split)} images, "
             f"{config.train.epochs} epochs on {device}{processes}; MLflow run {run_id}")
@@ -100,7 +108,7 @@ def main() -> None:
             # Checkpoint first: an epoch in MLflow is always an epoch a resume will not redo.
             save_checkpoint(paths.checkpoint, model=model, optimizer=optimizer, generator=generator,
                             model_config=model_config, config=config_dict, history=history_so_far,
-                            mlflow_run_id=run_id, schedule=schedule)
+                            schedule=schedule)
             runs.log_epoch(history_so_far[-1].as_metrics(), history_so_far[-1].epoch)
 
         clock.mark("model, optimizer and run")
@@ -108,7 +116,8 @@ def main() -> None:
         history = train(model, optimizer, train_split, test_split, config.train, generator, history=history,
                         schedule=schedule, augment=config.augment, background=blank_value(data.mean, data.std),
                         progress=epoch_bars(config.train.epochs) if ranks.is_main else None, ranks=ranks,
-                        on_epoch_end=end_of_epoch if ranks.is_main else None, workers=workers)
+                        on_epoch_end=end_of_epoch if ranks.is_main else None, workers=workers,
+                        own_kernels=kernel_plan.used)
         train_seconds = time.perf_counter() - started
         clock.mark("training")
         distributed.shutdown()
@@ -125,7 +134,10 @@ def main() -> None:
 
         model_uri = None
         if config.tracking.log_model:
-            classifier = DigitClassifier(model.cpu(), data.mean, data.std).eval()  # dropout off, batch norm frozen
+            # A fresh network with the weights: the trained one may hold them as views of the kernels' block.
+            network = build_model(model_config)
+            network.load_state_dict(model.state_dict())
+            classifier = DigitClassifier(network, data.mean, data.std).eval()  # dropout off, batch norm frozen
             example = (test_split.images[:4].cpu() * data.std + data.mean) * 255  # raw pixels, as served
             model_uri = runs.log_model(classifier, example.round().numpy())
             print(f"train: logged model {model_uri}")

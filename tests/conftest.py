@@ -65,12 +65,12 @@ def requires_mnist_mirror() -> pytest.MarkDecorator:
 
 
 def c_compiler() -> str | None:
-    """The C compiler the fused kernel is built with ($CC, else cc), as fused.build finds it; None if absent."""
+    """The C compiler the project's kernels are built with ($CC, else cc), as kernels.build finds it; None if absent."""
     return shutil.which(os.environ.get("CC") or "cc")
 
 
 def requires_c_compiler() -> pytest.MarkDecorator:
-    return prerequisite(c_compiler(), f"a C compiler (`{os.environ.get('CC') or 'cc'}`) for the fused kernel",
+    return prerequisite(c_compiler(), f"a C compiler (`{os.environ.get('CC') or 'cc'}`) for the project's kernels",
                         "apt-get install gcc (as .ci/run does), or set CC")
 
 
@@ -82,7 +82,7 @@ def write_idx(path: Path, array: np.ndarray, magic: int, compress: bool = True) 
     return path
 
 
-def untrained_checkpoint(path: Path, mlflow_run_id: str | None = None) -> Path:
+def untrained_checkpoint(path: Path) -> Path:
     """A complete checkpoint of the reference network, untrained (seed 0): what predict and serve load."""
     import torch
 
@@ -95,7 +95,7 @@ def untrained_checkpoint(path: Path, mlflow_run_id: str | None = None) -> Path:
     model = build_model(ModelConfig())
     save_checkpoint(path, model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01),
                     generator=torch.Generator(), model_config=ModelConfig(), config=parse_config({"epochs": 1}).to_dict(),
-                    history=[EpochResult(1, 0.5, 0.4, 0.9)], mlflow_run_id=mlflow_run_id)
+                    history=[EpochResult(1, 0.5, 0.4, 0.9)])
     return path
 
 

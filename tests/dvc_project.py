@@ -20,7 +20,9 @@ from conftest import MNIST_MIRROR, REPO_ROOT
 
 # Two epochs on 2,000 training images, scored on the whole test set: only whole-test-set runs may become
 # the registry's champion (tracking.promote_if_best), and the end-to-end tests look at the champion.
-SMALL = {"epochs": 2, "data": {"max_train_images": 2000, "max_test_images": None}}
+# On the CPU on any machine, a GPU one too: what the tests check (threads, shards, the same bits on any CPU)
+# is the CPU's; benchmarks/gpu_check.sh runs the pipeline on a GPU.
+SMALL = {"epochs": 2, "device": "cpu", "data": {"max_train_images": 2000, "max_test_images": None}}
 
 
 def environment(**overrides: str) -> dict[str, str]:
@@ -61,8 +63,9 @@ def update_params(project: Path, changes: dict) -> None:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def make_project(destination: Path) -> Path:
-    """A git repository holding this repository's files as a fresh clone would (ignored files left out)."""
+def make_project(destination: Path, params: dict | None = SMALL) -> Path:
+    """A git repository holding this repository's files as a fresh clone would (ignored files left out), with
+    `params` over params.yaml (the test slice; None: the repository's own, as committed)."""
     tracked = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
                              cwd=REPO_ROOT, capture_output=True, text=True, check=True)
     for name in filter(None, tracked.stdout.split("\0")):
@@ -70,7 +73,8 @@ def make_project(destination: Path) -> Path:
         if source.is_file():
             (destination / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, destination / name)
-    update_params(destination, SMALL)
+    if params:
+        update_params(destination, params)
     run(destination, "git", "init", "-q")
     run(destination, "git", "add", "-A")
     run(destination, "git", "commit", "-qm", "baseline")
@@ -219,16 +223,19 @@ def run_results(project: Path, run_id: str) -> dict[str, list[tuple[int, float]]
 
 
 def results(project: Path) -> dict:
-    """The workspace's results: the metrics files, the trained weights and the MLflow run's result metrics.
-
-    The checkpoint file itself is not compared: it names its MLflow run, which differs from run to run.
-    """
-    from mnist_pipeline.checkpoint import load_checkpoint
-
-    weights = load_checkpoint(project / "models" / "model.pt")["model_state"]
+    """The workspace's results: the metrics files, the checkpoint's bytes, the output hashes dvc.lock records
+    (when the pipeline ran through DVC) and the MLflow run's result metrics."""
     run_id = json.loads((project / "metrics" / "mlflow_run.json").read_text())["run_id"]
+    lock = project / "dvc.lock"
     return {
         "files": {name: (project / name).read_text() for name in RESULT_METRICS},
-        "weights": {name: tensor.numpy().tobytes() for name, tensor in weights.items()},
+        "checkpoint": (project / "models" / "model.pt").read_bytes(),
+        "outs": lock_outs(lock.read_text()) if lock.exists() else None,
         "mlflow": run_results(project, run_id),
     }
+
+
+def lock_outs(lock_text: str) -> dict[str, str]:
+    """Every output hash in a dvc.lock, by path."""
+    stages = yaml.safe_load(lock_text)["stages"]
+    return {out["path"]: out["md5"] for stage in stages.values() for out in stage.get("outs", [])}

@@ -3,6 +3,8 @@ import pickle
 import pytest
 import torch
 
+from conftest import requires_c_compiler
+
 from mnist_pipeline import checkpoint as checkpoint_module
 from mnist_pipeline.checkpoint import (CheckpointError, load_checkpoint, model_from_checkpoint, require_complete,
                                        restore_training, resume_decision, save_checkpoint)
@@ -11,6 +13,7 @@ from mnist_pipeline.data import Split
 from mnist_pipeline.model import ModelConfig, build_model
 from mnist_pipeline.seed import set_seed
 from mnist_pipeline.history import EpochResult
+from mnist_pipeline.shards import Workers
 from mnist_pipeline.training import make_optimizer, make_schedule, train
 
 HISTORY = [EpochResult(1, 0.5, 0.4, 0.9), EpochResult(2, 0.3, 0.2, 0.95), EpochResult(3, 0.2, 0.1, 0.97)]
@@ -24,7 +27,7 @@ def _save(path, seed=0, epochs_done=3, params=None):
     optimizer.step()  # so that the optimizer has momentum buffers to save
     save_checkpoint(path, model=model, optimizer=optimizer, generator=torch.Generator().manual_seed(seed),
                     model_config=ModelConfig(), config=parse_config(params or {"epochs": 3}).to_dict(),
-                    history=HISTORY[:epochs_done], mlflow_run_id="abc")
+                    history=HISTORY[:epochs_done])
     return model
 
 
@@ -32,8 +35,10 @@ def test_round_trip_rebuilds_the_same_model(tmp_path):
     path = tmp_path / "models" / "model.pt"
     model = _save(path)
     loaded = load_checkpoint(path)
-    assert (loaded["epoch"], loaded["complete"], loaded["mlflow_run_id"]) == (3, True, "abc")
+    assert (loaded["epoch"], loaded["complete"]) == (3, True)
     assert loaded["config"]["epochs"] == 3 and loaded["config"]["data"]["max_train_images"] is None
+    # What cannot change the numbers stays out, and so does the MLflow run id: a result, not a log.
+    assert not {"threads", "plots", "paths", "tracking", "mlflow_run_id"} & (set(loaded) | set(loaded["config"]))
     assert "momentum_buffer" in loaded["optimizer_state"]["state"][0]
     assert [EpochResult(**row) for row in loaded["history"]] == HISTORY
     rebuilt = model_from_checkpoint(loaded)
@@ -46,12 +51,13 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     _save(path, seed=0)
     before = path.read_bytes()
 
-    def disk_full(obj, f, *args, **kwargs):
-        with open(f, "wb") as handle:
-            handle.write(b"partial")
+    real_write = checkpoint_module.Path.write_bytes
+
+    def disk_full(self, data):
+        real_write(self, b"partial")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(checkpoint_module.torch, "save", disk_full)
+    monkeypatch.setattr(checkpoint_module.Path, "write_bytes", disk_full)
     with pytest.raises(CheckpointError) as caught:
         _save(path, seed=1)
     assert str(caught.value) == (
@@ -59,6 +65,13 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     )
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # no temporary file left behind
+
+
+def test_the_same_training_writes_the_same_bytes_under_any_file_name(tmp_path):
+    """torch.save names an archive's records after the file it writes: the checkpoint must not carry that name."""
+    _save(tmp_path / "one.pt")
+    _save(tmp_path / "two" / "model.pt", params={"epochs": 3, "threads": 1, "plots": {"dpi": 50}})
+    assert (tmp_path / "one.pt").read_bytes() == (tmp_path / "two" / "model.pt").read_bytes()
 
 
 def test_unwritable_folder_is_a_clear_error(tmp_path):
@@ -102,6 +115,7 @@ def test_an_unfinished_checkpoint_is_not_a_result(tmp_path):
     ({"epochs": 3}, 2, True, "resuming after epoch 2 of 3 from the unfinished checkpoint"),
     ({"epochs": 3, "plots": {"dpi": 50}}, 2, True, "resuming after epoch 2"),  # plots cannot change training
     ({"epochs": 3, "threads": 1}, 2, True, "resuming after epoch 2"),  # nor the rounding order of the rest
+    ({"epochs": 3, "tracking": {"experiment": "other"}}, 2, True, "resuming after epoch 2"),  # nor where it logs
     ({"epochs": 3}, 3, False, "the checkpoint holds a finished training; training from scratch"),
     ({"epochs": 3, "lr": 0.05}, 2, False, "params changed since the unfinished checkpoint (lr 0.01 -> 0.05); training from scratch"),
     ({"epochs": 4}, 2, False, "params changed since the unfinished checkpoint (epochs 3 -> 4)"),
@@ -121,20 +135,26 @@ def _toy_split(n=64):
     return Split(torch.randn(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g))
 
 
-def test_interrupted_and_resumed_training_is_bit_identical_to_an_uninterrupted_one(tmp_path):
+@pytest.mark.parametrize("own_kernels", [False, pytest.param(True, marks=requires_c_compiler())])
+def test_interrupted_and_resumed_training_is_bit_identical_to_an_uninterrupted_one(tmp_path, own_kernels):
     split = _toy_split()
     config = TrainConfig(lr=0.05, batch_size=16, epochs=4, seed=5)
     config_dict = parse_config({"lr": 0.05, "batch_size": 16, "epochs": 4, "seed": 5}).to_dict()
+    workers = Workers(2) if own_kernels else None
 
     generator = set_seed(config.seed)
     straight = build_model(ModelConfig())
-    straight_history = train(straight, make_optimizer(straight, config), split, split, config, generator)
+    straight_optimizer = make_optimizer(straight, config, own_kernels)
+    straight_history = train(straight, straight_optimizer, split, split, config, generator, workers=workers,
+                             own_kernels=own_kernels)
+    save_checkpoint(tmp_path / "straight.pt", model=straight, optimizer=straight_optimizer, generator=generator,
+                    model_config=ModelConfig(), config=config_dict, history=straight_history)
 
     # First process: set up as the stage does, save after every epoch, "killed" after epoch 2.
     path = tmp_path / "model.pt"
     generator = set_seed(config.seed)
     model = build_model(ModelConfig())
-    optimizer = make_optimizer(model, config)
+    optimizer = make_optimizer(model, config, own_kernels)
 
     class Killed(Exception):
         pass
@@ -146,20 +166,25 @@ def test_interrupted_and_resumed_training_is_bit_identical_to_an_uninterrupted_o
             raise Killed
 
     with pytest.raises(Killed):
-        train(model, optimizer, split, split, config, generator, on_epoch_end=save_then_maybe_die)
+        train(model, optimizer, split, split, config, generator, on_epoch_end=save_then_maybe_die, workers=workers,
+              own_kernels=own_kernels)
 
     # Second process: fresh objects, seeded again, then restored from the checkpoint.
     checkpoint = load_checkpoint(path)
     assert resume_decision(checkpoint, config_dict)[0]
     generator = set_seed(config.seed)
     resumed = build_model(ModelConfig())
-    optimizer = make_optimizer(resumed, config)
+    optimizer = make_optimizer(resumed, config, own_kernels)
     history = restore_training(checkpoint, resumed, optimizer, generator)
-    resumed_history = train(resumed, optimizer, split, split, config, generator, history=history)
+    resumed_history = train(resumed, optimizer, split, split, config, generator, history=history, workers=workers,
+                            own_kernels=own_kernels)
 
     assert resumed_history == straight_history
     for name, tensor in straight.state_dict().items():
         assert torch.equal(resumed.state_dict()[name], tensor), name
+    save_checkpoint(path, model=resumed, optimizer=optimizer, generator=generator, model_config=ModelConfig(),
+                    config=config_dict, history=resumed_history)
+    assert path.read_bytes() == (tmp_path / "straight.pt").read_bytes()
 
 
 @pytest.mark.parametrize("schedule_name", ["onecycle", "cosine"])

@@ -15,12 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from conftest import REPO_ROOT, requires_mnist_mirror
-from dvc_project import (all_runs, check_lineage, copy_project, environment, mlflow_client, results, run, run_results,
-                         shown_run_ids, stages_run, update_params)
+from dvc_project import (all_runs, check_lineage, copy_project, environment, lock_outs, mlflow_client, results, run,
+                         run_results, shown_run_ids, stages_run, update_params)
 from mnist_pipeline.checkpoint import load_checkpoint
 
 from recipes import readme_recipes, recipe_params
@@ -71,7 +70,8 @@ def test_killed_training_resumes_the_same_run_and_ends_bit_identical(prepared_pr
 
     partial = load_checkpoint(project / "models" / "model.pt")
     assert 2 <= partial["epoch"] < 4 and not partial["complete"]
-    assert partial["mlflow_run_id"] == killed_run
+    assert "mlflow_run_id" not in partial  # beside the checkpoint, not in it: the checkpoint is a result
+    assert json.loads((project / "metrics" / "mlflow_run.json").read_text())["run_id"] == killed_run
 
     # The resume on one thread, the uninterrupted run below on `auto` (2 on 2 cores): only the shards fix the bits.
     update_params(project, {"threads": 1})
@@ -84,7 +84,7 @@ def test_killed_training_resumes_the_same_run_and_ends_bit_identical(prepared_pr
     steps = [m.step for m in mlflow_client(project).get_metric_history(killed_run, "test_accuracy")]
     assert sorted(steps) == [1, 2, 3, 4]  # every epoch logged exactly once
     resumed_results = {name: (project / name).read_text() for name in RESULT_FILES}
-    resumed_weights = load_checkpoint(project / "models" / "model.pt")["model_state"]
+    resumed_checkpoint = (project / "models" / "model.pt").read_bytes()
 
     resumed_metrics = run_results(project, killed_run)
     # The same params once more, uninterrupted: on the CPU it must give the very same bits.
@@ -92,8 +92,7 @@ def test_killed_training_resumes_the_same_run_and_ends_bit_identical(prepared_pr
     again = run(project, "dvc", "repro", "-f", "--downstream", "train")
     assert "train: the checkpoint holds a finished training; training from scratch" in again.stdout
     assert {name: (project / name).read_text() for name in RESULT_FILES} == resumed_results
-    straight_weights = load_checkpoint(project / "models" / "model.pt")["model_state"]
-    assert all(torch.equal(straight_weights[name], tensor) for name, tensor in resumed_weights.items())
+    assert (project / "models" / "model.pt").read_bytes() == resumed_checkpoint  # the same bytes, not only weights
     straight_run = json.loads((project / "metrics" / "mlflow_run.json").read_text())["run_id"]
     assert straight_run != killed_run and run_results(project, straight_run) == resumed_metrics
 
@@ -188,6 +187,8 @@ def test_a_queued_sweep_is_one_named_mlflow_run_per_experiment_in_the_repo_store
                  "metrics/mistakes.csv"):
         assert (run(project, "git", "show", f"{alone_commit}:{path}").stdout
                 == run(project, "git", "show", f"{commits[name]}:{path}").stdout), path
+    assert (lock_outs(run(project, "git", "show", f"{alone_commit}:dvc.lock").stdout)
+            == lock_outs(run(project, "git", "show", f"{commits[name]}:dvc.lock").stdout))  # the checkpoint's and plots' too
     alone_run = json.loads(run(project, "git", "show", f"{alone_commit}:metrics/mlflow_run.json").stdout)["run_id"]
     assert alone_run != by_name[name].info.run_id
     assert run_results(project, alone_run) == run_results(project, by_name[name].info.run_id)

@@ -62,3 +62,57 @@ def test_runs_of_dead_processes_are_marked_killed_and_live_ones_left(local_store
     assert client.get_run(orphan.info.run_id).info.status == "KILLED"
     assert client.get_run(alive.info.run_id).info.status == "RUNNING"
     assert client.get_run(elsewhere.info.run_id).info.status == "RUNNING"
+
+
+def test_a_resume_continues_only_an_unfinished_run_of_the_same_training(local_store):
+    """The run id beside the checkpoint may be a later training's, killed before its first checkpoint."""
+    client, experiment_id = store.connect("exp-r")
+    params = {"lr": 0.05, "epochs": 3, "threads": "auto"}
+    with pytest.raises(KeyboardInterrupt):
+        with runs.training_run(experiment_id, params) as killed:
+            raise KeyboardInterrupt
+    with runs.training_run(experiment_id, params) as finished:
+        pass
+    training = {"lr": 0.05, "epochs": 3}  # the params that decide the numbers; threads may differ
+    assert runs.resumable(client, killed, training)
+    assert not runs.resumable(client, killed, {"lr": 0.01, "epochs": 3})  # another training's run
+    assert not runs.resumable(client, finished, training)  # a finished run is a result, not continued
+    assert not runs.resumable(client, "0" * 32, training)  # the store was reset since
+    with runs.training_run(experiment_id, {**params, "threads": 1}, killed, resume_params=training) as resumed:
+        pass
+    assert resumed == killed and client.get_run(killed).info.status == "FINISHED"
+    with runs.training_run(experiment_id, {"lr": 0.01, "epochs": 3}, finished,
+                           resume_params={"lr": 0.01, "epochs": 3}) as fresh:
+        pass
+    assert fresh not in (killed, finished)
+
+
+def test_the_logged_model_loads_and_predicts_where_torch_sees_a_gpu(local_store, monkeypatch):
+    """MLflow's pt2 loader puts a model on "cuda" whenever torch sees a GPU, and refuses weights exported on the
+    CPU there: the model is logged to load on the CPU, on any machine. Here MLflow is made to believe in a GPU,
+    from the logging (which loads the model to check its serving example) to the predictions."""
+    import logging
+
+    import mlflow.pyfunc
+    import numpy as np
+    import torch
+
+    from mnist_pipeline.model import DigitClassifier, ReferenceCNN
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    warnings = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = warnings.append
+    logging.getLogger("mlflow").addHandler(handler)
+    try:
+        _, experiment_id = store.connect("exp-gpu")
+        with runs.training_run(experiment_id, {}):
+            uri = runs.log_model(DigitClassifier(ReferenceCNN(), 0.1307, 0.3081).eval(),
+                                 np.zeros((2, 1, 28, 28), np.float32))
+    finally:
+        logging.getLogger("mlflow").removeHandler(handler)
+    assert [record.getMessage()[:80] for record in warnings] == []  # no "Failed to validate serving input"
+    model = mlflow.pyfunc.load_model(uri)  # as the README loads it
+    probabilities = model.predict(np.full((3, 1, 28, 28), 255, np.float32))
+    assert probabilities.shape == (3, 10) and np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+    assert model.metadata.flavors.keys() >= {"pytorch", "python_function"}  # still torch's flavor, pt2

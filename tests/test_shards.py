@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from conftest import requires_c_compiler
+from mnist_pipeline import kernels
 from mnist_pipeline.config import AugmentConfig, TrainConfig
 from mnist_pipeline.data import Split
 from mnist_pipeline.device import place_model
@@ -36,10 +37,11 @@ def _train(threads: int, architecture: str = "reference", augment: AugmentConfig
         config = TrainConfig(epochs=2, model=architecture, batch_size=64, **{"kernels": "torch", **settings})
         generator = set_seed(config.seed)
         model = place_model(build_model(ModelConfig(architecture=architecture)), torch.device("cpu"))
-        optimizer = make_optimizer(model, config)
+        own_kernels = kernels.plan(config.kernels, model, torch.device("cpu"), config.precision).used
+        optimizer = make_optimizer(model, config, own_kernels)
         schedule = make_schedule(optimizer, config, steps_per_epoch(len(TRAIN), config.batch_size))
         history = train(model, optimizer, TRAIN, TEST, config, generator, schedule=schedule, augment=augment,
-                        workers=Workers(threads))
+                        workers=Workers(threads), own_kernels=own_kernels)
     finally:
         torch.set_num_threads(before)
     return history, {k: v.clone() for k, v in model.state_dict().items()}
@@ -67,12 +69,14 @@ def test_one_two_and_three_threads_give_the_same_bits(architecture, settings, au
 
 
 @requires_c_compiler()
-def test_the_fused_kernel_in_shards_gives_the_same_bits_on_any_thread_count():
-    one = _train(1, kernels="auto")
+@pytest.mark.parametrize("settings", [{}, {"optimizer": "adamw", "schedule": "cosine", "label_smoothing": 0.1},
+                                      {"shards": 3}])
+def test_the_project_kernels_in_shards_give_the_same_bits_on_any_thread_count(settings):
+    one = _train(1, kernels="auto", **settings)
     for threads in (2, 3):
-        other = _train(threads, kernels="auto")
+        other = _train(threads, kernels="auto", **settings)
         assert other[0] == one[0] and _same(other[1], one[1])
-    assert not _same(_train(1)[1], one[1])  # it did run the fused kernel: torch's own rounds otherwise
+    assert not _same(_train(1, **settings)[1], one[1])  # it did run the project's kernels: torch's round otherwise
 
 
 def test_the_shard_count_is_what_the_bits_depend_on():
@@ -89,7 +93,7 @@ def test_two_shards_compute_the_whole_batch_gradient():
     def part_loss(forward, part):
         return torch.nn.functional.cross_entropy(forward(TRAIN.images[part]), TRAIN.labels[part], reduction="sum")
 
-    loss = sharded.gradients(Workers(2), index, part_loss)
+    loss = sharded.gradients(Workers(2), index, sharded.autograd_part(part_loss))
     sharded_grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
     whole = torch.nn.functional.cross_entropy(model(TRAIN.images[index]), TRAIN.labels[index])
@@ -110,7 +114,7 @@ def test_batch_norm_keeps_the_mean_of_the_shards_running_statistics():
     def part_loss(forward, part):
         return forward(TRAIN.images[part]).sum()
 
-    sharded.gradients(Workers(1), torch.arange(64), part_loss)
+    sharded.gradients(Workers(1), torch.arange(64), sharded.autograd_part(part_loss))
     halves = []
     for part in (torch.arange(32), torch.arange(32, 64)):
         alone = copy.deepcopy(before)

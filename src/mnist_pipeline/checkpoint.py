@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Optional
@@ -21,20 +23,32 @@ class CheckpointError(PipelineError):
     """A checkpoint is missing, unreadable or not one of ours."""
 
 
+# What the checkpoint's config leaves out: settings that cannot change a training's numbers (`threads`, the
+# speed; plots; where files go; where MLflow logs). The checkpoint is then a function of what trains alone.
+NOT_TRAINING = ("threads", "plots", "paths", "tracking")
+
+
+def training_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The params that decide a training's numbers: `config` (params.yaml's form) without NOT_TRAINING."""
+    return {key: value for key, value in config.items() if key not in NOT_TRAINING}
+
+
 def save_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
                     generator: torch.Generator, model_config: ModelConfig, config: dict[str, Any],
-                    history: list[EpochResult], mlflow_run_id: Optional[str] = None,
-                    schedule: Optional[LRScheduler] = None) -> None:
+                    history: list[EpochResult], schedule: Optional[LRScheduler] = None) -> None:
     """Write everything that resumes or rebuilds the run to `path`, atomically.
 
     Weights, optimizer and learning-rate schedule state, the epochs done so far with their metrics, the
-    random number generators' states, the config and the MLflow run id. The
-    train stage calls this after every epoch; a crash, kill or full disk
-    mid-write leaves the previous checkpoint intact.
+    random number generators' states and the training's config: a function of params, code and data,
+    so the same training writes the same bytes. (torch.save names an archive's records after the file
+    it writes, so it writes to memory, not to the temporary file; the MLflow run id is kept beside the
+    checkpoint, in paths.mlflow_run, not in it.) The train stage calls this after every epoch; a crash,
+    kill or full disk mid-write leaves the previous checkpoint intact.
     """
     path = Path(path)
     state = {
-        "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        # Copies: the project's kernels hold the parameters as views of one block, which torch.save would store whole.
+        "model_state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "optimizer_state": optimizer.state_dict(),
         "schedule_state": schedule.state_dict() if schedule is not None else None,
         "epoch": len(history),
@@ -45,16 +59,34 @@ def save_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.opti
             "shuffle": generator.get_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         },
-        "mlflow_run_id": mlflow_run_id,
         "model_config": model_config.to_dict(),
-        "config": config,
+        "config": training_config(config),
     }
+    buffer = io.BytesIO()
+    torch.save(_canonical(state), buffer)
     try:
         with atomic_path(path) as tmp:
-            torch.save(state, tmp)
+            tmp.write_bytes(buffer.getbuffer())
     except OSError as exc:  # disk full, read-only folder, a file where the folder should be...
         kept = "the previous checkpoint is kept" if path.is_file() else "no checkpoint was written"
         raise CheckpointError(f"{path}: cannot write the checkpoint ({exc.strerror or exc}); {kept}") from None
+
+
+def _canonical(value: Any) -> Any:
+    """`value` rebuilt with fresh containers and interned strings, so that its pickle depends on its content only.
+
+    Pickle writes a string or container it has seen before as a reference to it, by object identity: a key
+    shared with torch's own code (an interned "lr") comes out as a reference in one run and in full after
+    a resume, whose keys were read back from a file. Interning every string and sharing no container
+    makes that choice the same for the same content.
+    """
+    if isinstance(value, str):
+        return sys.intern(value)
+    if isinstance(value, dict):
+        return {_canonical(key): _canonical(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_canonical(item) for item in value)
+    return value
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -81,18 +113,16 @@ def require_complete(checkpoint: dict[str, Any], path: str | Path) -> None:
 def resume_decision(checkpoint: Optional[dict[str, Any]], config: dict[str, Any]) -> tuple[bool, str]:
     """Whether training can continue from `checkpoint` under `config`, and the one line that says why.
 
-    Only an unfinished checkpoint made with the same params resumes; plot
-    settings do not count, since they cannot change training, and neither does
-    `threads`: it changes only the speed of the epochs still to run (the count
-    of each start is on the MLflow run; mnist_pipeline.shards fixes the bits).
+    Only an unfinished checkpoint made with the same params resumes; NOT_TRAINING do not count, since
+    they cannot change training: `threads`, for one, changes only the speed of the epochs still to run
+    (the count of each start is on the MLflow run; mnist_pipeline.shards fixes the bits).
     """
     if checkpoint is None:
         return False, "no checkpoint yet; training from scratch"
     if checkpoint.get("complete", True):
         return False, "the checkpoint holds a finished training; training from scratch"
-    ignored = ("plots", "threads")
-    before = flatten({k: v for k, v in checkpoint["config"].items() if k not in ignored})
-    now = flatten({k: v for k, v in config.items() if k not in ignored})
+    before = flatten(training_config(checkpoint["config"]))
+    now = flatten(training_config(config))
     changed = [f"{key} {before.get(key)} -> {now.get(key)}" for key in sorted(set(before) | set(now))
                if before.get(key) != now.get(key)]
     if changed:

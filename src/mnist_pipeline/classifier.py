@@ -4,6 +4,7 @@ predict.py and the page of predict.py --serve both answer through it."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +18,8 @@ def probabilities_from_checkpoint(pixels: np.ndarray, checkpoint_path: str | Pat
 
 
 def checkpoint_classifier(checkpoint_path: str | Path):
-    """(probabilities, run id): a function from raw pixels (N, 28, 28) to class probabilities (N, 10), loaded once
-    from a training checkpoint, and the MLflow run the checkpoint names (None without one). Imports no MLflow."""
+    """(probabilities, md5): a function from raw pixels (N, 28, 28) to class probabilities (N, 10), loaded once
+    from a training checkpoint, and the checkpoint's MD5, as dvc.lock records it. Imports no MLflow."""
     import torch
 
     from mnist_pipeline.checkpoint import load_checkpoint, model_from_checkpoint, require_complete
@@ -36,7 +37,7 @@ def checkpoint_classifier(checkpoint_path: str | Path):
             # torch.from_numpy warns about.
             return classifier(torch.tensor(pixels).unsqueeze(1)).numpy()
 
-    return probabilities, checkpoint.get("mlflow_run_id")
+    return probabilities, hashlib.md5(Path(checkpoint_path).read_bytes()).hexdigest()
 
 
 def probabilities_from_mlflow(pixels: np.ndarray, model_uri: str) -> np.ndarray:

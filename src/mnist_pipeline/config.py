@@ -118,7 +118,7 @@ class TrainConfig:
     epochs: int = field(default=10, metadata=_spec(low=1, high=1000))
     seed: int = field(default=1, metadata=_spec(low=0, high=2**32 - 1))
     device: str = field(default="auto", metadata=_spec(choices=("auto", "cpu", "cuda")))
-    deterministic: bool = False
+    deterministic: bool = True  # GPU only: mnist_pipeline.device.configure_determinism
     model: str = field(default="reference", metadata=_spec(choices=ARCHITECTURES))
     optimizer: str = field(default="sgd", metadata=_spec(choices=OPTIMIZERS))
     schedule: str = field(default="constant", metadata=_spec(choices=SCHEDULES))

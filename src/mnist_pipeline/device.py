@@ -35,16 +35,20 @@ def place_model(model: nn.Module, device: torch.device) -> nn.Module:
     return model.to(device=device, memory_format=torch.channels_last)
 
 
-def configure_determinism(enabled: bool) -> None:
-    """With `enabled`, make CUDA runs repeat bit for bit, at some speed cost.
+def configure_determinism(enabled: bool, device: torch.device) -> str:
+    """On a GPU with `enabled`, make runs repeat bit for bit, at some speed cost; the stage's line on it.
 
-    On the CPU this model's kernels are deterministic already. On a GPU, cuDNN
-    picks convolution algorithms by timing and some of them accumulate in a
-    varying order, so two runs differ in the last bits and drift apart over
-    epochs; deterministic algorithms and a fixed cuBLAS workspace stop that.
+    On the CPU the stages' arithmetic is fixed already (mnist_pipeline.shards, mnist_pipeline.kernels),
+    and nothing is set. On a GPU, cuDNN picks convolution algorithms by timing and some of them
+    accumulate in a varying order, so two runs differ in the last bits and drift apart over epochs;
+    deterministic algorithms and a fixed cuBLAS workspace stop that.
     """
+    if device.type != "cuda":
+        return ""
     if not enabled:
-        return
+        return ("deterministic: false: cuDNN's fastest kernels, whose sums vary, so two runs differ in the last "
+                "bits; true (the default) repeats them")
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # required by deterministic cuBLAS
     torch.backends.cudnn.benchmark = False
     torch.use_deterministic_algorithms(True)
+    return "deterministic: true: deterministic GPU kernels, the same bits every run on this GPU model"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Optional
 
@@ -48,8 +49,24 @@ def feature_size(config: ModelConfig) -> int:
     return config.conv2_channels * side * side
 
 
+def uniform_init(shape: tuple[int, ...], bound: float) -> torch.Tensor:
+    """U(-bound, bound) float32 values from torch's global generator, the same bits on any CPU.
+
+    torch's own uniform_ rounds `u * (high - low) + low` as one fused multiply-add on CPUs that have one and
+    as two operations elsewhere, so the same seed gives other initial weights on another instruction set.
+    Here each value is 24 random bits (an integer draw, exact everywhere) scaled in double precision by two
+    correctly rounded operations, then rounded once to float32.
+    """
+    bits = torch.randint(0, 2**24, shape, dtype=torch.int64)
+    return (bits.to(torch.float64) * (2 * bound / 2**24) - bound).to(torch.float32)
+
+
 class ReferenceCNN(nn.Module):
-    """Conv(1,10,5) -> MaxPool(2) -> ReLU -> Conv(10,20,5) -> MaxPool(2) -> ReLU -> Linear(320,10)."""
+    """Conv(1,10,5) -> MaxPool(2) -> ReLU -> Conv(10,20,5) -> MaxPool(2) -> ReLU -> Linear(320,10).
+
+    Initialised as torch initialises these layers (weights and biases uniform in +-1/sqrt(fan_in)), from
+    the same seeded generator, but with draws that give the same bits on every CPU (uniform_init).
+    """
 
     def __init__(self, config: ModelConfig = ModelConfig()):
         super().__init__()
@@ -57,19 +74,17 @@ class ReferenceCNN(nn.Module):
         self.conv2 = nn.Conv2d(config.conv1_channels, config.conv2_channels, kernel_size=config.kernel_size)
         self.pool = nn.MaxPool2d(config.pool)
         self.fc = nn.Linear(feature_size(config), config.num_classes)
+        with torch.no_grad():
+            for layer in (self.conv1, self.conv2, self.fc):
+                bound = 1 / math.sqrt(layer.weight[0].numel())  # fan_in: the inputs of one output
+                layer.weight.copy_(uniform_init(tuple(layer.weight.shape), bound))
+                layer.bias.copy_(uniform_init(tuple(layer.bias.shape), bound))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.rest(self.first_block(x))
-
-    def first_block(self, x: torch.Tensor) -> torch.Tensor:
-        """conv1 -> pool -> ReLU; on a CPU, training runs this as one fused kernel (mnist_pipeline.fused)."""
         x = self.conv1(x)  # (N, 1, 28, 28) -> (N, 10, 24, 24)
         x = self.pool(x)  # -> (N, 10, 12, 12)
-        return torch.relu(x)
-
-    def rest(self, x: torch.Tensor) -> torch.Tensor:
-        """Everything after the first block."""
-        x = self.conv2(x)  # (N, 10, 12, 12) -> (N, 20, 8, 8)
+        x = torch.relu(x)
+        x = self.conv2(x)  # -> (N, 20, 8, 8)
         x = self.pool(x)  # -> (N, 20, 4, 4)
         x = torch.relu(x)
         x = torch.flatten(x, 1)  # (N, 20, 4, 4) -> (N, 320)

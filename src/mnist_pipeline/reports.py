@@ -37,6 +37,15 @@ def read_json(path: str | Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
+def read_run_id(path: str | Path) -> Optional[str]:
+    """The MLflow run id the train stage wrote to `path` (paths.mlflow_run); None when there is none to read."""
+    try:
+        run_id = read_json(path).get("run_id")
+    except (OSError, ValueError, AttributeError):  # missing, half-edited, not an object
+        return None
+    return run_id if isinstance(run_id, str) else None
+
+
 def write_history(path: str | Path, history: Iterable[EpochResult]) -> None:
     """One CSV row per epoch; dvc.yaml declares this file as the accuracy and loss plots."""
     rows = [[r.epoch, f"{r.train_loss:.6f}", f"{r.test_loss:.6f}", f"{r.test_accuracy:.6f}"] for r in history]

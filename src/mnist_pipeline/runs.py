@@ -74,9 +74,26 @@ def run_name() -> Optional[str]:
     return os.environ.get("DVC_EXP_NAME") or None
 
 
+def resumable(client: MlflowClient, run_id: str, params: dict[str, Any]) -> bool:
+    """Whether run `run_id` is an unfinished training logged with these `params` (a subset of its params).
+
+    The run id comes from a file beside the checkpoint that a later training may have rewritten before
+    it was killed too: only a run whose params are the checkpoint's continues.
+    """
+    if not run_exists(client, run_id):
+        return False  # the store was reset since: a new run it is
+    run = client.get_run(run_id)
+    logged = run.data.params
+    return run.info.status != "FINISHED" and all(logged.get(key) == str(value) for key, value in params.items())
+
+
 @contextlib.contextmanager
-def training_run(experiment_id: str, params: dict[str, Any], resume_run_id: Optional[str] = None) -> Iterator[str]:
+def training_run(experiment_id: str, params: dict[str, Any], resume_run_id: Optional[str] = None,
+                 resume_params: Optional[dict[str, Any]] = None) -> Iterator[str]:
     """Start (or, when resuming, reopen) the one MLflow run of a training and yield its id.
+
+    `resume_run_id` continues when that run is resumable with `resume_params` (the params that decide
+    the training's numbers); otherwise the training gets a new run.
 
     The run ends FINISHED only when the block completes: an error marks it
     FAILED, Ctrl-C or SIGTERM marks it KILLED, so a half-finished run is never
@@ -85,8 +102,8 @@ def training_run(experiment_id: str, params: dict[str, Any], resume_run_id: Opti
     """
     client = MlflowClient(mlflow.get_tracking_uri())
     close_orphaned_runs(client, experiment_id)
-    if resume_run_id is not None and not run_exists(client, resume_run_id):
-        resume_run_id = None  # the store was reset since: a new run it is
+    if resume_run_id is not None and not resumable(client, resume_run_id, resume_params or {}):
+        resume_run_id = None
     tags = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
     # Only the process that opens the run measures, for the whole host: CPU and memory are
     # machine-wide and the GPU monitor reads every GPU. Under torchrun that is rank 0 (one node).
@@ -153,6 +170,28 @@ def logged_epochs(run_id: str, metric: str = "test_accuracy") -> set[int]:
     return {m.step for m in client.get_metric_history(run_id, metric)}
 
 
+class _PytorchOnCpu:
+    """mlflow.pytorch as the flavor Model.log saves with, except that the pyfunc loads the model on the CPU.
+
+    MLflow's pt2 loader puts a model on "cuda" whenever torch sees a GPU, unless the model's config names a
+    device, and refuses a pt2 archive whose weights were exported on the CPU: on a GPU machine
+    pyfunc.load_model, predict.py and `mlflow models serve` would all fail. mlflow.pytorch.save_model
+    writes `device: null` into the pyfunc flavor's model_config and takes no argument to change it, so this
+    writes `cpu` there once it has saved. The model is small: the CPU answers in milliseconds.
+    """
+
+    __name__ = "mlflow.pytorch"  # the flavor MLflow records for the logged model
+
+    @staticmethod
+    def save_model(path, mlflow_model, **kwargs):
+        from mlflow.pyfunc import FLAVOR_NAME as PYFUNC
+        from mlflow.pyfunc import MODEL_CONFIG
+
+        mlflow.pytorch.save_model(path=path, mlflow_model=mlflow_model, **kwargs)
+        mlflow_model.flavors[PYFUNC][MODEL_CONFIG] = {"device": "cpu"}
+        mlflow_model.save(str(Path(path) / "MLmodel"))  # the file MLflow reads a model's flavors from
+
+
 def log_model(model, example_pixels) -> str:
     """Log the digit classifier (raw 0-255 pixels in, class probabilities out); return its URI.
 
@@ -160,20 +199,25 @@ def log_model(model, example_pixels) -> str:
     to ship with it. torch.export traces the model once; channels-last weights become
     contiguous first, since the archive writer expects each weight to fill its storage
     (it warns "No complete tensor found in the group" otherwise). The results are the same.
+    It loads on the CPU on any machine, a GPU one too (_PytorchOnCpu).
     """
     import numpy as np
     import torch
 
-    from mlflow.models import ModelSignature
+    import mlflow.pytorch
+    from mlflow.models import Model, ModelSignature
     from mlflow.types import Schema, TensorSpec
 
     signature = ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1, 28, 28))]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 10))]),
     )
-    info = mlflow.pytorch.log_model(
-        model.to(memory_format=torch.contiguous_format),
+    # mlflow.pytorch.log_model's own call, with the flavor above.
+    info = Model.log(
+        None,  # artifact_path: deprecated for `name`, and still positional
         name="model",
+        flavor=_PytorchOnCpu,
+        pytorch_model=model.to(memory_format=torch.contiguous_format),
         serialization_format="pt2",
         signature=signature,
         input_example=example_pixels,

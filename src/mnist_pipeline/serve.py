@@ -53,7 +53,7 @@ class Answerer:
     """One loaded model: its probabilities (N, 10) for framed pixels (N, 28, 28) uint8, and what the page says of it."""
 
     probabilities: Callable[[np.ndarray], np.ndarray]
-    about: dict[str, Any]  # JSON: kind, and name, version, alias or checkpoint; run_id, run_url (None when unknown)
+    about: dict[str, Any]  # JSON: kind, and name, version, alias or checkpoint, md5; run_id, run_url (None when unknown)
 
 
 class FixedModel:
@@ -162,9 +162,10 @@ def checkpoint_model(checkpoint_path: str) -> FixedModel:
     """A training checkpoint as the answering model; imports no MLflow."""
     from mnist_pipeline.classifier import checkpoint_classifier
 
-    probabilities, run_id = checkpoint_classifier(checkpoint_path)
-    return FixedModel(Answerer(probabilities, {"kind": "checkpoint", "checkpoint": str(checkpoint_path),
-                                               "run_id": run_id, "run_url": None}))
+    # No run id: a checkpoint is a result, the same bytes whichever run made it; its MD5 is dvc.lock's.
+    probabilities, md5 = checkpoint_classifier(checkpoint_path)
+    return FixedModel(Answerer(probabilities, {"kind": "checkpoint", "checkpoint": str(checkpoint_path), "md5": md5,
+                                               "run_id": None, "run_url": None}))
 
 
 def answer(answerer: Answerer, data: bytes, name: str) -> dict[str, Any]:

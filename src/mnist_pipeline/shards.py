@@ -27,6 +27,9 @@ from torch import nn
 
 from mnist_pipeline.model import SeededDropout
 
+# (part number, the part's indices) -> (the part's summed loss, its gradient for each parameter)
+PartGradients = Callable[[int, torch.Tensor], tuple[torch.Tensor, Sequence[torch.Tensor]]]
+
 
 class Workers:
     """`count` threads that compute parts side by side, the calling thread one of them; torch on one thread in each."""
@@ -115,18 +118,34 @@ class ShardedModel:
         # Floating-point buffers only: num_batches_tracked counts alike in every copy.
         self._buffers = [[b for b in module.buffers() if b.is_floating_point()] for module in [model, *self.replicas]]
 
-    def gradients(self, workers: Workers, index: torch.Tensor,
-                  part_loss: Callable[[Callable[[torch.Tensor], torch.Tensor], torch.Tensor], torch.Tensor],
-                  dropout_seeds: Optional[Sequence[int]] = None) -> torch.Tensor:
+    def gradients(self, workers: Workers, index: torch.Tensor, part_gradients: PartGradients) -> torch.Tensor:
         """Set each parameter's .grad to the gradient of batch `index`'s mean loss; return that loss (detached).
 
-        `part_loss(forward, part)` is the summed loss of the images `part` (a part of `index`) under
-        `forward`. `dropout_seeds` seeds each part's dropout (one per shard), when the network has any.
+        `part_gradients(number, part)` gives the summed loss of the images `part` (the number-th part of
+        `index`) and its gradient for each parameter: autograd_part's, or the project's kernels'.
         """
         pieces = parts(index, self.shards)
+        results = workers.map(lambda numbered: part_gradients(*numbered), enumerate(pieces))
+        total, grads = results[0][0], list(results[0][1])
+        for loss, part_grads in results[1:]:  # in part order: the same sums whatever thread made each part
+            total = total + loss
+            torch._foreach_add_(grads, list(part_grads))
+        torch._foreach_div_(grads, float(len(index)))
+        for parameter, grad in zip(self.parameters, grads):
+            parameter.grad = grad
+        if self.copies:
+            self._merge_buffers(len(pieces))
+        return total / len(index)
 
-        def compute(numbered: tuple[int, torch.Tensor]):
-            number, part = numbered
+    def autograd_part(self, part_loss: Callable[[Callable[[torch.Tensor], torch.Tensor], torch.Tensor], torch.Tensor],
+                      dropout_seeds: Optional[Sequence[int]] = None) -> PartGradients:
+        """A part's loss and gradients by torch's autograd, on the part's replica.
+
+        `part_loss(forward, part)` is the summed loss of the images `part` under `forward`. `dropout_seeds`
+        seeds each part's dropout (one per shard), when the network has any.
+        """
+
+        def compute(number: int, part: torch.Tensor) -> tuple[torch.Tensor, Sequence[torch.Tensor]]:
             if dropout_seeds is not None:
                 for module in self.replicas[number].modules():
                     if isinstance(module, SeededDropout):
@@ -134,17 +153,7 @@ class ShardedModel:
             loss = part_loss(self.forwards[number], part)
             return loss.detach(), torch.autograd.grad(loss, self.parameters)
 
-        results = workers.map(compute, enumerate(pieces))
-        total, grads = results[0][0], list(results[0][1])
-        for loss, part_grads in results[1:]:  # in part order: the same sums whatever thread made each part
-            total = total + loss
-            torch._foreach_add_(grads, part_grads)
-        torch._foreach_div_(grads, float(len(index)))
-        for parameter, grad in zip(self.parameters, grads):
-            parameter.grad = grad
-        if self.copies:
-            self._merge_buffers(len(pieces))
-        return total / len(index)
+        return compute
 
     @torch.no_grad()
     def _merge_buffers(self, used: int) -> None:
@@ -170,12 +179,11 @@ def _replica(model: nn.Module) -> nn.Module:
     return replica
 
 
-def predict_in_chunks(images: torch.Tensor, workers: Workers, run: Callable[[torch.Tensor], torch.Tensor],
-                      chunk: int) -> torch.Tensor:
-    """`run(images[i:i + chunk])` for each chunk, side by side on `workers`, concatenated in order; no gradients."""
+def in_chunks(length: int, chunk: int, workers: Workers, run: Callable[[slice], Any]) -> list[Any]:
+    """`[run(slice(i, i + chunk)) for i in range(0, length, chunk)]`, side by side on `workers`, in order; no gradients."""
 
-    def one(start: int) -> torch.Tensor:
+    def one(start: int) -> Any:
         with torch.no_grad():  # grad mode is per thread
-            return run(images[start : start + chunk])
+            return run(slice(start, start + chunk))
 
-    return torch.cat(workers.map(one, range(0, len(images), chunk)))
+    return workers.map(one, range(0, length, chunk))

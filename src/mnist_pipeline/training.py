@@ -10,11 +10,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mnist_pipeline import fused
 from mnist_pipeline.config import AugmentConfig, TrainConfig
 from mnist_pipeline.data import Split
 from mnist_pipeline.distributed import Ranks, gather_shards, mean_across_ranks, shard, wrap
 from mnist_pipeline.evaluation import EvalResult, evaluate, metrics_from_logits, predict
+from mnist_pipeline.kernels import Adam as KernelAdam
+from mnist_pipeline.kernels import SGD as KernelSGD
+from mnist_pipeline.kernels import ReferenceKernels
 from mnist_pipeline.history import EpochResult
 from mnist_pipeline.shards import ShardedModel, Workers
 
@@ -37,13 +39,20 @@ def steps_per_epoch(images: int, batch_size: int) -> int:
     return (images + batch_size - 1) // batch_size
 
 
-def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, config: TrainConfig, own_kernels: bool = False) -> torch.optim.Optimizer:
     """SGD with momentum (the reference), Adam or AdamW, with `momentum` as Adam's beta1.
 
-    The fused implementations update all parameters in one kernel; on these
-    small models that measured faster on CPU as well as GPU, for the same update.
+    With `own_kernels` (the reference network in the project's kernels, kernels.plan), the kernels'
+    implementations, whose updates have the same bits on any CPU. Otherwise torch's fused
+    implementations, which update all parameters in one kernel; on these small models that measured
+    faster on CPU as well as GPU, for the same update.
     """
     params, lr, decay = model.parameters(), config.lr, config.weight_decay
+    if own_kernels:
+        if config.optimizer == "sgd":
+            return KernelSGD(params, lr=lr, momentum=config.momentum, weight_decay=decay)
+        return KernelAdam(params, lr=lr, betas=(config.momentum, 0.999), weight_decay=decay,
+                          decoupled=config.optimizer == "adamw")
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=config.momentum, weight_decay=decay, fused=True)
     optimizer_class = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
@@ -104,11 +113,13 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, split: S
                     schedule: Optional[torch.optim.lr_scheduler.LRScheduler] = None, label_smoothing: float = 0.0,
                     augment: AugmentConfig = AugmentConfig(), background: float = 0.0, precision: str = "fp32",
                     forward: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, ranks: Ranks = Ranks(),
-                    sharded: Optional[ShardedModel] = None, workers: Optional[Workers] = None) -> float:
+                    sharded: Optional[ShardedModel] = None, workers: Optional[Workers] = None,
+                    kernels: Optional[ReferenceKernels] = None) -> float:
     """One shuffled pass over `split` (already on the model's device); returns the mean batch loss.
 
     With `sharded` (and its `workers`), each batch's gradient is the ordered sum of its shards'
-    (mnist_pipeline.shards): the same bits on any number of threads. Without, the whole batch goes
+    (mnist_pipeline.shards): the same bits on any number of threads; with `kernels` too, the project's
+    kernels compute each shard (mnist_pipeline.kernels): the same bits on any CPU. Without, the whole batch goes
     through `forward` at once (a GPU; or, under several processes, each rank's slice of every batch,
     every rank drawing the same permutation, `forward` the DistributedDataParallel wrapper).
 
@@ -146,8 +157,12 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, split: S
     loss_sum = torch.zeros((), device=device)
     for step in range(steps):
         index = shard(order[step * batch_size : (step + 1) * batch_size], ranks)
-        if sharded is not None:
-            loss = sharded.gradients(workers, index, part_loss, dropout_seeds[step] if dropout_seeds else None)
+        if kernels is not None:
+            loss = sharded.gradients(workers, index, lambda _, part: kernels.gradients(
+                images_of(part), split.labels[part], label_smoothing))
+        elif sharded is not None:
+            loss = sharded.gradients(workers, index, sharded.autograd_part(
+                part_loss, dropout_seeds[step] if dropout_seeds else None))
         else:
             optimizer.zero_grad(set_to_none=True)
             with precision_context(precision, device):
@@ -164,10 +179,10 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, split: S
 
 
 def evaluate_across_ranks(model: nn.Module, split: Split, precision: str = "fp32", ranks: Ranks = Ranks(),
-                          workers: Optional[Workers] = None) -> EvalResult:
+                          workers: Optional[Workers] = None, kernels: Optional[ReferenceKernels] = None) -> EvalResult:
     """The per-epoch test; under several processes each rank predicts its share and all get the whole result."""
     if not ranks.distributed:
-        return evaluate(model, split, precision=precision, workers=workers)
+        return evaluate(model, split, precision=precision, workers=workers, kernels=kernels)
     mine = shard(torch.arange(len(split), device=split.images.device), ranks)
     logits = gather_shards(predict(model, split.images[mine], precision=precision), ranks, len(split))
     return metrics_from_logits(logits, split.labels)
@@ -184,7 +199,7 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_split: Split
           augment: AugmentConfig = AugmentConfig(), background: float = 0.0,
           progress: Optional[ProgressFactory] = None, ranks: Ranks = Ranks(),
           on_epoch_end: Optional[Callable[[list[EpochResult]], None]] = None,
-          workers: Optional[Workers] = None) -> list[EpochResult]:
+          workers: Optional[Workers] = None, own_kernels: bool = False) -> list[EpochResult]:
     """Train up to config.epochs, testing after every epoch as the reference does; returns the history.
 
     `history` holds the epochs already done when resuming; training continues
@@ -193,12 +208,13 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_split: Split
     `background` is the value of a blank pixel after normalisation, which
     augmentation fills uncovered pixels with. Under several processes the
     ranks split the test set and share their predictions, so all hold the same
-    history. On a CPU the reference network trains with its first block fused
-    (`config.kernels`, mnist_pipeline.fused); the per-epoch test uses torch's layers.
+    history.
 
     With `workers` (a CPU, one process), every batch is split into `config.shards` parts whose
     gradients add up in order, and the test set into fixed chunks (mnist_pipeline.shards): the
-    results do not depend on how many threads `workers` has.
+    results do not depend on how many threads `workers` has. With `own_kernels` too (what
+    kernels.plan decides, with `optimizer` from make_optimizer(..., own_kernels=True)), the
+    reference network trains and is tested in the project's kernels: the same bits on any CPU.
     """
     history = list(history)
     steps = steps_per_epoch(len(train_split), config.batch_size)
@@ -207,17 +223,17 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_split: Split
     forward_of: Callable[[nn.Module], Callable[[torch.Tensor], torch.Tensor]] = _as_it_is
     if config.compile:
         forward, forward_of = torch.compile(forward), torch.compile
-    elif fused.plan(config.kernels, model, train_split.images.device, config.precision, config.compile,
-                    ranks.world_size)[0]:
-        forward, forward_of = fused.reference_forward(model), fused.reference_forward
+    kernels = ReferenceKernels(model) if own_kernels else None
+    if kernels is not None and workers is None:
+        workers = Workers(1)
     sharded = ShardedModel(model, config.shards, forward_of) if workers is not None else None
     for epoch in range(len(history) + 1, config.epochs + 1):
         display = progress(epoch, steps) if progress else None
         train_loss = train_one_epoch(model, optimizer, train_split, config.batch_size, generator, display,
                                      schedule=schedule, label_smoothing=config.label_smoothing, augment=augment,
                                      background=background, precision=config.precision, forward=forward,
-                                     ranks=ranks, sharded=sharded, workers=workers)
-        test = evaluate_across_ranks(model, test_split, config.precision, ranks, workers)
+                                     ranks=ranks, sharded=sharded, workers=workers, kernels=kernels)
+        test = evaluate_across_ranks(model, test_split, config.precision, ranks, workers, kernels)
         result = EpochResult(epoch=epoch, train_loss=train_loss, test_loss=test.loss, test_accuracy=test.accuracy)
         if display is not None:
             display.close(result)

@@ -139,7 +139,7 @@ function showModel(model) {
   line.textContent = "";
   const run = model.run_id ? `, run ${model.run_id}` : "";
   line.append(model.kind === "checkpoint"
-    ? `Model: checkpoint ${model.checkpoint}${run}`
+    ? `Model: checkpoint ${model.checkpoint} (md5 ${model.md5})`
     : `Model: ${model.name} version ${model.version} (alias ${model.alias})${run}`);
   if (model.run_url) {
     const link = document.createElement("a");
