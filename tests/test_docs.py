@@ -82,3 +82,4 @@ def test_each_block_a_benchmark_rewrites_has_its_two_markers():
     readme = README.read_text()
     assert readme.count(recipes.RECIPES_MARK) == 2  # the recipes people run stay in the README
     assert set(recipes.readme_recipes(readme)) == {"fast", "best"}
+    assert recipes.recipe_params(recipes.readme_recipes(readme)["best"])["augment"]["rotate"] > 0  # the best augments

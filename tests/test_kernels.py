@@ -316,14 +316,20 @@ def test_the_build_is_cached_per_source_and_target(tmp_path):
     assert kernels.build("x86-64", source=edited, directory=tmp_path) != first
 
 
-def test_plan_falls_back_to_torch_when_the_kernels_cannot_be_built(monkeypatch):
-    def cannot_build():
-        raise kernels.KernelBuildError("no C compiler: `cc` is not on PATH; install gcc, or set kernels: torch")
+@pytest.fixture
+def unloaded_kernels():
+    """kernels.load as in a new process (it keeps what it loaded), and as this process had it afterwards."""
+    kernels.load.cache_clear()
+    yield
+    kernels.load.cache_clear()
 
-    monkeypatch.setattr(kernels, "load", cannot_build)
+
+def test_plan_falls_back_to_torch_when_the_kernels_cannot_be_built(unloaded_kernels, monkeypatch):
+    monkeypatch.setenv("CC", "no-such-compiler-here")
     plan = kernels.plan("auto", build_model(ModelConfig()), CPU)
     assert not plan.used
-    assert plan.line == "torch's kernels (kernels: auto, but no C compiler: `cc` is not on PATH; install gcc, or set kernels: torch)"
+    assert plan.line == ("torch's kernels (kernels: auto, but no C compiler: `no-such-compiler-here` is not on PATH; "
+                         "install gcc, or set kernels: torch)")
 
 
 @needs_compiler

@@ -1,5 +1,7 @@
+import pytest
 import torch
 
+from mnist_pipeline.config import ARCHITECTURES as CONFIG_ARCHITECTURES
 from mnist_pipeline.model import (ARCHITECTURES, CompactCNN, DigitClassifier, ModelConfig, ReferenceCNN, WideCNN,
                                   build_model, feature_size, parameter_count)
 
@@ -73,10 +75,11 @@ def test_widths_come_from_the_config():
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 3)
 
 
-def test_every_configurable_architecture_is_buildable():
-    from mnist_pipeline.config import ARCHITECTURES as CONFIG_CHOICES
-
-    assert set(CONFIG_CHOICES) == set(ARCHITECTURES)
+@pytest.mark.parametrize("name", CONFIG_ARCHITECTURES)
+def test_every_architecture_params_yaml_allows_is_built_and_classifies(name):
+    model = build_model(ModelConfig(architecture=name))
+    assert type(model) is ARCHITECTURES[name]
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 
 
 def test_model_config_round_trips_through_a_checkpoint_dict():

@@ -13,5 +13,9 @@ def test_one_seed_fixes_every_generator():
 
     assert draw() == draw()
     first = draw()
-    set_seed(124)
-    assert random.random() != first[0]
+
+    def draw_other():
+        generator = set_seed(124)
+        return random.random(), np.random.rand(), torch.rand(1).item(), torch.randperm(10, generator=generator).tolist()
+
+    assert all(a != b for a, b in zip(first, draw_other(), strict=True))  # every generator follows the seed

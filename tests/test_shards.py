@@ -132,10 +132,12 @@ def test_parts_split_a_batch_in_order_without_empty_parts():
 
 def test_workers_return_results_in_item_order_and_spread_them_over_threads():
     seen = set()
+    both_started = threading.Barrier(2)
 
     def work(item):
         seen.add(threading.current_thread().name)
-        torch.randn(200, 200) @ torch.randn(200, 200)  # long enough for the other thread to take some
+        if item < 2:  # the first two items wait for each other: a second thread must take one
+            both_started.wait(timeout=30)
         return item * 2
 
     assert Workers(3).map(work, range(40)) == [2 * i for i in range(40)]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 
+import psutil
 import pytest
 
 from mnist_pipeline.config import ConfigError
@@ -37,6 +40,10 @@ def test_the_choice_does_not_read_the_load():
     quiet = choose("auto", available_cores(), 2)
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
+        cpu = psutil.Process(hog.pid)
+        while sum(cpu.cpu_times()[:2]) < 0.5:  # busy for real, not just started
+            time.sleep(0.05)
+        assert psutil.cpu_percent(interval=0.2) > 100 / os.cpu_count() / 2  # the machine sees the load
         busy = choose("auto", available_cores(), 2)
     finally:
         hog.kill()
