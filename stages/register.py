@@ -11,7 +11,8 @@ from pathlib import Path
 from mnist_pipeline import registry, reporting, store
 from mnist_pipeline.cli import run_stage
 from mnist_pipeline.config import load_config
-from mnist_pipeline.reports import EvaluationReport, EvaluationRun, read_json
+from mnist_pipeline.errors import PipelineError
+from mnist_pipeline.reports import EvaluationReport, EvaluationRun, read_json, write_json
 from mnist_pipeline.timing import StageClock
 
 PLOTS = ("accuracy.png", "loss.png", "confusion.png", "mistakes.png")  # the plot stage's PNGs
@@ -24,8 +25,11 @@ def main() -> None:
     clock.mark("MLflow import and store")
     run = read_json(config.paths.mlflow_run)
     run_id = run["run_id"]
-    metrics = reporting.evaluation_metrics(EvaluationReport.read(config.paths.eval_metrics),
-                                           EvaluationRun.read(config.paths.eval_run))
+    # Absent where evaluate did not run: a fresh clone trains the committed model again, byte for byte, and
+    # DVC keeps the committed evaluation of it.
+    eval_run = EvaluationRun.read(config.paths.eval_run) if Path(config.paths.eval_run).exists() else None
+    evaluation = EvaluationReport.read(config.paths.eval_metrics)
+    metrics = reporting.evaluation_metrics(evaluation, eval_run)
     metrics["stage_seconds/register"] = clock.total()
     lock_text = reporting.current_lock()
     plots = tuple(Path(config.paths.plots_dir) / name for name in PLOTS)
@@ -34,12 +38,16 @@ def main() -> None:
                                    files={"metrics": (config.paths.eval_metrics,), "plots": plots},
                                    texts={reporting.LOCK_ARTIFACT: lock_text} if lock_text else None)
     if not logged:
-        print(f"register: warning: MLflow run {run_id} is not in the store; nothing logged "
-              "(dvc repro -f train makes a new run)")
-    elif run.get("model_uri"):
+        raise PipelineError(f"MLflow run {run_id} (paths.mlflow_run) is not in the store {store.shown(store.tracking_uri())}; "
+                            "nothing logged; dvc repro -f trains a new run")
+    if run.get("model_uri"):
         promotion = registry.promote_if_best(config.tracking.experiment, run_id, run["model_uri"],
                                              config.tracking.registered_model)
         print(f"register: {promotion.message}")
+    # Only what is the same for the same results: no run id or version here (dvc.lock hashes this file).
+    write_json(config.paths.registered, {"evaluation": config.paths.eval_metrics, "test_accuracy": evaluation.test_accuracy,
+                                         "test_images": evaluation.test_images, "model_logged": bool(run.get("model_uri")),
+                                         "registered_model": config.tracking.registered_model})
     clock.mark("logging and registry")
     clock.report()
 

@@ -89,6 +89,8 @@ def main() -> None:
     with run as run_id:
         if ranks.is_main:  # before the first checkpoint: a resume finds this run
             write_json(paths.mlflow_run, {"run_id": run_id, "experiment": config.tracking.experiment, "model_uri": None})
+            # This run has yet to get its evaluation: the register stage must run after it (dvc.yaml says why).
+            Path(paths.registered).unlink(missing_ok=True)
         processes = f" in {ranks.world_size} processes" if ranks.distributed else ""
         say(f"train: {config.train.model} network ({parameter_count(model):,} parameters), {len(train_split)} images, "
             f"{config.train.epochs} epochs on {device}{processes}; MLflow run {run_id}")

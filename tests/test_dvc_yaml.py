@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from conftest import REPO_ROOT, requires_mnist_mirror
-from dvc_project import copy_project, run, update_params
+from dvc_project import SMALL, copy_project, run, update_params
 from mnist_pipeline.config import SECTIONS, TrainConfig
 
 PACKAGE = REPO_ROOT / "src" / "mnist_pipeline"
@@ -65,10 +65,19 @@ TRAINING = ["train", "evaluate", "plot", "register"]
 PLOTTING = ["plot", "register"]
 # Which stages a param's change must rerun, by section; a param added to a section is checked without an edit here.
 RERUNS_BY_SECTION = {"train": TRAINING, "augment": TRAINING, "data": TRAINING, "plots": PLOTTING, "tracking": TRAINING}
+EVALUATING = ["evaluate", "plot", "register"]
 RERUNS_BY_PARAM = {
     "threads": [],  # the speed only: the same results, so nothing reruns
     "tracking.registered_model": ["register"],
-    "data.dir": None, "plots.cmap": None,  # not changed here: a new folder is a new download; see PARAM_CASES
+    "data.dir": ALL,  # a new folder is a new download, and everything after it
+    "plots.cmap": None,  # a string: see PARAM_CASES
+    # Where each file goes: the stage that writes it and every stage that reads it rerun.
+    "paths.checkpoint": TRAINING, "paths.train_metrics": TRAINING, "paths.history": TRAINING,
+    "paths.mlflow_run": TRAINING,  # written by train, read by register
+    "paths.eval_metrics": EVALUATING, "paths.confusion": EVALUATING, "paths.mistakes": EVALUATING,
+    "paths.eval_run": EVALUATING,  # written by evaluate, read by register
+    "paths.plots_dir": PLOTTING,
+    "paths.registered": ["register"],  # its record of what it logged
 }
 
 
@@ -90,13 +99,16 @@ def _changed_value(field, default):
 
 def _param_cases():
     cases = []
-    for section, cls in [("train", TrainConfig), *((name, cls) for name, cls in SECTIONS.items() if name != "paths")]:
+    for section, cls in [("train", TrainConfig), *SECTIONS.items()]:
         for field in dataclasses.fields(cls):
             key = field.name if section == "train" else f"{section}.{field.name}"
-            expected = RERUNS_BY_PARAM.get(key, RERUNS_BY_SECTION[section])
+            expected = RERUNS_BY_PARAM[key] if key in RERUNS_BY_PARAM else RERUNS_BY_SECTION[section]
             if expected is None:
                 continue
-            value = _changed_value(field, field.default)
+            # Another value than the test project's (the dataclass default, or SMALL's where it sets one).
+            current = SMALL.get(field.name, field.default) if section == "train" else \
+                SMALL.get(section, {}).get(field.name, field.default)
+            value = _changed_value(field, current)
             cases.append(({field.name: value} if section == "train" else {section: {field.name: value}}, expected))
     return cases
 
@@ -139,8 +151,11 @@ def project(prepared_project, tmp_path_factory):
 
 
 def changed_stages(project) -> set[str]:
-    status = json.loads(run(project, "dvc", "status", "--json").stdout or "{}")
-    return {name.split(":")[-1] for name in status}
+    """What `dvc status` says changed, asked of DVC in this process (its Python API; a command costs a second more)."""
+    from dvc.repo import Repo
+
+    with Repo(str(project)) as repo:
+        return {name.split(":")[-1] for name in repo.status()}
 
 
 @pytest.mark.e2e

@@ -6,6 +6,7 @@ Steps of one story on one copy of the repository, in file order.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -120,9 +121,12 @@ def test_killed_training_leaves_dvc_and_mlflow_consistent_and_the_next_repro_wor
     repro.wait()
 
     # The results of the last complete run are untouched; the checkpoint is the killed run's last
-    # whole epoch, marked unfinished so that nothing takes it for a result (it is there to resume).
-    assert {k: v for k, v in snapshot(project).items() if k != "models/model.pt"} == \
-        {k: v for k, v in before.items() if k != "models/model.pt"}
+    # whole epoch, marked unfinished so that nothing takes it for a result (it is there to resume), and the
+    # run id beside it names the killed run, which the resume continues.
+    kept = ("models/model.pt", "metrics/mlflow_run.json")
+    assert {k: v for k, v in snapshot(project).items() if k not in kept} == \
+        {k: v for k, v in before.items() if k not in kept}
+    assert json.loads((project / "metrics" / "mlflow_run.json").read_text())["run_id"] == killed_run
     partial = load_checkpoint(project / "models" / "model.pt")
     assert 1 <= partial["epoch"] < 4 and not partial["complete"]
     assert not list((project / "models").glob(".model.pt.*"))  # no half-written checkpoint

@@ -65,6 +65,7 @@ class PathsConfig:
     eval_run: str = "metrics/eval_run.json"
     mlflow_run: str = "metrics/mlflow_run.json"
     plots_dir: str = "plots"
+    registered: str = "models/registered.json"
 
 
 @dataclass(frozen=True)

@@ -19,13 +19,15 @@ def evaluated_model_tags(model_uri: Optional[str]) -> dict[str, str]:
     return {EVALUATED_MODEL_TAG: model_uri.removeprefix("models:/")} if model_uri else {}
 
 
-def evaluation_metrics(evaluation: EvaluationReport, eval_run: EvaluationRun) -> dict[str, float]:
-    """The run's metrics from the evaluate stage's files: eval.json (the results) and eval_run.json (threads, seconds)."""
+def evaluation_metrics(evaluation: EvaluationReport, eval_run: Optional[EvaluationRun]) -> dict[str, float]:
+    """The run's metrics from the evaluate stage's files: eval.json (the results) and eval_run.json (threads,
+    seconds), which is absent where evaluate did not run (a fresh clone's committed eval.json)."""
     metrics = {"eval_accuracy": evaluation.test_accuracy, "eval_loss": evaluation.test_loss}
     if evaluation.val_accuracy is not None:  # what searches and model selection score on
         metrics.update({"val_accuracy": evaluation.val_accuracy, "val_loss": evaluation.val_loss})
     metrics.update({f"eval_accuracy_digit_{digit}": accuracy for digit, accuracy in evaluation.per_class_accuracy.items()})
-    metrics.update({"eval_threads": float(eval_run.threads), "stage_seconds/evaluate": eval_run.seconds})
+    if eval_run is not None:
+        metrics.update({"eval_threads": float(eval_run.threads), "stage_seconds/evaluate": eval_run.seconds})
     return metrics
 
 
