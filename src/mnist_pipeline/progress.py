@@ -1,7 +1,9 @@
-"""Training progress on the terminal: one tqdm bar per epoch with the running loss."""
+"""Training progress: in a terminal, one live tqdm bar per epoch with the running loss; elsewhere one line per epoch."""
 
 from __future__ import annotations
 
+import sys
+import time
 from typing import Optional
 
 from tqdm import tqdm
@@ -27,6 +29,32 @@ class EpochBar:
         self._bar.close()
 
 
-def epoch_bars(epochs: int):
-    """A progress factory for `training.train`."""
-    return lambda epoch, steps: EpochBar(epoch, epochs, steps)
+class EpochLine:
+    """One line for one epoch, on stdout when it ends: what a log file, CI or `dvc queue logs` wants.
+
+    A bar redrawn with carriage returns is one line to a terminal but a line per redraw to a file. On
+    stdout, with the stage's other lines: a log that holds both streams keeps them in order only if
+    the line flushes what the stage printed before it (stdout is block-buffered outside a terminal).
+    """
+
+    def __init__(self, epoch: int, epochs: int, steps: int):
+        self._label, self._steps, self._done, self._started = f"epoch {epoch}/{epochs}", steps, 0, time.perf_counter()
+
+    def update(self, steps: int, running_loss: Optional[float]) -> None:
+        """Count the batches; nothing is written before the epoch ends."""
+        self._done += steps
+
+    def close(self, result: EpochResult) -> None:
+        """Print the epoch's line, flushed: a log followed as it grows (`dvc queue logs -f`) shows the epoch now."""
+        seconds = time.perf_counter() - self._started
+        print(f"{self._label}: {self._done}/{self._steps} batches in {seconds:.1f} s, loss={result.train_loss:.4f}, "
+              f"test_acc={result.test_accuracy:.4f}", flush=True)
+
+
+def epoch_bars(epochs: int, terminal: Optional[bool] = None):
+    """A progress factory for `training.train`: live bars on a terminal, else one line per epoch.
+
+    `terminal`: whether stderr, where tqdm draws, is a terminal (asked of stderr when None).
+    """
+    display = EpochBar if (sys.stderr.isatty() if terminal is None else terminal) else EpochLine
+    return lambda epoch, steps: display(epoch, epochs, steps)
