@@ -34,7 +34,7 @@ def main() -> None:
     lock_text = reporting.current_lock()
     plots = tuple(Path(config.paths.plots_dir) / name for name in PLOTS)
     logged = reporting.log_results(config.tracking.experiment, run_id, metrics=metrics,
-                                   tags=reporting.evaluated_model_tags(run.get("model_uri")),
+                                   tags=reporting.evaluation_tags(run.get("model_uri"), eval_run),
                                    files={"metrics": (config.paths.eval_metrics,), "plots": plots},
                                    texts={reporting.LOCK_ARTIFACT: lock_text} if lock_text else None)
     if not logged:

@@ -95,7 +95,7 @@ def main() -> None:
         say(f"train: {config.train.model} network ({parameter_count(model):,} parameters), {len(train_split)} images, "
             f"{config.train.epochs} epochs on {device}{processes}; MLflow run {run_id}")
         if ranks.is_main:
-            runs.log_epoch({"threads": compute.threads}, len(history))  # a resume may run on another count
+            runs.record_threads(compute.threads, len(history) + 1)  # a resume may run on another count
             already_logged = runs.logged_epochs(run_id)
             for result in history:  # epochs the killed run finished but did not get to log
                 if result.epoch not in already_logged:

@@ -211,8 +211,8 @@ def shown_run_ids(project: Path) -> dict[str, str]:
 
 RESULT_METRICS = ("metrics/train.json", "metrics/history.csv", "metrics/eval.json", "metrics/confusion.csv",
                   "metrics/mistakes.csv")
-# What a run logs that is not a result: how long it took, on how many threads, what the machine was doing.
-_NOT_RESULTS = ("threads", "eval_threads", "train_seconds", "stage_seconds/", "system/")
+# What a run logs that is not a result: how long it took, what the machine was doing (thread counts are tags).
+_NOT_RESULTS = ("train_seconds", "stage_seconds/", "system/")
 
 
 def run_results(project: Path, run_id: str) -> dict[str, list[tuple[int, float]]]:

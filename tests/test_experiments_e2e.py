@@ -21,6 +21,7 @@ from conftest import REPO_ROOT, requires_mnist_mirror
 from dvc_project import (all_runs, check_lineage, copy_project, environment, lock_outs, mlflow_client, results, run,
                          run_results, shown_run_ids, stages_run, update_params)
 from mnist_pipeline.checkpoint import load_checkpoint
+from mnist_pipeline.threads import available_cores
 
 from recipes import readme_recipes, recipe_params
 
@@ -81,6 +82,9 @@ def test_killed_training_resumes_the_same_run_and_ends_bit_identical(prepared_pr
     assert len(all_runs(project)) == runs_before + 1  # the killed run continued: no duplicate
     finished = mlflow_client(project).get_run(killed_run)
     assert finished.info.status == "FINISHED"
+    # Each start's thread count, a tag: `auto` (one per shard up to the cores) first, then 1 from the resume on.
+    assert finished.data.tags["train.threads"] == (f"{min(2, available_cores())} from epoch 1, "
+                                                   f"1 from epoch {partial['epoch'] + 1}")
     steps = [m.step for m in mlflow_client(project).get_metric_history(killed_run, "test_accuracy")]
     assert sorted(steps) == [1, 2, 3, 4]  # every epoch logged exactly once
     resumed_results = {name: (project / name).read_text() for name in RESULT_FILES}

@@ -29,8 +29,16 @@ def test_log_results_adds_to_a_finished_run_and_skips_a_missing_one(local_store,
 def test_the_evaluation_metrics_come_from_evaluates_two_files():
     evaluation = EvaluationReport(0.98, 0.06, 10000, {str(d): 0.9 + d / 100 for d in range(10)})
     metrics = reporting.evaluation_metrics(evaluation, EvaluationRun(threads=2, seconds=1.25))
-    assert metrics == {"eval_accuracy": 0.98, "eval_loss": 0.06, "eval_threads": 2.0, "stage_seconds/evaluate": 1.25,
+    assert metrics == {"eval_accuracy": 0.98, "eval_loss": 0.06, "stage_seconds/evaluate": 1.25,
                        **{f"eval_accuracy_digit_{d}": 0.9 + d / 100 for d in range(10)}}
+
+
+def test_the_evaluations_settings_are_tags_not_metrics():
+    """A thread count as a metric is what MLflow's compare view plotted (issue 33): a setting is a tag."""
+    eval_run = EvaluationRun(threads=2, seconds=1.25)
+    assert reporting.evaluation_tags("models:/m-123", eval_run) == {"evaluate.model_id": "m-123", "evaluate.threads": "2"}
+    assert reporting.evaluation_tags(None, eval_run) == {"evaluate.threads": "2"}
+    assert reporting.evaluation_tags("models:/m-123", None) == {"evaluate.model_id": "m-123"}  # evaluate did not run
 
 
 def test_log_results_logs_metrics_and_tags_in_one_batch_and_texts_as_artifacts(local_store):
@@ -38,12 +46,11 @@ def test_log_results_logs_metrics_and_tags_in_one_batch_and_texts_as_artifacts(l
     with runs.training_run(experiment_id, {}) as run_id:
         pass
     assert reporting.log_results("exp-l", run_id, metrics={"stage_seconds/plot": 1.5},
-                                tags=reporting.evaluated_model_tags("models:/m-123"),
+                                tags=reporting.evaluation_tags("models:/m-123", EvaluationRun(threads=2, seconds=1.0)),
                                 texts={reporting.LOCK_ARTIFACT: "schema: '2.0'\n"})
     run = client.get_run(run_id)
     assert run.data.metrics["stage_seconds/plot"] == 1.5 and run.data.tags["evaluate.model_id"] == "m-123"
     assert mlflow.artifacts.load_text(f"runs:/{run_id}/reproduce/dvc.lock") == "schema: '2.0'\n"
-    assert reporting.evaluated_model_tags(None) == {}
 
 
 def test_a_transient_store_error_is_not_taken_for_a_missing_run(local_store, monkeypatch):

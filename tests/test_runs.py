@@ -42,6 +42,25 @@ def test_missing_gpu_metrics_are_explained_in_one_line():
     assert note is None or (note.startswith("GPU metrics skipped: ") and "\n" not in note)
 
 
+def test_each_start_of_a_training_tags_its_thread_count_and_logs_no_setting_as_a_metric(local_store):
+    """A thread count is a setting (a tag); a resumed training may run on another, so each start adds its own."""
+    client, experiment_id = store.connect("exp-t")
+    training = {"lr": 0.05, "epochs": 4}
+    with pytest.raises(KeyboardInterrupt):
+        with runs.training_run(experiment_id, training) as killed:
+            runs.record_threads(2, 1)
+            runs.log_epoch({"test_accuracy": 0.5}, 1)
+            runs.log_epoch({"test_accuracy": 0.6}, 2)
+            raise KeyboardInterrupt
+    assert client.get_run(killed).data.tags[runs.THREADS_TAG] == "2 from epoch 1"
+    with runs.training_run(experiment_id, training, killed, resume_params=training) as resumed:
+        runs.record_threads(1, 3)
+        runs.log_epoch({"test_accuracy": 0.7}, 3)
+    run = client.get_run(resumed)
+    assert resumed == killed and run.data.tags[runs.THREADS_TAG] == "2 from epoch 1, 1 from epoch 3"
+    assert list(run.data.metrics) == ["test_accuracy"]
+
+
 def test_ctrl_c_marks_the_run_killed(local_store):
     client, experiment_id = store.connect("exp-f")
     with pytest.raises(KeyboardInterrupt):

@@ -12,22 +12,25 @@ from mnist_pipeline.reports import EvaluationReport, EvaluationRun
 
 LOCK_ARTIFACT = f"{REPRODUCE_DIR}/{LOCK_FILE}"
 EVALUATED_MODEL_TAG = "evaluate.model_id"  # the logged model (m-...) the evaluate stage measured
+EVAL_THREADS_TAG = "evaluate.threads"  # the evaluation's thread count: speed only, never the numbers
 
 
-def evaluated_model_tags(model_uri: Optional[str]) -> dict[str, str]:
-    """The tag naming the logged model (models:/m-... -> m-...) the evaluate stage measured; none without one."""
-    return {EVALUATED_MODEL_TAG: model_uri.removeprefix("models:/")} if model_uri else {}
+def evaluation_tags(model_uri: Optional[str], eval_run: Optional[EvaluationRun]) -> dict[str, str]:
+    """The evaluation's settings as tags: the logged model (models:/m-... -> m-...) it measured and its thread count
+    (a setting, not a result: as a metric, MLflow's compare view would plot it), each where there is one."""
+    tags = {EVALUATED_MODEL_TAG: model_uri.removeprefix("models:/")} if model_uri else {}
+    return {**tags, EVAL_THREADS_TAG: str(eval_run.threads)} if eval_run is not None else tags
 
 
 def evaluation_metrics(evaluation: EvaluationReport, eval_run: Optional[EvaluationRun]) -> dict[str, float]:
-    """The run's metrics from the evaluate stage's files: eval.json (the results) and eval_run.json (threads,
-    seconds), which is absent where evaluate did not run (a fresh clone's committed eval.json)."""
+    """The run's metrics from the evaluate stage's files: eval.json (the results) and eval_run.json (its seconds),
+    which is absent where evaluate did not run (a fresh clone's committed eval.json)."""
     metrics = {"eval_accuracy": evaluation.test_accuracy, "eval_loss": evaluation.test_loss}
     if evaluation.val_accuracy is not None:  # what searches and model selection score on
         metrics.update({"val_accuracy": evaluation.val_accuracy, "val_loss": evaluation.val_loss})
     metrics.update({f"eval_accuracy_digit_{digit}": accuracy for digit, accuracy in evaluation.per_class_accuracy.items()})
     if eval_run is not None:
-        metrics.update({"eval_threads": float(eval_run.threads), "stage_seconds/evaluate": eval_run.seconds})
+        metrics["stage_seconds/evaluate"] = eval_run.seconds
     return metrics
 
 

@@ -1,5 +1,5 @@
 """A training's one MLflow run: its start (name, tags, description), resume, end status, orphans, and
-what the train stage logs to it as it goes (params, per-epoch metrics, the model)."""
+what the train stage logs to it as it goes (params, per-epoch metrics, thread counts, the model)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ REPRODUCE_TAG = "reproduce.command"
 # trial, and is a child of the study's summary run. They change no result, only the run's place in MLflow.
 STUDY_ENV, TRIAL_ENV, PARENT_ENV = "MNIST_PIPELINE_SEARCH_STUDY", "MNIST_PIPELINE_SEARCH_TRIAL", "MNIST_PIPELINE_SEARCH_PARENT"
 STUDY_TAG, TRIAL_TAG = "search.study", "search.trial"
+THREADS_TAG = "train.threads"  # each start's thread count (record_threads); speed only, never the numbers
 
 
 def git_commit(root: Path) -> Optional[str]:
@@ -162,6 +163,18 @@ def log_params(params: dict[str, Any]) -> None:
 def log_epoch(metrics: dict[str, float], epoch: int) -> None:
     """One batched call per epoch, so logging never slows the training steps."""
     mlflow.log_metrics(metrics, step=epoch)
+
+
+def record_threads(threads: int, first_epoch: int) -> None:
+    """Tag the active run with the thread count this start of the training computes on, after earlier starts'.
+
+    A setting, not a result: a tag, where MLflow's compare view does not plot it. A resumed training may
+    run on another count, so each start adds itself: `2 from epoch 1`, then `2 from epoch 1, 1 from epoch 4`.
+    Call it once per start: it reads the earlier starts off the run as the start found it.
+    """
+    this_start = f"{threads} from epoch {first_epoch}"
+    earlier = mlflow.active_run().data.tags.get(THREADS_TAG)
+    mlflow.set_tag(THREADS_TAG, f"{earlier}, {this_start}" if earlier else this_start)
 
 
 def logged_epochs(run_id: str, metric: str = "test_accuracy") -> set[int]:
