@@ -1,111 +1,54 @@
-"""The cost of MLflow's system metrics on a training: the same short training with and without, interleaved.
+"""What the train stage's system metrics cost: one sample of the machine (mnist_pipeline.system_metrics), timed.
 
-Each pair trains the reference network from the same seed on the same slice, once inside an MLflow
-run that samples CPU, memory (and GPUs) as the train stage does (every store.SYSTEM_METRICS_INTERVAL
-seconds, or MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL), and once inside a run that does not; the order
-alternates from pair to pair. On a shared, noisy machine only the ratio within a pair means anything,
-so the wall-time result is the median of the pairs' ratios. Load from other processes swamps a cost of
-1%, so it also reads the CPU time of MLflow's sampling thread itself (/proc) against the training's
-CPU time: a cost that does not depend on the load.
+The stage takes one sample per epoch, on its main thread, and logs it in the batch that holds the epoch's
+results, so the sample's own time is the whole cost: no thread runs beside the training. This times
+`--samples` samples one after another (wall and CPU time of the calling thread, each) and reports the
+median and the largest; a GPU machine samples its GPUs too (NVML), and says how many.
 
-    .venv/bin/python benchmarks/system_metrics.py                 # 4 pairs of one full epoch (60000 images)
-    .venv/bin/python benchmarks/system_metrics.py --pairs 8 --images 12000   # shorter runs, fewer samples each
+    .venv/bin/python benchmarks/system_metrics.py                 # 200 samples
+    .venv/bin/python benchmarks/system_metrics.py --samples 1000
 
-Prints one line per training and the median; writes benchmarks/results/system_metrics.json. Needs the
-pipeline's data (`dvc repro download`) or MNIST_MIRROR. A benchmark, not a test: nothing asserts on it.
+Prints the figures; writes benchmarks/results/system_metrics.json. A benchmark, not a test: nothing asserts on it.
+(Earlier versions of that file measured MLflow's sampling thread, which the stage ran until issue 33: see git history.)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import tempfile
-import threading
 import time
-from pathlib import Path
 
-from common import DATA, MEAN, MIRROR, RESULTS, STD, machine, new_training, stage_workers
-from mnist_pipeline import store  # noqa: F401 (sets MLflow's environment, the sampling interval among it)
-from mnist_pipeline.config import TrainConfig
-from mnist_pipeline.data import load_split
-from mnist_pipeline.device import resolve_device
-from mnist_pipeline.training import train
+from common import RESULTS, machine
+from mnist_pipeline.system_metrics import Sampler
 
 RESULT = RESULTS / "system_metrics.json"
 
 
-def monitor_cpu_seconds() -> float:
-    """CPU seconds MLflow's sampling thread has used so far (Linux /proc; 0 when it is not running)."""
-    for thread in threading.enumerate():
-        if thread.name == "SystemMetricsMonitor" and thread.native_id:
-            fields = Path(f"/proc/self/task/{thread.native_id}/stat").read_text().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-    return 0.0
-
-
-def timed_training(data_dir: str, images: int, system_metrics: bool) -> tuple[float, float, float, int]:
-    """One epoch of training inside an MLflow run: its wall and process CPU seconds, the sampling
-    thread's CPU seconds, and how many system-metric samples the run logged."""
-    import mlflow
-
-    device = resolve_device("auto")
-    config = TrainConfig(epochs=1)
-    workers = stage_workers(config, device)
-    train_split = load_split(data_dir, True, MEAN, STD, images).to(device)
-    test_split = load_split(data_dir, False, MEAN, STD, 1000).to(device)
-    model, optimizer, _, generator, plan = new_training(config, device, 0)
-    with mlflow.start_run(log_system_metrics=system_metrics) as run:
-        started, cpu_started = time.perf_counter(), time.process_time()
-        train(model, optimizer, train_split, test_split, config, generator, workers=workers, own_kernels=plan.used)
-        seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
-        monitor_seconds = monitor_cpu_seconds()
-    client = mlflow.tracking.MlflowClient()
-    samples = len(client.get_metric_history(run.info.run_id, "system/cpu_utilization_percentage"))
-    return seconds, cpu_seconds, monitor_seconds, samples
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=4)
-    parser.add_argument("--images", type=int, default=60000, help="training images per run (one epoch)")
-    parser.add_argument("--data", default=str(MIRROR if os.environ.get("MNIST_MIRROR") else DATA))
+    parser.add_argument("--samples", type=int, default=200)
     args = parser.parse_args()
 
-    import logging
-
-    import mlflow
-
-    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
-    with tempfile.TemporaryDirectory() as folder:
-        mlflow.set_tracking_uri(f"sqlite:///{folder}/mlflow.db")
-        mlflow.set_experiment("system-metrics-cost")
-        timed_training(args.data, 500, False)  # warm-up: first-call costs (kernel build, allocator) in neither
-        ratios, rows, monitor_shares = [], [], []
-        for pair in range(args.pairs):
-            order = (False, True) if pair % 2 == 0 else (True, False)
-            times = {}
-            for system_metrics in order:
-                seconds, cpu_seconds, monitor_seconds, samples = timed_training(args.data, args.images, system_metrics)
-                times[system_metrics] = seconds
-                if system_metrics:
-                    monitor_shares.append(monitor_seconds / cpu_seconds)
-                rows.append({"pair": pair, "system_metrics": system_metrics, "seconds": round(seconds, 3),
-                             "cpu_seconds": round(cpu_seconds, 3), "monitor_cpu_seconds": round(monitor_seconds, 3),
-                             "samples": samples})
-                print(f"pair {pair}: system metrics {'on ' if system_metrics else 'off'} {seconds:7.2f} s wall, "
-                      f"{cpu_seconds:7.2f} s CPU, sampling thread {monitor_seconds:.2f} s CPU, {samples} samples")
-            ratios.append(times[True] / times[False])
-    median = statistics.median(ratios)
-    share = statistics.median(monitor_shares)
-    print(f"wall time with / without, per pair: {', '.join(f'{r:.3f}' for r in ratios)}; median {median:.3f}")
-    print(f"the sampling thread's CPU time / the training's CPU time: median {share:.2%}")
+    started = time.perf_counter()
+    sampler = Sampler()  # once per start: importing nvidia-ml-py and trying NVML, as MLflow's thread did too
+    start_ms = (time.perf_counter() - started) * 1000
+    walls, cpus = [], []
+    for _ in range(args.samples):
+        wall, cpu = time.perf_counter(), time.thread_time()
+        sample = sampler.sample()
+        walls.append((time.perf_counter() - wall) * 1000)
+        cpus.append((time.thread_time() - cpu) * 1000)
+    gpus = len({name.split("_")[1] for name in sample if name.startswith("system/gpu_")})
+    figures = {"median_wall_ms": statistics.median(walls), "max_wall_ms": max(walls),
+               "median_cpu_ms": statistics.median(cpus), "max_cpu_ms": max(cpus)}
+    print(f"sampler start: {start_ms:.2f} ms; one sample of {len(sample)} metrics ({gpus} GPUs): median "
+          f"{figures['median_wall_ms']:.3f} ms wall, {figures['median_cpu_ms']:.3f} ms CPU; at most "
+          f"{figures['max_wall_ms']:.3f} ms wall, {figures['max_cpu_ms']:.3f} ms CPU ({args.samples} samples)")
     RESULT.write_text(json.dumps({
-        "machine": machine(), "interval_seconds": float(os.environ["MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"]),
-        "images": args.images, "pairs": args.pairs, "wall_ratios": [round(r, 4) for r in ratios],
-        "median_wall_ratio": round(median, 4), "median_monitor_cpu_share": round(share, 5), "runs": rows,
-        "command": f"benchmarks/system_metrics.py --pairs {args.pairs} --images {args.images}",
+        "machine": machine(), "samples": args.samples, "metrics_per_sample": len(sample), "gpus": gpus,
+        "sampler_start_ms": round(start_ms, 3), **{k: round(v, 4) for k, v in figures.items()},
+        "command": f"benchmarks/system_metrics.py --samples {args.samples}",
     }, indent=2) + "\n")
 
 

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from mnist_pipeline import datasets, distributed, kernels, runs, store, threads
+from mnist_pipeline import datasets, distributed, kernels, runs, store, system_metrics, threads
 from mnist_pipeline.checkpoint import (CheckpointError, load_checkpoint, restore_training, resume_decision, save_checkpoint,
                                        training_config)
 from mnist_pipeline.cli import run_stage
@@ -95,6 +95,7 @@ def main() -> None:
         say(f"train: {config.train.model} network ({parameter_count(model):,} parameters), {len(train_split)} images, "
             f"{config.train.epochs} epochs on {device}{processes}; MLflow run {run_id}")
         if ranks.is_main:
+            machine = system_metrics.Sampler()  # each epoch's sample covers the time since the one before
             runs.record_threads(compute.threads, len(history) + 1)  # a resume may run on another count
             already_logged = runs.logged_epochs(run_id)
             for result in history:  # epochs the killed run finished but did not get to log
@@ -111,7 +112,7 @@ def main() -> None:
             save_checkpoint(paths.checkpoint, model=model, optimizer=optimizer, generator=generator,
                             model_config=model_config, config=config_dict, history=history_so_far,
                             schedule=schedule)
-            runs.log_epoch(history_so_far[-1].as_metrics(), history_so_far[-1].epoch)
+            runs.log_epoch({**history_so_far[-1].as_metrics(), **machine.sample()}, history_so_far[-1].epoch)
 
         clock.mark("model, optimizer and run")
         started = time.perf_counter()

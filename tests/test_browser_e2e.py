@@ -69,10 +69,14 @@ def test_mlflow_compare_view_shows_both_runs_their_lr_and_accuracy(project):
                 page.locator(".ag-row", has_text=name).first.get_by_role("checkbox").first.check()
             page.get_by_role("button", name="Compare").first.click()
             page.get_by_text("Comparing 2 Runs").first.wait_for(timeout=60000)
+            params, metrics = parallel_coordinates_axes(page)
             scroll_metrics_to(page, "test_accuracy")
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "mlflow-compare.png"))
             text = page.inner_text("body")
+    # The view opens on what the runs are compared for: the plot at its top draws the params that differ against
+    # a result, not a setting (`threads`, as it once was) nor what the machine was doing (issue 33).
+    assert "lr" in params and metrics == ["test_accuracy"]
     for name in names:
         assert name in text
     assert "lr" in text and "0.01" in text and "0.05" in text
@@ -81,19 +85,33 @@ def test_mlflow_compare_view_shows_both_runs_their_lr_and_accuracy(project):
         assert f"{round(r.data.metrics['test_accuracy'], 3):g}" in text
 
 
+def parallel_coordinates_axes(page) -> tuple[list[str], list[str]]:
+    """The params and the metrics whose axes the compare view's parallel-coordinates plot opened with.
+
+    MLflow 3.17 picks up to three params that differ and one metric, the first key of the first run's
+    metrics that every run has, and bolds the metrics' axis titles once the plot is drawn.
+    """
+    titles = ".pcp-plot .parcoords .y-axis .axis-heading .axis-title"
+    page.wait_for_function(f"[...document.querySelectorAll('{titles}')].some(t => t.style.fontWeight === 'bold')",
+                           timeout=60000)
+    axes = page.eval_on_selector_all(titles, "ts => ts.map(t => [t.textContent, t.style.fontWeight === 'bold'])")
+    return [name for name, bold in axes if not bold], [name for name, bold in axes if bold]
+
+
 def scroll_metrics_to(page, metric: str) -> None:
     """Scroll the compare view's metrics table down to `metric` with the mouse wheel, as a user does.
 
-    MLflow draws only the metric rows in view, and the system metrics (`system/...`) sort above
-    test_accuracy, below the table's fold. The wheel scrolls the values; MLflow 3.17's column of
-    names follows them one scroll event late, so a last one-pixel step brings the names level.
+    MLflow draws only the metric rows in view, in alphabetical order: the evaluation's (`eval_...`), the
+    stage timings and the system metrics (`system/...`) sort above test_accuracy, below the table's fold.
+    The wheel scrolls the values; MLflow 3.17's column of names follows them one scroll event late, so a
+    last one-pixel step brings the names level.
     """
     values = page.locator(".ReactVirtualized__Grid").nth(1)
     names = page.locator(".ReactVirtualized__Grid").first
     values.scroll_into_view_if_needed()
     box = values.bounding_box()
     page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-    row = page.get_by_text(metric, exact=True).first
+    row = names.get_by_text(metric, exact=True).first  # the plot above names its metric too
     for _ in range(60):
         page.mouse.wheel(0, 100)
         page.wait_for_timeout(150)

@@ -125,6 +125,7 @@ CODE_CASES = {
     "src/mnist_pipeline/progress.py": TRAINING, "src/mnist_pipeline/files.py": TRAINING,
     "src/mnist_pipeline/reports.py": TRAINING, "src/mnist_pipeline/store.py": TRAINING,
     "src/mnist_pipeline/runs.py": TRAINING, "src/mnist_pipeline/datasets.py": TRAINING,
+    "src/mnist_pipeline/system_metrics.py": TRAINING,
     "stages/train.py": TRAINING, "stages/evaluate.py": ["evaluate", "plot", "register"],
     "src/mnist_pipeline/history.py": TRAINING, "src/mnist_pipeline/kernels.py": TRAINING,
     "src/mnist_pipeline/lineage.py": TRAINING,

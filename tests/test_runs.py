@@ -37,9 +37,16 @@ def test_a_crash_marks_the_run_failed(local_store):
     assert client.get_run(run_id).info.status == "FAILED"
 
 
-def test_missing_gpu_metrics_are_explained_in_one_line():
-    note = runs.gpu_metrics_skipped()
-    assert note is None or (note.startswith("GPU metrics skipped: ") and "\n" not in note)
+def test_a_run_opens_in_mlflows_compare_view_on_test_accuracy(local_store):
+    """MLflow 3.17's compare view plots the first metric a run was given, as a SQLite store returns them in the
+    order they were first logged: the epoch's batch puts test_accuracy first, before its loss and the machine."""
+    client, experiment_id = store.connect("exp-h")
+    with runs.training_run(experiment_id, {"lr": 0.05}) as run_id:
+        epoch = {"train_loss": 0.5, "test_loss": 0.4, "test_accuracy": 0.9}
+        runs.log_epoch({**epoch, "system/cpu_utilization_percentage": 50.0}, 1)
+        runs.log_epoch({"train_seconds": 1.5}, 1)
+    assert list(client.get_run(run_id).data.metrics) == [
+        "test_accuracy", "train_loss", "test_loss", "system/cpu_utilization_percentage", "train_seconds"]
 
 
 def test_each_start_of_a_training_tags_its_thread_count_and_logs_no_setting_as_a_metric(local_store):

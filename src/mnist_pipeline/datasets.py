@@ -9,7 +9,7 @@ from mnist_pipeline.store import mlflow  # noqa: I001 (store sets MLflow's envir
 from mlflow.data.dataset_source import DatasetSource
 
 from mnist_pipeline import lineage
-from mnist_pipeline.runs import gpu_metrics_skipped
+from mnist_pipeline.system_metrics import gpu_metrics_skipped
 
 
 def log_data_inputs(data_dir: str, digest: lineage.DataDigest, slices: dict[str, Optional[int]]) -> None:

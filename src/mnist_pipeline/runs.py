@@ -4,7 +4,6 @@ what the train stage logs to it as it goes (params, per-epoch metrics, thread co
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import socket
 import subprocess
@@ -22,6 +21,9 @@ REPRODUCE_TAG = "reproduce.command"
 STUDY_ENV, TRIAL_ENV, PARENT_ENV = "MNIST_PIPELINE_SEARCH_STUDY", "MNIST_PIPELINE_SEARCH_TRIAL", "MNIST_PIPELINE_SEARCH_PARENT"
 STUDY_TAG, TRIAL_TAG = "search.study", "search.trial"
 THREADS_TAG = "train.threads"  # each start's thread count (record_threads); speed only, never the numbers
+# A run's first metric is the one MLflow 3.17's compare view plots against the params (the first key of the run's
+# metrics, which a SQLite store returns in the order they were first logged): the result a comparison is about.
+HEADLINE_METRIC = "test_accuracy"
 
 
 def git_commit(root: Path) -> Optional[str]:
@@ -55,19 +57,6 @@ def _reproduce_note(command: str) -> str:
     """The run's description: how to get it back, and what else it carries for that."""
     return (f"Bring this run back: `{command}`. Its params.yaml and dvc.lock are in the artifacts, "
             f"under {lineage.REPRODUCE_DIR}/.")
-
-
-def gpu_metrics_skipped() -> Optional[str]:
-    """Why the system metrics hold no GPU, in one line; None when MLflow can read the GPUs."""
-    try:
-        import pynvml
-    except ImportError:
-        return "GPU metrics skipped: nvidia-ml-py is not installed (pip install -r requirements.txt)"
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError as exc:
-        return f"GPU metrics skipped: NVML cannot start ({exc})"
-    return None
 
 
 def run_name() -> Optional[str]:
@@ -106,16 +95,14 @@ def training_run(experiment_id: str, params: dict[str, Any], resume_run_id: Opti
     if resume_run_id is not None and not resumable(client, resume_run_id, resume_params or {}):
         resume_run_id = None
     tags = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
-    # Only the process that opens the run measures, for the whole host: CPU and memory are
-    # machine-wide and the GPU monitor reads every GPU. Under torchrun that is rank 0 (one node).
-    # Its start and stop notices are noise in the stage's output; gpu_metrics_skipped() says why no GPU.
-    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+    # Not MLflow's sampling thread, even when MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING asks for it: the stage
+    # logs a sample of the machine with each epoch's results (mnist_pipeline.system_metrics says why).
     if resume_run_id is None:
         new_tags = run_tags()
         run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name(), tags={**new_tags, **tags},
-                               description=_reproduce_note(new_tags[REPRODUCE_TAG]), log_system_metrics=True)
+                               description=_reproduce_note(new_tags[REPRODUCE_TAG]), log_system_metrics=False)
     else:
-        run = mlflow.start_run(run_id=resume_run_id, tags=tags, log_system_metrics=True)
+        run = mlflow.start_run(run_id=resume_run_id, tags=tags, log_system_metrics=False)
     status = "FAILED"
     try:
         if resume_run_id is None:
@@ -161,8 +148,9 @@ def log_params(params: dict[str, Any]) -> None:
 
 
 def log_epoch(metrics: dict[str, float], epoch: int) -> None:
-    """One batched call per epoch, so logging never slows the training steps."""
-    mlflow.log_metrics(metrics, step=epoch)
+    """One batched call per epoch, so logging never slows the training steps; HEADLINE_METRIC first in the batch."""
+    # Stable: the other metrics keep their order behind it.
+    mlflow.log_metrics(dict(sorted(metrics.items(), key=lambda item: item[0] != HEADLINE_METRIC)), step=epoch)
 
 
 def record_threads(threads: int, first_epoch: int) -> None:

@@ -18,17 +18,12 @@ CONNECT_ATTEMPTS = 4
 # What kind of experiment this is, as MLflow's UI records it (its experiment-type selector writes this tag).
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING_KIND = "custom_model_development"  # the UI's "Model training"; GenAI is "genai_development"
-# CPU, memory and (with nvidia-ml-py) GPU every 5 s, unless MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL says
-# otherwise (the end-to-end tests take 1 s). MLflow's 10 s default leaves a one-epoch run on a GPU with no
-# sample at all; each sample costs the sampling thread ~20 ms of CPU, 0.4% of training (docs/design.md).
-SYSTEM_METRICS_INTERVAL = 5
 # Servers that do not answer should fail the run in seconds, not after minutes of retries.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 # MLflow's usage telemetry fetches its config over the network from every process that logs: a call
 # that offline can only wait or fail. Off unless the user turns it on (MLFLOW_DISABLE_TELEMETRY=false).
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", str(SYSTEM_METRICS_INTERVAL))
 
 import mlflow  # noqa: E402 (after the environment above)
 import sqlalchemy.exc  # noqa: E402
