@@ -1,7 +1,7 @@
-"""The registry's champion: whole-test-set scores only, one promotion at a time, failures finished by the next try."""
+"""The registry's champion: whole-test-set scores only, the best of every version however promotions interleave,
+failures finished by the next try."""
 
 import re
-import threading
 
 import mlflow
 import mlflow.pyfunc
@@ -88,23 +88,52 @@ def test_a_champion_scored_on_a_slice_is_replaced_by_a_run_scored_on_the_whole_t
     assert _champion(client, "digits") == (2, 2)
 
 
-def test_promotions_to_one_store_take_turns(local_store):
-    """Under `dvc queue start -j 2` two plot stages must not both read the champion and both move the alias."""
+def test_a_better_run_promoted_while_a_worse_one_moves_the_alias_ends_as_champion(local_store, monkeypatch):
+    """Two register stages at once (two machines on one server, or `dvc queue start -j 2`): the worse one has
+    registered its version and is about to move the alias when the better one promotes from start to end. The
+    worse one's alias move then comes last, and must not leave it there."""
     client, _ = store.connect("exp-u")
-    run = _run_with_model("exp-u", 0.9)
-    uri = mlflow.get_tracking_uri()
-    outcome = []
-    with registry.promotion_lock(uri):  # another promotion holds it
-        waiting = threading.Thread(target=lambda: outcome.append(registry.promote_if_best("exp-u", *run, "digits")))
-        waiting.start()
-        waiting.join(timeout=1.5)
-        assert waiting.is_alive() and not outcome  # it waits its turn, reading nothing yet
-        with pytest.raises(store.TrackingError, match=r"^MLflow registry sqlite:///\S+: another promotion on this "
-                           r"machine held \S+\.lock for 0\.2 s; nothing registered; run `dvc repro` again$"):
-            with registry.promotion_lock(uri, timeout=0.2):
-                pass
-    waiting.join(timeout=60)
-    assert outcome[0].promoted and _champion(client, "digits") == (1, 1)
+    _promote("exp-u", _run_with_model("exp-u", 0.90))
+    worse, better = _run_with_model("exp-u", 0.95), _run_with_model("exp-u", 0.97)
+    set_alias = MlflowClient.set_registered_model_alias
+    meanwhile = []
+
+    def the_better_one_promotes_first(self, name, alias, version):
+        monkeypatch.setattr(MlflowClient, "set_registered_model_alias", set_alias)  # only this once
+        meanwhile.append(_promote("exp-u", better))
+        return set_alias(self, name, alias, version)
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", the_better_one_promotes_first)
+    assert _promote("exp-u", worse) == ("kept: registered as digits version 2, but version 3 beats it (eval_accuracy "
+                                        "0.9700 against this run's 0.9500): the champion is version 3")
+    assert meanwhile == ["best so far: registered as digits version 3 (alias champion)"]
+    assert _champion(client, "digits") == (3, 3)
+
+
+def test_a_promotion_leaves_nothing_in_the_temporary_folder(local_store, monkeypatch):
+    """A shared /tmp is anyone's: a file there can be planted (a symlink), owned by another user, or left behind."""
+    import tempfile
+
+    temporary = local_store / "tmp"
+    temporary.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+    assert _promote("exp-w", _run_with_model("exp-w", 0.9)) == "best so far: registered as digits version 1 (alias champion)"
+    assert _promote("exp-w", _run_with_model("exp-w", 0.8)).startswith("kept: the champion stays")
+    assert list(temporary.iterdir()) == []
+
+
+def test_a_champion_moved_by_hand_stays_until_a_run_beats_every_version(local_store):
+    """The alias moved back by hand (the best version misbehaves in production) is kept by a run that beats the
+    chosen version only; a run that beats every version scored on the whole test set takes it."""
+    client, _ = store.connect("exp-x")
+    _promote("exp-x", _run_with_model("exp-x", 0.90))
+    _promote("exp-x", _run_with_model("exp-x", 0.95))
+    client.set_registered_model_alias("digits", CHAMPION_ALIAS, "1")
+    assert _promote("exp-x", _run_with_model("exp-x", 0.93)) == (
+        "kept: the champion stays: version 1; this run's eval_accuracy 0.9300 does not beat version 2's 0.9500")
+    assert _champion(client, "digits") == (1, 2)
+    assert _promote("exp-x", _run_with_model("exp-x", 0.97)) == "best so far: registered as digits version 3 (alias champion)"
+    assert _champion(client, "digits") == (3, 3)
 
 
 def test_a_registry_failure_half_way_is_one_line_and_the_next_try_finishes_it(local_store, monkeypatch):
@@ -124,6 +153,32 @@ def test_a_registry_failure_half_way_is_one_line_and_the_next_try_finishes_it(lo
     assert CHAMPION_ALIAS not in client.get_registered_model("digits").aliases
     # `dvc repro` again: this run's version is found, not registered twice, and the alias moves to it.
     assert _promote("exp-v", run) == "best so far: registered as digits version 1 (alias champion)"
+    assert _champion(client, "digits") == (1, 1)
+
+
+def test_a_failure_after_the_alias_moved_is_one_line_and_the_next_try_settles_it(local_store, monkeypatch):
+    client, _ = store.connect("exp-y")
+    run = _run_with_model("exp-y", 0.9)
+    set_alias, search = MlflowClient.set_registered_model_alias, MlflowClient.search_model_versions
+    moved = []
+
+    def set_then_remember(self, name, alias, version):
+        moved.append(version)
+        return set_alias(self, name, alias, version)
+
+    def fail_once_moved(self, *args, **kwargs):
+        if moved:
+            raise MlflowException("bad gateway", INTERNAL_ERROR)
+        return search(self, *args, **kwargs)
+
+    with monkeypatch.context() as patch:  # the store answers the move, then fails the read after it
+        patch.setattr(MlflowClient, "set_registered_model_alias", set_then_remember)
+        patch.setattr(MlflowClient, "search_model_versions", fail_once_moved)
+        with pytest.raises(store.TrackingError) as caught:
+            registry.promote_if_best("exp-y", *run, "digits")
+    assert str(caught.value).endswith(": bad gateway; version 1 registered, but the alias champion not checked "
+                                      "against the versions since; run `dvc repro` again to finish")
+    assert _promote("exp-y", run) == "best so far: registered as digits version 1 (alias champion)"
     assert _champion(client, "digits") == (1, 1)
 
 
@@ -154,3 +209,79 @@ def test_a_store_failure_reading_the_champion_stops_and_leaves_the_alias(local_s
         assert _champion(client, "digits") == (1, 1), failure
     # The store answers again: the better run takes over.
     assert _promote("exp-i", better) == "best so far: registered as digits version 2 (alias champion)"
+
+
+# One "machine" promoting a run: it prints promote_if_best's line. With a folder as its last argument, it stops
+# just before its first move of the alias, says so with a file `waiting` there, and goes on once `go` appears.
+PROMOTER = """
+import sys, time
+from pathlib import Path
+from mlflow.tracking import MlflowClient
+from mnist_pipeline import registry
+
+experiment, run_id, model_uri, model_name, *pause = sys.argv[1:]
+if pause:
+    set_alias = MlflowClient.set_registered_model_alias
+    def wait_then_set(self, *args):
+        MlflowClient.set_registered_model_alias = set_alias
+        Path(pause[0], "waiting").touch()
+        while not Path(pause[0], "go").exists():
+            time.sleep(0.05)
+        return set_alias(self, *args)
+    MlflowClient.set_registered_model_alias = wait_then_set
+print(registry.promote_if_best(experiment, run_id, model_uri, model_name).message)
+"""
+
+
+@pytest.mark.e2e
+def test_two_machines_promoting_to_one_server_at_once_end_with_the_better_model_as_champion(local_store, monkeypatch):
+    """Two processes, each with its own temporary folder as two machines have, promote to one MLflow server on
+    PostgreSQL (the README's team server). The worse run registers first and is held just before it moves the
+    alias; the better run promotes from start to end; then the worse one goes on, and its alias move is the last."""
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO_ROOT, require
+    from dvc_project import environment
+    from servers import mlflow_server, postgres_bin, postgres_cluster
+
+    bin_dir = postgres_bin()
+    require(bin_dir, "a PostgreSQL server (/usr/lib/postgresql/*/bin/initdb)", "apt-get install postgresql (as .ci/run does)")
+    (local_store / "server").mkdir()
+    with postgres_cluster(bin_dir) as databases, \
+            mlflow_server(databases["mlflow"], local_store / "server", environment()) as url:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+        client, _ = store.connect("race")
+        _promote("race", _run_with_model("race", 0.90))
+        worse, better = _run_with_model("race", 0.95), _run_with_model("race", 0.97)
+
+        def promoter(run: tuple[str, str], machine: str, *pause: str) -> list[str]:
+            (local_store / machine).mkdir()
+            env = environment(MLFLOW_TRACKING_URI=url, DVC_ROOT=str(local_store), TMPDIR=str(local_store / machine),
+                              PYTHONPATH=str(REPO_ROOT / "src"))
+            return [sys.executable, "-c", PROMOTER, "race", *run, "digits", *pause], env
+
+        held = local_store / "held"
+        held.mkdir()
+        command, env = promoter(worse, "machine-a", str(held))
+        first = subprocess.Popen(command, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 300
+            while not (held / "waiting").exists():
+                assert first.poll() is None, first.communicate()
+                assert time.monotonic() < deadline, "the first promotion never reached the alias"
+                time.sleep(0.1)
+            command, env = promoter(better, "machine-b")
+            second = subprocess.run(command, env=env, text=True, capture_output=True, timeout=300)
+        finally:
+            (held / "go").touch()
+            out, err = first.communicate(timeout=300)
+        assert (first.returncode, second.returncode) == (0, 0), err + second.stderr
+        assert second.stdout == "best so far: registered as digits version 3 (alias champion)\n"
+        assert out == ("registered as digits version 2, but version 3 beats it (eval_accuracy 0.9700 against this "
+                       "run's 0.9500): the champion is version 3\n")
+        champion = client.get_model_version_by_alias("digits", CHAMPION_ALIAS)
+        assert champion.run_id == better[0]
+        assert [list((local_store / machine).iterdir()) for machine in ("machine-a", "machine-b")] == [[], []]
+        mlflow.set_tracking_uri(None)  # no server URI left behind for the next tests
