@@ -1,5 +1,7 @@
 """search.yaml: ranges, choices and grids, each checked against the params' own rules before any training."""
 
+from pathlib import Path
+
 import pytest
 
 from conftest import REPO_ROOT
@@ -68,3 +70,18 @@ def test_a_space_that_is_not_yaml_is_one_line_naming_where(tmp_path):
     (tmp_path / "search.yaml").write_text("lr: {low: 0.01, high: [0.1}\n")
     with pytest.raises(SearchSpaceError, match=r"search.yaml: invalid YAML at line \d+, column \d+: [^\n]+$"):
         load_space(tmp_path / "search.yaml")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("lrr: [1]\n", "lrr: not a param of params.yaml"),
+    ("lr: {low: 0.1, high: 0.01}\n", "lr: an empty range"),
+    ("lr: {low: 0.01, high: 20.0}\n", "lr: lr: got 20.0"),
+    ("[]\n", "expected a mapping of params"),
+])
+def test_errors_in_another_space_file_name_that_file(tmp_path, monkeypatch, text, message):
+    """`search.py --space other.yaml`: the line names other.yaml, as given, never search.yaml."""
+    monkeypatch.chdir(tmp_path)
+    Path("other.yaml").write_text(text)
+    with pytest.raises(SearchSpaceError) as caught:
+        load_space("other.yaml")
+    assert str(caught.value).startswith(f"other.yaml: {message}")

@@ -21,7 +21,7 @@ from mnist_pipeline.classifier import probabilities_from_checkpoint
 from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.images import load_digit
 from mnist_pipeline.predict import main
-from mnist_pipeline.serve import MAX_UPLOAD_BYTES, image_part, is_loopback, too_large_message
+from mnist_pipeline.serve import MAX_UPLOAD_BYTES, image_part, is_loopback, listening_socket, too_large_message
 from servers import free_port, listening_addresses, post_image, server
 
 
@@ -150,6 +150,17 @@ def test_a_port_in_use_is_one_line_before_the_model_loads(tmp_path):
         port = taken.getsockname()[1]
         with pytest.raises(PipelineError, match=rf"^127.0.0.1:{port}: cannot listen \(Address already in use\); "):
             main(["--serve", "--checkpoint", str(tmp_path / "missing.pt"), "--port", str(port)])
+
+
+@pytest.mark.parametrize("host, message", [
+    ("nosuch.invalid", r"^--host nosuch.invalid: no such address \([^)]+\); give a name or an address of this machine, "
+                       r"or leave --host out \(127.0.0.1: this machine only\)$"),
+    ("192.0.2.1", r"^--host 192.0.2.1: not an address of this machine \(Cannot assign requested address\); give one "
+                  r"of its addresses, or leave --host out \(127.0.0.1: this machine only\)$"),
+])
+def test_a_host_that_is_not_this_machine_s_is_one_line_about_the_host_not_the_port(host, message):
+    with pytest.raises(PipelineError, match=message):
+        listening_socket(host, free_port())
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -102,8 +102,8 @@ def nested(assignments: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _entry(name: str, raw: Any) -> Entry:
-    where = f"{SPACE_FILE}: {name}"
+def _entry(name: str, raw: Any, source: str) -> Entry:
+    where = f"{source}: {name}"
     if isinstance(raw, list):
         if not raw:
             raise SearchSpaceError(f"{where}: an empty list of choices; give at least one value")
@@ -137,33 +137,33 @@ def _values_to_check(entry: Entry) -> list[Any]:
     return list(entry.values)
 
 
-def parse_space(raw: Any) -> SearchSpace:
-    """Validate a search space mapping (as loaded from search.yaml) and return it."""
+def parse_space(raw: Any, source: str = SPACE_FILE) -> SearchSpace:
+    """Validate a search space mapping (as loaded from `source`, the file every message names) and return it."""
     if not isinstance(raw, dict) or not raw:
-        raise SearchSpaceError(f"{SPACE_FILE}: expected a mapping of params to ranges, choices or grids, got {raw!r}")
+        raise SearchSpaceError(f"{source}: expected a mapping of params to ranges, choices or grids, got {raw!r}")
     known = known_params()
     entries: dict[str, Entry] = {}
     for name, spec in raw.items():
         if name not in known:
-            raise SearchSpaceError(f"{SPACE_FILE}: {name}: not a param of params.yaml (dotted, as dvc exp run -S "
+            raise SearchSpaceError(f"{source}: {name}: not a param of params.yaml (dotted, as dvc exp run -S "
                                    "takes it: lr, data.max_train_images, ...)")
-        entry = _entry(name, spec)
+        entry = _entry(name, spec, source)
         for value in _values_to_check(entry):
             try:
                 parse_config(nested({name: value}))
             except ConfigError as exc:
-                raise SearchSpaceError(f"{SPACE_FILE}: {name}: {exc}") from None
+                raise SearchSpaceError(f"{source}: {name}: {exc}") from None
         entries[name] = entry
     kinds = {isinstance(entry, Grid) for entry in entries.values()}
     if kinds == {True, False}:
-        raise SearchSpaceError(f"{SPACE_FILE}: a grid cannot be mixed with ranges or choices; make every entry "
+        raise SearchSpaceError(f"{source}: a grid cannot be mixed with ranges or choices; make every entry "
                                "a grid, or turn the grids into lists of choices")
     return SearchSpace(entries)
 
 
 def load_space(path: str | Path = SPACE_FILE) -> SearchSpace:
-    """Read and validate search.yaml; one line (SearchSpaceError) when it is missing or wrong."""
-    return parse_space(read_yaml(path, "give --space, or run from the repository root", SearchSpaceError))
+    """Read and validate search.yaml (or the --space file `path`); one line naming it when it is missing or wrong."""
+    return parse_space(read_yaml(path, "give --space, or run from the repository root", SearchSpaceError), str(path))
 
 
 def parse_assignments(assignments: list[str]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ no further, nothing written to disk, and the page loads nothing but its own thre
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import socket
 import sys
@@ -309,6 +310,15 @@ def listening_socket(host: str, port: int) -> socket.socket:
         listener.bind((host, port))
         listener.listen(128)
     except OSError as exc:
+        # The port is to blame only when the address is this machine's: a name that does not resolve, or an
+        # address of another machine, is the host's fault.
+        loopback_hint = "or leave --host out (127.0.0.1: this machine only)"
+        if isinstance(exc, socket.gaierror):
+            raise PipelineError(f"--host {host}: no such address ({exc.strerror or exc}); give a name or an address "
+                                f"of this machine, {loopback_hint}") from None
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise PipelineError(f"--host {host}: not an address of this machine ({exc.strerror}); give one of its "
+                                f"addresses, {loopback_hint}") from None
         raise PipelineError(f"{host}:{port}: cannot listen ({exc.strerror or exc}); "
                             "choose another --port, or stop what uses it") from None
     return listener
