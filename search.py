@@ -9,6 +9,7 @@ Several workers (this command in several clones, on one machine or many) share o
 
 import argparse
 import re
+import sys
 from pathlib import Path
 
 from mnist_pipeline.cli import run_stage
@@ -17,7 +18,7 @@ from mnist_pipeline.errors import PipelineError
 
 def main() -> None:
     from mnist_pipeline.config import load_config
-    from mnist_pipeline.search import DEFAULT_STORAGE, HEARTBEAT_SECONDS, SearchOptions, run_search
+    from mnist_pipeline.search import DEFAULT_STORAGE, HEARTBEAT_SECONDS, SearchOptions, run_search, without_password
     from mnist_pipeline.search_space import SPACE_FILE, load_space, parse_assignments
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -26,7 +27,7 @@ def main() -> None:
     parser.add_argument("--space", default=SPACE_FILE, help=f"the space to search (default {SPACE_FILE})")
     parser.add_argument("--storage", default=DEFAULT_STORAGE,
                         help=f"Optuna's study storage, shared by every worker (default {DEFAULT_STORAGE}; "
-                             "a team: postgresql://user:password@host/db)")
+                             "a team: postgresql://user@host/db, the password in ~/.pgpass or PGPASSWORD)")
     parser.add_argument("--push", metavar="REMOTE", help="send each finished trial to this git remote (dvc exp push)")
     parser.add_argument("-S", "--set-param", dest="fixed", action="append", default=[], metavar="KEY=VALUE",
                         help="a param every trial gets, as dvc exp run -S takes it (repeatable)")
@@ -39,6 +40,9 @@ def main() -> None:
         raise PipelineError(f"--study {args.study!r}: use letters, digits, '.', '_' and '-' (it names experiments)")
     if args.trials < 1 or args.heartbeat < 1:
         raise PipelineError("--trials and --heartbeat: give a whole number of at least 1")
+    if without_password(args.storage) != args.storage:
+        print("warning: --storage holds a password, which ps and your shell's history keep; put it in ~/.pgpass "
+              "or PGPASSWORD instead (docs/search.md)", file=sys.stderr, flush=True)
     if not Path("dvc.yaml").exists():
         raise PipelineError("no dvc.yaml here: run search.py from the repository root")
     config = load_config()

@@ -76,31 +76,43 @@ def postgres_bin() -> Path | None:
 
 
 @contextmanager
-def postgres_cluster(bin_dir: Path, databases: tuple[str, ...] = ("mlflow",)):
-    """A throwaway PostgreSQL cluster on a free 127.0.0.1 port with empty `databases`; yields {name: URL}; always stopped."""
+def postgres_cluster(bin_dir: Path, databases: tuple[str, ...] = ("mlflow",), password: str | None = None):
+    """A throwaway PostgreSQL cluster on a free 127.0.0.1 port with empty `databases`; yields {name: URL}; always stopped.
+
+    With `password`, connections over TCP must give it (the URLs do not hold it: PGPASSWORD or ~/.pgpass do);
+    without, loopback connections are trusted.
+    """
     # initdb and postgres refuse to run as root: as root, the cluster belongs to Debian's `postgres` user.
     owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     # Not pytest's tmp_path: its parents are private to root, and the postgres user must reach the cluster.
     home = Path(tempfile.mkdtemp(prefix="pipeline-postgres-"))
 
-    def run(*command: str, check: bool = True) -> None:
-        done = subprocess.run(command, cwd=home, capture_output=True, text=True)
+    def run(*command: str, check: bool = True, env: dict[str, str] | None = None) -> None:
+        done = subprocess.run(command, cwd=home, capture_output=True, text=True, env=env)
         assert done.returncode == 0 or not check, f"{command[0]}: {done.stderr.strip()}"
 
     try:
         if owner:
             shutil.chown(home, "postgres", "postgres")
         data, port = home / "data", free_port()
-        # Trust on loopback only, no fsync: a cluster that lives for one test module.
-        run(*owner, str(bin_dir / "initdb"), "-D", str(data), "-U", "mlflow", "--auth=trust",
+        auth = ["--auth=trust"]
+        if password:
+            (home / "password").write_text(password)
+            if owner:
+                shutil.chown(home / "password", "postgres", "postgres")
+            auth = ["--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={home / 'password'}"]
+        # No fsync: a cluster that lives for one test module.
+        run(*owner, str(bin_dir / "initdb"), "-D", str(data), "-U", "mlflow", *auth,
             "-E", "UTF8", "--locale=C", "--no-sync")
         options = (f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={home} "
                    "-c fsync=off -c full_page_writes=off")
         run(*owner, str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(home / "postgres.log"),
             "-o", options, "-w", "start")
         try:
+            client_env = {**os.environ, "PGPASSWORD": password} if password else None
             for database in databases:
-                run(str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow", database)
+                run(str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow", database,
+                    env=client_env)
             yield {database: f"postgresql://mlflow@127.0.0.1:{port}/{database}" for database in databases}
         finally:
             run(*owner, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop", check=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import pytest
 import yaml
 
 from conftest import require, requires_mnist_mirror
-from dvc_project import copy_project, environment, mlflow_client, run
+from dvc_project import copy_project, environment, make_project, mlflow_client, run
 from servers import mlflow_server, postgres_bin, postgres_cluster
 
 pytestmark = [pytest.mark.e2e, requires_mnist_mirror()]
@@ -113,6 +114,31 @@ def test_bad_input_is_one_line_before_any_training(prepared_project, tmp_path, s
     assert done.stderr.startswith(message) and done.stderr.count("\n") == 1, done.stderr
     assert run(project, "dvc", "exp", "list", "--name-only").stdout.split() == []
     assert len(client.search_runs([experiment_id])) == runs_before
+
+
+@pytest.mark.parametrize("tools, args, lines", [
+    (["git"], [], ["error: dvc: not found on PATH; activate the project's venv (source .venv/bin/activate) or put dvc "
+                   "on PATH"]),
+    (["git", "dvc"], ["--storage", "postgresql://alice:s3cretPW@127.0.0.1:9/none"],
+     ["warning: --storage holds a password, which ps and your shell's history keep; put it in ~/.pgpass or PGPASSWORD "
+      "instead (docs/search.md)",
+      "error: study storage postgresql://alice:***@127.0.0.1:9/none: cannot be used ((psycopg.OperationalError) "
+      "connection failed: connection to server at \"127.0.0.1\", port 9 failed: Connection refused); start the "
+      "database, or fix --storage"]),
+], ids=["without-the-venv-on-path", "a-password-on-the-command-line"])
+def test_a_careless_command_line_is_one_line_and_creates_nothing(tmp_path, tools, args, lines):
+    """`.venv/bin/python search.py` without the venv on PATH (as the README runs pytest), and a password typed
+    into --storage: one line each (the password masked), exit status 2, no study, no MLflow store or run."""
+    project = make_project(tmp_path / "careless")
+    tools_folder = tmp_path / "bin"
+    tools_folder.mkdir()
+    for tool in tools:
+        (tools_folder / tool).symlink_to(shutil.which(tool, path=environment()["PATH"]))
+    done = search(project, "--study", "careless", "--trials", "1", *QUICK, *args,
+                  env=environment(PATH=str(tools_folder)), check=False)
+    assert (done.returncode, done.stderr.splitlines()) == (2, lines), done.stderr
+    assert "s3cretPW" not in done.stdout + done.stderr
+    assert not (project / "search.db").exists() and not (project / "mlflow.db").exists()
 
 
 def test_a_killed_worker_s_trial_runs_again_elsewhere_and_its_run_ends_killed(prepared_project, tmp_path):

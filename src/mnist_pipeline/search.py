@@ -9,13 +9,18 @@ with the study and the trial, a child of the study's summary run. The objective 
 held-out training images (`data.validation_images`, 5000 unless set): the test set only reports.
 
 A worker that dies stops its heartbeat; the next worker to start a trial marks the dead one's trial
-failed, its MLflow run KILLED, and runs it again (RetryFailedTrialCallback).
+failed, its MLflow run KILLED, and runs it again (RetryFailedTrialCallback). A worker that fails (a trial's
+`dvc exp run`, git, `dvc exp push`, the storage) stops with one line and marks the summary run FAILED.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import shutil
 import subprocess
+import urllib.parse
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +34,8 @@ DEFAULT_STORAGE = "sqlite:///search.db"  # beside params.yaml; a team gives --st
 HEARTBEAT_SECONDS = 30  # a worker silent for twice this is taken for dead
 MAX_RETRIES = 2  # a trial whose worker died runs again at most this often
 STORAGE_ATTEMPTS = 4
+# scheme://user:PASSWORD@host...: the password as SQLAlchemy reads it (up to the first @)
+_PASSWORD = re.compile(r"(//[^:/@]*:)([^@]*)@")
 
 
 class SearchError(PipelineError):
@@ -81,6 +88,26 @@ def _yaml_value(value: Any) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
+def without_password(url: str, text: Optional[str] = None) -> str:
+    """`text` (by default the storage URL itself) with the URL's password, wherever it appears, as ***."""
+    text = url if text is None else text
+    found = _PASSWORD.search(url)
+    if not found or not found.group(2):
+        return text
+    text = text.replace(url, _PASSWORD.sub(r"\1***@", url, count=1))
+    for secret in {found.group(2), urllib.parse.unquote(found.group(2))}:  # as typed, and as the driver got it
+        text = text.replace(secret, "***")
+    return text
+
+
+def storage_error(url: str, exc: BaseException) -> SearchError:
+    """One line on a storage failure, with its first line and no password."""
+    text = str(exc).strip()
+    first = (text.splitlines() or [type(exc).__name__])[0]
+    return SearchError(without_password(url, f"study storage {url}: cannot be used ({first[:200]}); start the "
+                                             "database, or fix --storage"))
+
+
 def open_storage(url: str, heartbeat: int, on_stale=None):
     """Optuna's storage at `url`, with heartbeats; one line (SearchError) when it cannot be used, before any training."""
     import optuna
@@ -101,27 +128,54 @@ def open_storage(url: str, heartbeat: int, on_stale=None):
             if attempt + 1 < STORAGE_ATTEMPTS and any(s in text for s in ("already exists", "duplicate key")):
                 time.sleep(1 + attempt)
                 continue
-            first = (text.splitlines() or [type(exc).__name__])[0]
-            raise SearchError(f"study storage {url}: cannot be used ({first[:200]}); start the database, "
-                              "or fix --storage") from None
+            raise storage_error(url, exc) from None
     raise AssertionError("unreachable")
 
 
+def _run(command: list[str], root: Path, env: Optional[dict[str, str]] = None) -> subprocess.CompletedProcess:
+    """`command` in `root`, its output captured; SearchError (one line) when it cannot start at all."""
+    try:
+        return subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
+    except OSError as exc:
+        raise SearchError(f"{command[0]}: cannot run ({exc.strerror or exc}); check that it is installed and on PATH, "
+                          "then run search.py again") from None
+
+
+def _last_line(done: subprocess.CompletedProcess) -> str:
+    """What a failed command said last (DVC ends with its ERROR line), or its exit status."""
+    lines = [line.strip() for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    return lines[-1] if lines else f"exit status {done.returncode}"
+
+
+def check_tools(root: Path) -> None:
+    """dvc and git on PATH, and `root` a git repository with a commit: what every trial needs, checked before
+    the search creates anything (a study, a trial, an MLflow run)."""
+    if shutil.which("dvc") is None:  # `.venv/bin/python search.py` without the venv on PATH
+        raise SearchError("dvc: not found on PATH; activate the project's venv (source .venv/bin/activate) or put "
+                          "dvc on PATH")
+    if shutil.which("git") is None:
+        raise SearchError("git: not found on PATH; install git (trials are DVC experiments, kept in git)")
+    done = _run(["git", "rev-parse", "--verify", "--quiet", "HEAD^{commit}"], root)
+    if done.returncode != 0:
+        detail = (done.stderr.strip().splitlines() or ["no commit yet"])[0]
+        raise SearchError(f"{root}: not a git repository with a commit ({detail}); run search.py in a clone of "
+                          "the project")
+
+
 def run_experiment(root: Path, name: str, params: dict[str, Any], env: dict[str, str]) -> None:
-    """`dvc exp run --temp -n name -S ...` in `root`; SearchError with its last lines when it fails."""
+    """`dvc exp run --temp -n name -S ...` in `root`; SearchError with its last line when it fails."""
     command = ["dvc", "exp", "run", "--temp", "-n", name]
     for key, value in params.items():
         command += ["-S", f"{key}={_yaml_value(value)}"]
-    done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
+    done = _run(command, root, env)
     if done.returncode != 0:
-        tail = [line for line in (done.stderr + done.stdout).strip().splitlines() if line.strip()][-1:]
-        raise SearchError(f"trial {name}: dvc exp run exited {done.returncode} ({tail[0] if tail else 'no output'})")
+        raise SearchError(f"trial {name}: dvc exp run exited {done.returncode} ({_last_line(done)})")
 
 
 def _git(root: Path, *args: str) -> str:
-    done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+    done = _run(["git", *args], root)
     if done.returncode != 0:
-        raise SearchError(f"git {' '.join(args)}: {done.stderr.strip() or done.returncode}")
+        raise SearchError(f"git {' '.join(args)}: {(done.stderr.strip().splitlines() or [done.returncode])[0]}")
     return done.stdout
 
 
@@ -148,10 +202,10 @@ def experiment_result(root: Path, name: str, eval_metrics: str, mlflow_run: str)
 
 def push_experiment(root: Path, remote: str, name: str) -> None:
     """`dvc exp push <remote> <name>`: the experiment's commit to the git remote, its outputs to the DVC remote."""
-    done = subprocess.run(["dvc", "exp", "push", remote, name], cwd=root, capture_output=True, text=True)
+    # After `--`, a remote that starts with `-` (`--push --help`) is a name, never one of DVC's options.
+    done = _run(["dvc", "exp", "push", "--", remote, name], root)
     if done.returncode != 0:
-        tail = [line for line in (done.stderr + done.stdout).strip().splitlines() if line.strip()][-1:]
-        raise SearchError(f"trial {name}: dvc exp push {remote} failed ({tail[0] if tail else done.returncode})")
+        raise SearchError(f"trial {name}: dvc exp push {remote} failed ({_last_line(done)})")
 
 
 def existing_names(root: Path, study: str) -> list[str]:
@@ -197,26 +251,33 @@ def run_search(options: SearchOptions, root: Path, config) -> list[str]:
     """Run this worker's trials of the study; return the lines that report what the study found so far.
 
     Everything that can be checked is, before the first training: the space and the -S values
-    (parsed already), the storage, the MLflow store, and that this clone holds no experiments of an
-    earlier study of the same name.
+    (parsed already), dvc and git (before anything is created), the storage, the MLflow store, and
+    that this clone holds no experiments of an earlier study of the same name.
     """
     import optuna
+    import sqlalchemy.exc
 
     from mnist_pipeline import store, study_runs
     from mnist_pipeline.runs import PARENT_ENV, STUDY_ENV, TRIAL_ENV
 
     assignments(options.fixed, {})  # a search without validation images is refused now, not at the first trial
-    client, experiment_id = store.connect(config.tracking.experiment)
+    check_tools(root)
 
     def on_stale(study, trial) -> None:
         # A worker died mid-trial: its run cannot end itself. Then the trial runs again, here or elsewhere.
         study_runs.kill_trial_runs(client, experiment_id, study.study_name, trial.number)
         optuna.storages.RetryFailedTrialCallback(max_retry=MAX_RETRIES)(study, trial)
 
+    # The storage before the MLflow store: a mistyped --storage leaves no MLflow store behind.
     storage = open_storage(options.storage, options.heartbeat, on_stale)
-    study = optuna.create_study(study_name=options.study, storage=storage, direction="maximize",
-                                sampler=sampler(options.space, options.seed), load_if_exists=True)
-    if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
+    client, experiment_id = store.connect(config.tracking.experiment)
+    try:
+        study = optuna.create_study(study_name=options.study, storage=storage, direction="maximize",
+                                    sampler=sampler(options.space, options.seed), load_if_exists=True)
+        finished = any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        raise storage_error(options.storage, exc) from None
+    if not finished:
         leftovers = existing_names(root, options.study)
         if leftovers:
             raise SearchError(f"study {options.study}: this clone already has experiments named like its trials "
@@ -238,9 +299,19 @@ def run_search(options: SearchOptions, root: Path, config) -> list[str]:
         print(f"search: trial {name}: validation accuracy {result.val_accuracy:.4f}", flush=True)
         return result.val_accuracy
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.optimize(objective, n_trials=options.trials)
+    # Optuna reports a failed trial with its traceback; the error that stops this worker is our one line.
+    logging.getLogger("optuna.study._optimize").setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.optimize(objective, n_trials=options.trials)
+    except BaseException as exc:
+        # The summary run is this worker's too: it must not stay RUNNING. Another worker that finishes later
+        # marks it FINISHED again with the study's summary.
+        study_runs.end_summary(client, parent, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        if isinstance(exc, sqlalchemy.exc.SQLAlchemyError):
+            raise storage_error(options.storage, exc) from None
+        raise
     finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     best = study.best_trial.user_attrs.get("experiment") if finished else None
     study_runs.log_summary(client, parent, study, best)

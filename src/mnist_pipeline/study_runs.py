@@ -7,7 +7,7 @@ import warnings
 from pathlib import Path
 from typing import Optional
 
-from mnist_pipeline.store import MlflowClient, mlflow  # noqa: I001 (store sets MLflow's environment first)
+from mnist_pipeline.store import STORE_ERRORS, MlflowClient, mlflow  # noqa: I001 (store sets MLflow's environment first)
 from mnist_pipeline.runs import STUDY_TAG, TRIAL_TAG
 
 SUMMARY_TAG = "search.summary"  # the study's summary run, the trials' parent
@@ -38,6 +38,16 @@ def kill_trial_runs(client: MlflowClient, experiment_id: str, study: str, trial:
     for run in runs:
         client.set_terminated(run.info.run_id, "KILLED")
     return [run.info.run_id for run in runs]
+
+
+def end_summary(client: MlflowClient, run_id: str, status: str) -> bool:
+    """Mark the summary run `status` (FAILED, KILLED) as a worker stops early; False when the store cannot be told."""
+    try:
+        client.set_terminated(run_id, status)
+        mlflow.flush_async_logging()
+    except STORE_ERRORS:  # the worker's own error, which says why it stopped, matters more
+        return False
+    return True
 
 
 def log_summary(client: MlflowClient, run_id: str, study, best_experiment: Optional[str]) -> None:
