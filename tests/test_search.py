@@ -137,6 +137,19 @@ def test_a_trial_whose_dvc_exp_run_fails_is_one_line_and_leaves_no_run_running(l
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL]
 
 
+def test_a_storage_that_fails_during_the_study_is_one_line_and_leaves_no_run_running(local_store, monkeypatch):
+    root = _repository(local_store / "clone")
+    storage = local_store / "study.db"
+    # A trial during which the study's database is lost (here overwritten): Optuna cannot record how it ended.
+    monkeypatch.setenv("PATH", _path_with(local_store / "bin", "git", dvc=f"echo garbage > {storage}; exit 1"))
+    with pytest.raises(SearchError) as caught:
+        run_search(_search("s", f"sqlite:///{storage}"), root, parse_config({}))
+    assert str(caught.value) == (f"study storage sqlite:///{storage}: cannot be used ((sqlite3.DatabaseError) file is "
+                                 "not a database); start the database, or fix --storage")
+    client, experiment_id = store.connect("mnist-cnn")
+    assert [(r.info.run_name, r.info.status) for r in client.search_runs([experiment_id])] == [("s (search)", "FAILED")]
+
+
 def test_a_remote_that_looks_like_an_option_is_never_read_as_one(tmp_path):
     """`--push --help` must not print DVC's help and pass for a push."""
     root = _repository(tmp_path / "clone")

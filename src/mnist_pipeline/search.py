@@ -101,8 +101,8 @@ def without_password(url: str, text: Optional[str] = None) -> str:
 
 
 def storage_error(url: str, exc: BaseException) -> SearchError:
-    """One line on a storage failure, with its first line and no password."""
-    text = str(exc).strip()
+    """One line on a storage failure, with its first line (the driver's, under Optuna's wrapping) and no password."""
+    text = str(exc.__cause__ or exc).strip()
     first = (text.splitlines() or [type(exc).__name__])[0]
     return SearchError(without_password(url, f"study storage {url}: cannot be used ({first[:200]}); start the "
                                              "database, or fix --storage"))
@@ -260,6 +260,9 @@ def run_search(options: SearchOptions, root: Path, config) -> list[str]:
     from mnist_pipeline import store, study_runs
     from mnist_pipeline.runs import PARENT_ENV, STUDY_ENV, TRIAL_ENV
 
+    # What a storage failure raises once the storage is open: Optuna wraps most of SQLAlchemy's errors.
+    storage_errors = (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError)
+
     assignments(options.fixed, {})  # a search without validation images is refused now, not at the first trial
     check_tools(root)
 
@@ -274,10 +277,10 @@ def run_search(options: SearchOptions, root: Path, config) -> list[str]:
     try:
         study = optuna.create_study(study_name=options.study, storage=storage, direction="maximize",
                                     sampler=sampler(options.space, options.seed), load_if_exists=True)
-        finished = any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
-    except sqlalchemy.exc.SQLAlchemyError as exc:
+        any_finished = any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    except storage_errors as exc:
         raise storage_error(options.storage, exc) from None
-    if not finished:
+    if not any_finished:
         leftovers = existing_names(root, options.study)
         if leftovers:
             raise SearchError(f"study {options.study}: this clone already has experiments named like its trials "
@@ -299,7 +302,9 @@ def run_search(options: SearchOptions, root: Path, config) -> list[str]:
         print(f"search: trial {name}: validation accuracy {result.val_accuracy:.4f}", flush=True)
         return result.val_accuracy
 
-    # Optuna reports a failed trial with its traceback; the error that stops this worker is our one line.
+    # Optuna reports a failed trial with two warnings and its traceback, on the logger of its optimize loop (named
+    # after that module: tests/test_search.py sees the report again if it moves); the error that stops this worker
+    # is our one line.
     logging.getLogger("optuna.study._optimize").setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
@@ -309,8 +314,13 @@ def run_search(options: SearchOptions, root: Path, config) -> list[str]:
         # The summary run is this worker's too: it must not stay RUNNING. Another worker that finishes later
         # marks it FINISHED again with the study's summary.
         study_runs.end_summary(client, parent, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
-        if isinstance(exc, sqlalchemy.exc.SQLAlchemyError):
-            raise storage_error(options.storage, exc) from None
+        # A storage failure while Optuna records a trial's end can surface as another error of Optuna's own
+        # (an UnboundLocalError in its optimize loop, 5.0.0): the storage's is found in the chain.
+        cause: Optional[BaseException] = exc
+        while cause is not None and not isinstance(cause, storage_errors):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
+            raise storage_error(options.storage, cause) from None
         raise
     finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     best = study.best_trial.user_attrs.get("experiment") if finished else None
