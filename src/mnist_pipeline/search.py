@@ -101,8 +101,8 @@ def without_password(url: str, text: Optional[str] = None) -> str:
 
 
 def storage_error(url: str, exc: BaseException) -> SearchError:
-    """One line on a storage failure, with its first line (the driver's, under Optuna's wrapping) and no password."""
-    text = str(exc.__cause__ or exc).strip()
+    """One line on a storage failure, with its first line and no password."""
+    text = str(exc).strip()
     first = (text.splitlines() or [type(exc).__name__])[0]
     return SearchError(without_password(url, f"study storage {url}: cannot be used ({first[:200]}); start the "
                                              "database, or fix --storage"))
@@ -260,8 +260,18 @@ def run_search(options: SearchOptions, root: Path, config) -> list[str]:
     from mnist_pipeline import store, study_runs
     from mnist_pipeline.runs import PARENT_ENV, STUDY_ENV, TRIAL_ENV
 
-    # What a storage failure raises once the storage is open: Optuna wraps most of SQLAlchemy's errors.
-    storage_errors = (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError)
+    def storage_failure(exc: BaseException) -> Optional[BaseException]:
+        """The storage's error behind `exc`, if one is: SQLAlchemy's, whose message says what failed, rather than
+        Optuna's StorageInternalError around it (a generic message). When the storage fails while Optuna records a
+        trial's end, its optimize loop (5.0.0) raises an UnboundLocalError on top: the chain is searched."""
+        found: Optional[BaseException] = None
+        while exc is not None:
+            if isinstance(exc, sqlalchemy.exc.SQLAlchemyError):
+                return exc
+            if isinstance(exc, optuna.exceptions.StorageInternalError) and found is None:
+                found = exc
+            exc = exc.__cause__ or exc.__context__
+        return found
 
     assignments(options.fixed, {})  # a search without validation images is refused now, not at the first trial
     check_tools(root)
@@ -278,8 +288,8 @@ def run_search(options: SearchOptions, root: Path, config) -> list[str]:
         study = optuna.create_study(study_name=options.study, storage=storage, direction="maximize",
                                     sampler=sampler(options.space, options.seed), load_if_exists=True)
         any_finished = any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
-    except storage_errors as exc:
-        raise storage_error(options.storage, exc) from None
+    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
+        raise storage_error(options.storage, storage_failure(exc)) from None
     if not any_finished:
         leftovers = existing_names(root, options.study)
         if leftovers:
@@ -314,13 +324,9 @@ def run_search(options: SearchOptions, root: Path, config) -> list[str]:
         # The summary run is this worker's too: it must not stay RUNNING. Another worker that finishes later
         # marks it FINISHED again with the study's summary.
         study_runs.end_summary(client, parent, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
-        # A storage failure while Optuna records a trial's end can surface as another error of Optuna's own
-        # (an UnboundLocalError in its optimize loop, 5.0.0): the storage's is found in the chain.
-        cause: Optional[BaseException] = exc
-        while cause is not None and not isinstance(cause, storage_errors):
-            cause = cause.__cause__ or cause.__context__
-        if cause is not None:
-            raise storage_error(options.storage, cause) from None
+        failure = storage_failure(exc)
+        if failure is not None:
+            raise storage_error(options.storage, failure) from None
         raise
     finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     best = study.best_trial.user_attrs.get("experiment") if finished else None
