@@ -156,3 +156,13 @@ def _alembic_version(db) -> str:
 def _set_alembic_version(db, version: str) -> None:
     with contextlib.closing(sqlite3.connect(db)) as connection, connection:
         connection.execute("UPDATE alembic_version SET version_num = ?", (version,))
+
+
+def test_a_password_in_the_tracking_uri_is_never_shown(local_store, monkeypatch):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://alice:s3cretPW@127.0.0.1:{port}")
+    with pytest.raises(store.TrackingError) as caught:
+        store.connect("exp-secret")
+    assert "s3cretPW" not in str(caught.value) and f"MLflow store http://alice:***@127.0.0.1:{port}: " in str(caught.value)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from mnist_pipeline.errors import PipelineError
+from mnist_pipeline.errors import PipelineError, without_password
 from mnist_pipeline.search_space import SearchSpace
 
 DEFAULT_VALIDATION_IMAGES = 5000
@@ -34,8 +34,6 @@ DEFAULT_STORAGE = "sqlite:///search.db"  # beside params.yaml; a team gives --st
 HEARTBEAT_SECONDS = 30  # a worker silent for twice this is taken for dead
 MAX_RETRIES = 2  # a trial whose worker died runs again at most this often
 STORAGE_ATTEMPTS = 4
-# scheme://user:PASSWORD@host...: the password as SQLAlchemy reads it (up to the first @)
-_PASSWORD = re.compile(r"(//[^:/@]*:)([^@]*)@")
 
 
 class SearchError(PipelineError):
@@ -86,18 +84,6 @@ def _yaml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return repr(value) if isinstance(value, float) else str(value)
-
-
-def without_password(url: str, text: Optional[str] = None) -> str:
-    """`text` (by default the storage URL itself) with the URL's password, wherever it appears, as ***."""
-    text = url if text is None else text
-    found = _PASSWORD.search(url)
-    if not found or not found.group(2):
-        return text
-    text = text.replace(url, _PASSWORD.sub(r"\1***@", url, count=1))
-    for secret in {found.group(2), urllib.parse.unquote(found.group(2))}:  # as typed, and as the driver got it
-        text = text.replace(secret, "***")
-    return text
 
 
 def storage_error(url: str, exc: BaseException) -> SearchError:

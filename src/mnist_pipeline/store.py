@@ -29,7 +29,7 @@ import mlflow  # noqa: E402 (after the environment above)
 import sqlalchemy.exc  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from mnist_pipeline.errors import PipelineError  # noqa: E402
+from mnist_pipeline.errors import PipelineError, without_password  # noqa: E402
 from mnist_pipeline.lineage import repo_root  # noqa: E402
 
 # What a store call raises when the store, not the caller, is at fault.
@@ -136,8 +136,9 @@ def _check_sqlite_store(uri: str) -> None:
 
 
 def shown(uri: str) -> str:
-    """The store's URI as the user knows it: a SQLite store without the driver's ?timeout=."""
-    return uri.split("?", 1)[0] if uri.startswith("sqlite:") else uri
+    """The store's URI as the user knows it, fit for an error line: a SQLite store without the driver's ?timeout=,
+    a server's without its password."""
+    return uri.split("?", 1)[0] if uri.startswith("sqlite:") else without_password(uri)
 
 
 def _is_race(exc: Exception, waited: float, lock_timeout: float) -> bool:
