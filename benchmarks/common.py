@@ -1,7 +1,8 @@
 """What the benchmarks share: where things are, the machine's description, the results block in the docs,
-a fresh copy of the repository to time commands in, and a training set up as the train stage sets it up.
+and a fresh copy of the repository to time commands in.
 
-Imports torch only inside the functions that train, so that the benchmarks that time commands load nothing heavy.
+Imports no torch, so that the benchmarks that time commands load nothing heavy (a training is set up as the
+train stage sets it up with mnist_pipeline.training's prepare and compute_for).
 """
 
 from __future__ import annotations
@@ -113,36 +114,6 @@ def last_train_seconds(project: Path) -> float:
         row = db.execute("SELECT m.value FROM metrics m JOIN runs r ON m.run_uuid = r.run_uuid "
                          "WHERE m.key = 'train_seconds' ORDER BY r.start_time DESC LIMIT 1").fetchone()
     return float(row[0])
-
-
-# A training as the train stage sets it up.
-
-def stage_workers(config, device):
-    """The train stage's threads: torch on one thread and workers for the shards on a CPU (None elsewhere)."""
-    from mnist_pipeline import threads
-    from mnist_pipeline.device import use_threads
-    from mnist_pipeline.shards import Workers
-
-    compute = threads.for_training(config.threads, config.shards, threads.available_cores(), device=device.type,
-                                   compiled=config.compile)
-    use_threads(1 if compute.sharded else compute.threads)
-    return Workers(compute.threads) if compute.sharded else None
-
-
-def new_training(config, device, steps_per_epoch: int, architecture: str | None = None, processes: int = 1):
-    """(model, optimizer, schedule, shuffle generator, kernels.Plan) for `config` (a TrainConfig), seeded and
-    planned as the train stage does: pass `own_kernels=plan.used` to training.train."""
-    from mnist_pipeline import kernels
-    from mnist_pipeline.device import place_model
-    from mnist_pipeline.model import ModelConfig, build_model
-    from mnist_pipeline.seed import set_seed
-    from mnist_pipeline.training import make_optimizer, make_schedule
-
-    generator = set_seed(config.seed)
-    model = place_model(build_model(ModelConfig(architecture=architecture or config.model)), device)
-    plan = kernels.plan(config.kernels, model, device, config.precision, config.compile, processes)
-    optimizer = make_optimizer(model, config, plan.used)
-    return model, optimizer, make_schedule(optimizer, config, steps_per_epoch), generator, plan
 
 
 # Results: saved as JSON under benchmarks/results/, shown, and with --update-docs written into the docs.

@@ -17,8 +17,7 @@ from mnist_pipeline.config import AugmentConfig, TrainConfig  # noqa: E402
 from mnist_pipeline.data import blank_value, load_split  # noqa: E402
 from mnist_pipeline.device import configure_determinism, place_model  # noqa: E402
 from mnist_pipeline.model import ModelConfig, build_model  # noqa: E402
-from mnist_pipeline.seed import set_seed  # noqa: E402
-from mnist_pipeline.training import make_optimizer, make_schedule, steps_per_epoch, train  # noqa: E402
+from mnist_pipeline.training import Augmentation, prepare, train  # noqa: E402
 from recipes import readme_recipes, recipe_params  # noqa: E402
 
 DATA = REPO_ROOT / "data" / "mnist"
@@ -59,16 +58,12 @@ def same_loss_on_gpu_and_cpu(split) -> bool:
 def one_run(train_split, test_split, **overrides):
     augment = overrides.pop("augment", AugmentConfig())
     config = TrainConfig(**{"epochs": 1, "seed": 1, **{k: float(v) if k in FLOATS else v for k, v in overrides.items()}})
-    generator = set_seed(config.seed)
-    model = place_model(build_model(ModelConfig(architecture=config.model)), DEVICE)
-    optimizer = make_optimizer(model, config)
-    schedule = make_schedule(optimizer, config, steps_per_epoch(len(train_split), config.batch_size))
+    setup = prepare(config, DEVICE, len(train_split))
     sync()
     started = time.perf_counter()
-    history = train(model, optimizer, train_split, test_split, config, generator, schedule=schedule,
-                    augment=augment, background=blank_value(MEAN, STD))
+    history = train(setup, train_split, test_split, config, augmentation=Augmentation(augment, blank_value(MEAN, STD)))
     sync()
-    return history, time.perf_counter() - started, model
+    return history, time.perf_counter() - started, setup.model
 
 
 # Test-accuracy floors: (the GPU run on all of MNIST, the dry run on its slice of 3,000 training images).

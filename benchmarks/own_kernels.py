@@ -24,10 +24,10 @@ from pathlib import Path
 
 import torch
 
-from common import DATA, MEAN, RESULTS, STD, check_data, code_version, machine, new_training, stage_workers
+from common import DATA, MEAN, RESULTS, STD, check_data, code_version, machine
 from mnist_pipeline.config import TrainConfig
 from mnist_pipeline.data import load_split
-from mnist_pipeline.training import train
+from mnist_pipeline.training import compute_for, prepare, train
 
 CPU = torch.device("cpu")
 LABELS = {"torch": "torch's kernels", "auto": "the project's kernels"}
@@ -46,26 +46,24 @@ def main() -> None:
     runs = {}
     for kernels in ("torch", "auto"):  # same seed: same initial weights and the same shuffles
         config = TrainConfig(seed=args.seed, kernels=kernels)
-        model, optimizer, _, generator, plan = new_training(config, CPU, 0)
-        if (kernels == "auto") != plan.used:
-            sys.exit(f"error: {plan.line}")
-        runs[kernels] = {"model": model, "optimizer": optimizer, "generator": generator, "config": config,
-                         "own": plan.used, "history": [], "images_per_second": [], "test_accuracy": []}
-    workers = stage_workers(runs["auto"]["config"], CPU)
+        setup = prepare(config, CPU, len(train_split))
+        if (kernels == "auto") != setup.own_kernels:
+            sys.exit(f"error: {setup.kernels_line}")
+        runs[kernels] = {"setup": setup, "config": config, "images_per_second": [], "test_accuracy": []}
+    compute = compute_for(runs["auto"]["config"], CPU)  # as the train stage trains: in shards, on its threads
     for round_ in range(1, args.rounds + 1):
-        for kernels, run in runs.items():
+        for run in runs.values():
             config = dataclasses.replace(run["config"], epochs=round_)
             started = time.perf_counter()
-            run["history"] = train(run["model"], run["optimizer"], train_split, test_split, config, run["generator"],
-                                   history=run["history"], workers=workers, own_kernels=run["own"])
+            history = train(run["setup"], train_split, test_split, config, compute=compute)
             run["images_per_second"].append(round(len(train_split) / (time.perf_counter() - started)))
-            run["test_accuracy"].append(run["history"][-1].test_accuracy)
+            run["test_accuracy"].append(history[-1].test_accuracy)
         rates = {k: run["images_per_second"][-1] for k, run in runs.items()}
         print(f"epoch {round_}: " + ", ".join(f"{LABELS[k]} {rates[k]:,} images/s ({runs[k]['test_accuracy'][-1]:.2%})"
                                               for k in runs) + f": {rates['auto'] / rates['torch']:.2f}x", flush=True)
     ratios = [a / t for a, t in zip(runs["auto"]["images_per_second"], runs["torch"]["images_per_second"], strict=True)]
     summary = {
-        "machine": f"{machine()}; {workers.count} threads, {runs['auto']['config'].shards} shards",
+        "machine": f"{machine()}; {compute.threads} threads, {runs['auto']['config'].shards} shards",
         "code": code_version(),
         "rounds": args.rounds,
         "seed": args.seed,

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import REPO_ROOT, machine, new_training, stage_workers, write_block
+from common import REPO_ROOT, machine, write_block
 
 README = REPO_ROOT / "README.md"  # holds the recipes; DOCS (docs/performance.md), their measured table
 RECIPES_MARK = "<!-- recipes -->"
@@ -97,22 +97,20 @@ def run_recipe(params: dict[str, Any], seed: int) -> dict[str, Any]:
     from mnist_pipeline.config import parse_config
     from mnist_pipeline.data import blank_value, load_split
     from mnist_pipeline.device import resolve_device
-    from mnist_pipeline.training import steps_per_epoch, train
+    from mnist_pipeline.training import Augmentation, compute_for, prepare, train
 
     config = parse_config(merged(params, {"seed": seed}))
     device = resolve_device(config.train.device)
     if config.train.nproc != 1:  # `auto` may mean several processes in the train stage; this trains in one
         sys.exit(f"error: recipes.py trains in one process; give the recipe `-S nproc=1` (it has nproc: {config.train.nproc})")
-    workers = stage_workers(config.train, device)
+    compute = compute_for(config.train, device)  # as the train stage trains: in shards, on its threads
     data_dir = REPO_ROOT / config.data.dir
     train_split = load_split(data_dir, True, config.data.mean, config.data.std, config.data.max_train_images).to(device)
     test_split = load_split(data_dir, False, config.data.mean, config.data.std, config.data.max_test_images).to(device)
-    model, optimizer, schedule, generator, plan = new_training(config.train, device,
-                                                               steps_per_epoch(len(train_split), config.train.batch_size))
+    setup = prepare(config.train, device, len(train_split))
     started = time.perf_counter()
-    history = train(model, optimizer, train_split, test_split, config.train, generator, schedule=schedule,
-                    augment=config.augment, background=blank_value(config.data.mean, config.data.std),
-                    workers=workers, own_kernels=plan.used)
+    history = train(setup, train_split, test_split, config.train, compute=compute,
+                    augmentation=Augmentation(config.augment, blank_value(config.data.mean, config.data.std)))
     if device.type == "cuda":
         torch.cuda.synchronize()
     return {"seed": seed, "test_accuracy": history[-1].test_accuracy, "train_seconds": time.perf_counter() - started,

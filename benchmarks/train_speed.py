@@ -32,13 +32,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from common import DATA, MEAN, RESULTS, STD, check_data, machine, new_training, stage_workers, write_block
+from common import DATA, MEAN, RESULTS, STD, check_data, machine, write_block
 from mnist_pipeline import distributed, training
 from mnist_pipeline.config import TrainConfig
 from mnist_pipeline.data import load_split
 from mnist_pipeline.device import resolve_device
 from mnist_pipeline.distributed import Ranks
-from mnist_pipeline.training import steps_per_epoch, train
+from mnist_pipeline.training import compute_for, prepare, train
 
 SPEED_MARK = "<!-- speed-results -->"  # the docs block for the CPU figures
 GPU_SPEED_MARK = "<!-- speed-results-cuda -->"  # and for a GPU's (gpu_check.sh)
@@ -117,14 +117,12 @@ def project_loop(data_dir: Path, epochs: int, seed: int, device: torch.device, o
     train stage runs it under `nproc` > 1.
     """
     config = TrainConfig(epochs=epochs, seed=seed, precision=precision, compile=compile, kernels=kernels)
-    workers = stage_workers(config, device) if not ranks.distributed else None
+    compute = compute_for(config, device, ranks)  # as the train stage trains
     started = time.perf_counter()
     train_split = load_split(data_dir, True, MEAN, STD).to(device)
     test_split = load_split(data_dir, False, MEAN, STD).to(device)
     load_seconds = time.perf_counter() - started
-    model, optimizer, schedule, generator, plan = new_training(config, device,
-                                                               steps_per_epoch(len(train_split), config.batch_size),
-                                                               processes=ranks.world_size)
+    setup = prepare(config, device, len(train_split), processes=ranks.world_size)
     marks = []
 
     def mark(history):
@@ -147,14 +145,13 @@ def project_loop(data_dir: Path, epochs: int, seed: int, device: torch.device, o
     training.evaluate_across_ranks = timed_test_pass
     try:
         started = time.perf_counter()
-        history = train(model, optimizer, train_split, test_split, config, generator, schedule=schedule,
-                        on_epoch_end=mark, ranks=ranks, workers=workers, own_kernels=plan.used)
+        history = train(setup, train_split, test_split, config, compute=compute, on_epoch_end=mark)
     finally:
         training.evaluate_across_ranks = untimed
     return {"load_seconds": load_seconds, "seconds": marks[-1] - started, "test_seconds": sum(test_seconds),
-            "processes": ranks.world_size, "threads": workers.count if workers else torch.get_num_threads(),
+            "processes": ranks.world_size, "threads": compute.threads,
             "accuracies": [r.test_accuracy for r in history],
-            "kernels": plan.line}
+            "kernels": setup.kernels_line}
 
 
 def project_loop_in_processes(nproc: int, data_dir: Path, epochs: int, seed: int, device: torch.device,

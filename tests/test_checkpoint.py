@@ -7,14 +7,12 @@ from conftest import requires_c_compiler
 
 from mnist_pipeline import checkpoint as checkpoint_module
 from mnist_pipeline.checkpoint import (CheckpointError, load_checkpoint, model_from_checkpoint, require_complete,
-                                       restore_training, resume_decision, save_checkpoint)
+                                       restore_training, resume_decision, resume_point, save_checkpoint)
 from mnist_pipeline.config import TrainConfig, parse_config
 from mnist_pipeline.data import Split
 from mnist_pipeline.model import ModelConfig, build_model
-from mnist_pipeline.seed import set_seed
 from mnist_pipeline.history import EpochResult
-from mnist_pipeline.shards import Workers
-from mnist_pipeline.training import make_optimizer, make_schedule, train
+from mnist_pipeline.training import compute_for, make_optimizer, make_schedule, prepare, train
 
 HISTORY = [EpochResult(1, 0.5, 0.4, 0.9), EpochResult(2, 0.3, 0.2, 0.95), EpochResult(3, 0.2, 0.1, 0.97)]
 
@@ -135,56 +133,66 @@ def _toy_split(n=64):
     return Split(torch.randn(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g))
 
 
-@pytest.mark.parametrize("own_kernels", [False, pytest.param(True, marks=requires_c_compiler())])
-def test_interrupted_and_resumed_training_is_bit_identical_to_an_uninterrupted_one(tmp_path, own_kernels):
-    split = _toy_split()
-    config = TrainConfig(lr=0.05, batch_size=16, epochs=4, seed=5)
-    config_dict = parse_config({"lr": 0.05, "batch_size": 16, "epochs": 4, "seed": 5}).to_dict()
-    workers = Workers(2) if own_kernels else None
+@pytest.mark.parametrize("kernels", ["torch", pytest.param("auto", marks=requires_c_compiler())])
+def test_interrupted_and_resumed_training_is_bit_identical_to_an_uninterrupted_one(tmp_path, kernels):
+    threads_before = torch.get_num_threads()
+    try:
+        _interrupted_and_resumed(tmp_path, kernels)
+    finally:
+        torch.set_num_threads(threads_before)  # compute_for set torch to one thread for the shards
 
-    generator = set_seed(config.seed)
-    straight = build_model(ModelConfig())
-    straight_optimizer = make_optimizer(straight, config, own_kernels)
-    straight_history = train(straight, straight_optimizer, split, split, config, generator, workers=workers,
-                             own_kernels=own_kernels)
-    save_checkpoint(tmp_path / "straight.pt", model=straight, optimizer=straight_optimizer, generator=generator,
-                    model_config=ModelConfig(), config=config_dict, history=straight_history)
+
+def _interrupted_and_resumed(tmp_path, kernels):
+    split = _toy_split()
+    config = parse_config({"lr": 0.05, "batch_size": 16, "epochs": 4, "seed": 5, "kernels": kernels})
+    cpu = torch.device("cpu")
+    compute = compute_for(config.train, cpu)  # in shards, torch on one thread: as the train stage trains
+
+    def save(setup, history, path):
+        save_checkpoint(path, model=setup.model, optimizer=setup.optimizer, generator=setup.generator,
+                        model_config=setup.model_config, config=config.to_dict(), history=history,
+                        schedule=setup.schedule)
+
+    straight = prepare(config.train, cpu, len(split))
+    assert straight.own_kernels == (kernels == "auto")
+    straight_history = train(straight, split, split, config.train, compute=compute)
+    save(straight, straight_history, tmp_path / "straight.pt")
 
     # First process: set up as the stage does, save after every epoch, "killed" after epoch 2.
     path = tmp_path / "model.pt"
-    generator = set_seed(config.seed)
-    model = build_model(ModelConfig())
-    optimizer = make_optimizer(model, config, own_kernels)
+    first = prepare(config.train, cpu, len(split))
 
     class Killed(Exception):
         pass
 
     def save_then_maybe_die(history):
-        save_checkpoint(path, model=model, optimizer=optimizer, generator=generator, model_config=ModelConfig(),
-                        config=config_dict, history=history)
+        save(first, history, path)
         if len(history) == 2:
             raise Killed
 
     with pytest.raises(Killed):
-        train(model, optimizer, split, split, config, generator, on_epoch_end=save_then_maybe_die, workers=workers,
-              own_kernels=own_kernels)
+        train(first, split, split, config.train, compute=compute, on_epoch_end=save_then_maybe_die)
 
-    # Second process: fresh objects, seeded again, then restored from the checkpoint.
-    checkpoint = load_checkpoint(path)
-    assert resume_decision(checkpoint, config_dict)[0]
-    generator = set_seed(config.seed)
-    resumed = build_model(ModelConfig())
-    optimizer = make_optimizer(resumed, config, own_kernels)
-    history = restore_training(checkpoint, resumed, optimizer, generator)
-    resumed_history = train(resumed, optimizer, split, split, config, generator, history=history, workers=workers,
-                            own_kernels=own_kernels)
+    # Second process: everything set up afresh, then restored from the checkpoint.
+    start = resume_point(path, config.to_dict())
+    assert start.checkpoint is not None
+    assert start.lines == ("resuming after epoch 2 of 4 from the unfinished checkpoint",)
+    resumed = prepare(config.train, cpu, len(split), checkpoint=start.checkpoint)
+    resumed_history = train(resumed, split, split, config.train, compute=compute)
 
     assert resumed_history == straight_history
-    for name, tensor in straight.state_dict().items():
-        assert torch.equal(resumed.state_dict()[name], tensor), name
-    save_checkpoint(path, model=resumed, optimizer=optimizer, generator=generator, model_config=ModelConfig(),
-                    config=config_dict, history=resumed_history)
+    for name, tensor in straight.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], tensor), name
+    save(resumed, resumed_history, path)
     assert path.read_bytes() == (tmp_path / "straight.pt").read_bytes()
+
+
+def test_an_unreadable_checkpoint_trains_from_scratch_and_says_why(tmp_path):
+    (tmp_path / "model.pt").write_bytes(b"not a checkpoint")
+    start = resume_point(tmp_path / "model.pt", parse_config({}).to_dict())
+    assert start.checkpoint is None
+    assert start.lines[0].startswith(f"ignoring {tmp_path / 'model.pt'}: not a loadable checkpoint (")
+    assert start.lines[1] == "no checkpoint yet; training from scratch"
 
 
 @pytest.mark.parametrize("schedule_name", ["onecycle", "cosine"])

@@ -17,7 +17,7 @@ from mnist_pipeline.config import TrainConfig
 from mnist_pipeline.data import Split
 from mnist_pipeline.model import ModelConfig, ReferenceCNN, build_model
 from mnist_pipeline.shards import Workers
-from mnist_pipeline.training import make_optimizer, train
+from mnist_pipeline.training import Compute, prepare, train
 
 CPU = torch.device("cpu")
 NAMES = ["conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "fc.weight", "fc.bias"]
@@ -194,12 +194,11 @@ def _training_bits(threads: int) -> str:
     images = (torch.randint(0, 256, (300, 1, 28, 28), generator=generator).to(torch.float32) / 255 - 0.1307) / 0.3081
     labels = torch.randint(0, 10, (300,), generator=generator)
     config = TrainConfig(epochs=2, batch_size=64, lr=0.05, shards=2)
-    torch.manual_seed(config.seed)
-    model = ReferenceCNN()
-    history = train(model, make_optimizer(model, config, own_kernels=True), Split(images, labels),
-                    Split(images[:100], labels[:100]), config, torch.Generator().manual_seed(config.seed),
-                    workers=Workers(threads), own_kernels=True)
-    digest = hashlib.sha256(torch.cat([p.detach().flatten() for p in model.parameters()]).numpy().tobytes())
+    setup = prepare(config, CPU, len(labels))
+    assert setup.own_kernels, setup.kernels_line
+    history = train(setup, Split(images, labels), Split(images[:100], labels[:100]), config,
+                    compute=Compute(workers=Workers(threads)))
+    digest = hashlib.sha256(torch.cat([p.detach().flatten() for p in setup.model.parameters()]).numpy().tobytes())
     digest.update(json.dumps([(r.train_loss, r.test_loss, r.test_accuracy) for r in history]).encode())
     return digest.hexdigest()
 

@@ -1,8 +1,10 @@
 """The search's pieces that need no training: trial values, the storage, the sampler, what it reports, and how it
 fails: before it creates anything when a tool is missing, in one line when a trial fails, never showing a password."""
 
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import optuna
@@ -80,11 +82,20 @@ def _repository(folder: Path) -> Path:
     return folder
 
 
+VENV_PATH = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # the venv's dvc, as activated
+
+
+@pytest.fixture
+def venv_on_path(monkeypatch):
+    """PATH as a user's shell has it with the venv activated (the test command itself does not activate it)."""
+    monkeypatch.setenv("PATH", VENV_PATH)
+
+
 def _path_with(folder: Path, *tools: str, **scripts: str) -> str:
     """A PATH of one folder holding the named tools (links to the real ones) and scripts (name: shell text)."""
     folder.mkdir()
     for tool in tools:
-        (folder / tool).symlink_to(shutil.which(tool))
+        (folder / tool).symlink_to(shutil.which(tool, path=VENV_PATH))
     for name, text in scripts.items():
         (folder / name).write_text(f"#!/bin/sh\n{text}\n")
         (folder / name).chmod(0o755)
@@ -111,7 +122,7 @@ def test_without_dvc_or_git_the_search_stops_before_it_creates_anything(local_st
     assert not storage.exists() and not (local_store / "mlflow.db").exists()
 
 
-def test_outside_a_git_repository_the_search_stops_before_it_creates_anything(local_store):
+def test_outside_a_git_repository_the_search_stops_before_it_creates_anything(local_store, venv_on_path):
     (local_store / "folder").mkdir()
     storage = local_store / "study.db"
     with pytest.raises(SearchError) as caught:
@@ -150,7 +161,7 @@ def test_a_storage_that_fails_during_the_study_is_one_line_and_leaves_no_run_run
     assert [(r.info.run_name, r.info.status) for r in client.search_runs([experiment_id])] == [("s (search)", "FAILED")]
 
 
-def test_a_remote_that_looks_like_an_option_is_never_read_as_one(tmp_path):
+def test_a_remote_that_looks_like_an_option_is_never_read_as_one(tmp_path, venv_on_path):
     """`--push --help` must not print DVC's help and pass for a push."""
     root = _repository(tmp_path / "clone")
     subprocess.run(["dvc", "init", "-q"], cwd=root, check=True)

@@ -9,15 +9,12 @@ import pytest
 import torch
 
 from conftest import requires_c_compiler
-from mnist_pipeline import kernels
 from mnist_pipeline.config import AugmentConfig, TrainConfig
 from mnist_pipeline.data import Split
-from mnist_pipeline.device import place_model
 from mnist_pipeline.evaluation import evaluate
 from mnist_pipeline.model import ModelConfig, SeededDropout, build_model
-from mnist_pipeline.seed import set_seed
 from mnist_pipeline.shards import ShardedModel, Workers, parts
-from mnist_pipeline.training import make_optimizer, make_schedule, steps_per_epoch, train
+from mnist_pipeline.training import Augmentation, Compute, prepare, train
 
 
 def _split(n: int, seed: int) -> Split:
@@ -35,16 +32,12 @@ def _train(threads: int, architecture: str = "reference", augment: AugmentConfig
     torch.set_num_threads(1)
     try:
         config = TrainConfig(epochs=2, model=architecture, batch_size=64, **{"kernels": "torch", **settings})
-        generator = set_seed(config.seed)
-        model = place_model(build_model(ModelConfig(architecture=architecture)), torch.device("cpu"))
-        own_kernels = kernels.plan(config.kernels, model, torch.device("cpu"), config.precision).used
-        optimizer = make_optimizer(model, config, own_kernels)
-        schedule = make_schedule(optimizer, config, steps_per_epoch(len(TRAIN), config.batch_size))
-        history = train(model, optimizer, TRAIN, TEST, config, generator, schedule=schedule, augment=augment,
-                        workers=Workers(threads), own_kernels=own_kernels)
+        setup = prepare(config, torch.device("cpu"), len(TRAIN))
+        history = train(setup, TRAIN, TEST, config, compute=Compute(workers=Workers(threads)),
+                        augmentation=Augmentation(augment))
     finally:
         torch.set_num_threads(before)
-    return history, {k: v.clone() for k, v in model.state_dict().items()}
+    return history, {k: v.clone() for k, v in setup.model.state_dict().items()}
 
 
 def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:

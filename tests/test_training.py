@@ -7,10 +7,9 @@ from mnist_pipeline.config import AugmentConfig, TrainConfig, parse_config
 from mnist_pipeline.data import Split
 from mnist_pipeline.device import place_model
 from mnist_pipeline.model import ModelConfig, build_model
-from mnist_pipeline.seed import set_seed
 from mnist_pipeline.history import EpochResult
-from mnist_pipeline.training import (augment_batch, draw_augmentation, make_optimizer, make_schedule, train,
-                                     train_one_epoch)
+from mnist_pipeline.training import (Augmentation, Setup, Steps, augment_batch, draw_augmentation, make_optimizer,
+                                     make_schedule, prepare, train, train_one_epoch)
 
 
 def _toy_split(n=96, seed=0):
@@ -25,11 +24,16 @@ def _toy_split(n=96, seed=0):
 
 
 def _run(config, split):
-    generator = set_seed(config.seed)
+    setup = prepare(config, torch.device("cpu"), len(split))
+    history = train(setup, split, split, config)
+    return setup.model, setup.optimizer, history
+
+
+def _frozen(seed=0):
+    """A setup of the reference network that never moves (lr 0): every batch sees the same weights."""
+    torch.manual_seed(seed)
     model = build_model(ModelConfig())
-    optimizer = make_optimizer(model, config)
-    history = train(model, optimizer, split, split, config, generator)
-    return model, optimizer, history
+    return Setup(model, torch.optim.SGD(model.parameters(), lr=0.0), torch.Generator().manual_seed(0))
 
 
 def test_optimizer_is_sgd_with_the_configured_lr_and_momentum():
@@ -63,8 +67,8 @@ def test_other_seed_gives_other_weights():
 
 def test_train_one_epoch_returns_the_mean_batch_loss_and_reports_progress():
     split = _toy_split(n=40)
-    model = build_model(ModelConfig())
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # no updates: every batch sees the same weights
+    setup = _frozen()
+    model = setup.model
     reports = []
 
     class Recorder:
@@ -74,7 +78,8 @@ def test_train_one_epoch_returns_the_mean_batch_loss_and_reports_progress():
         def close(self, result):
             pass
 
-    loss = train_one_epoch(model, optimizer, split, 16, torch.Generator().manual_seed(0), Recorder())
+    config = TrainConfig(batch_size=16)
+    loss = train_one_epoch(setup, split, config, Steps.of(setup, config), progress=Recorder())
     model.eval()  # the reference CNN has no dropout or batch norm, so train and eval modes agree
     order = torch.randperm(40, generator=torch.Generator().manual_seed(0))
     batch_losses = [torch.nn.functional.cross_entropy(model(split.images[order[i:i + 16]]), split.labels[order[i:i + 16]])
@@ -99,8 +104,9 @@ def test_train_one_epoch_runs_the_given_forward_even_when_it_is_falsy():
             calls.append(len(images))
             return model(images)
 
-    train_one_epoch(model, make_optimizer(model, TrainConfig()), split, 16, torch.Generator().manual_seed(0),
-                    forward=Falsy())
+    config = TrainConfig(batch_size=16)
+    setup = Setup(model, make_optimizer(model, config), torch.Generator().manual_seed(0))
+    train_one_epoch(setup, split, config, Steps(forward=Falsy()))
     assert calls == [16, 16]
 
 
@@ -108,8 +114,7 @@ def test_on_epoch_end_sees_the_history_so_far():
     seen = []
     config = TrainConfig(batch_size=32, epochs=2)
     split = _toy_split(n=64)
-    model = build_model(ModelConfig())
-    train(model, make_optimizer(model, config), split, split, config, set_seed(0),
+    train(prepare(config, torch.device("cpu"), len(split)), split, split, config,
           on_epoch_end=lambda history: seen.append([r.epoch for r in history]))
     assert seen == [[1], [1, 2]]
 
@@ -117,9 +122,10 @@ def test_on_epoch_end_sees_the_history_so_far():
 def test_training_continues_after_the_given_history():
     config = TrainConfig(batch_size=32, epochs=3)
     split = _toy_split(n=64)
-    model = build_model(ModelConfig())
+    setup = prepare(config, torch.device("cpu"), len(split))
     done = [EpochResult(1, 1.0, 1.0, 0.1), EpochResult(2, 0.9, 0.9, 0.2)]
-    history = train(model, make_optimizer(model, config), split, split, config, set_seed(0), history=done)
+    setup.history = list(done)
+    history = train(setup, split, split, config)
     assert [r.epoch for r in history] == [1, 2, 3] and history[:2] == done
 
 
@@ -208,10 +214,9 @@ def test_augmentation_keeps_labels_shapes_and_draws_from_the_seed():
     moved = augment_batch(split.images, angles, shifts, background=0.0)
     assert moved.shape == split.images.shape and not torch.allclose(moved, split.images)
     # Training with augmentation consumes the same labels and still learns the toy task.
-    generator = set_seed(0)
-    model = build_model(ModelConfig())
-    train_config = TrainConfig(lr=0.05, batch_size=16, epochs=4)
-    history = train(model, make_optimizer(model, train_config), split, split, train_config, generator, augment=config)
+    train_config = TrainConfig(lr=0.05, batch_size=16, epochs=4, seed=0)
+    history = train(prepare(train_config, torch.device("cpu"), len(split)), split, split, train_config,
+                    augmentation=Augmentation(config))
     assert history[-1].test_accuracy > 0.5
 
 
@@ -240,12 +245,10 @@ def test_the_fast_path_computes_what_the_plain_loop_computes():
 
 def test_label_smoothing_and_bf16_change_the_loss_the_way_they_should():
     split = _toy_split(n=32)
-    config = TrainConfig(batch_size=32, epochs=1)
     losses = {}
     for name, kwargs in {"plain": {}, "smoothed": {"label_smoothing": 0.1}, "bf16": {"precision": "bf16"}}.items():
-        torch.manual_seed(0)
-        model = build_model(ModelConfig())
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # no update: the loss of the initial weights
-        losses[name] = train_one_epoch(model, optimizer, split, 32, torch.Generator().manual_seed(0), **kwargs)
+        config = TrainConfig(batch_size=32, epochs=1, **kwargs)
+        setup = _frozen()  # no update: the loss of the initial weights
+        losses[name] = train_one_epoch(setup, split, config, Steps.of(setup, config))
     assert losses["smoothed"] != pytest.approx(losses["plain"], rel=1e-4)
     assert losses["bf16"] == pytest.approx(losses["plain"], rel=0.02)  # bf16 keeps about 3 significant digits

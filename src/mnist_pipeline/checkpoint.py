@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
-from mnist_pipeline.config import flatten
+from mnist_pipeline.config import flatten, training_config
 from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.files import atomic_path
 from mnist_pipeline.model import ModelConfig, build_model
@@ -21,16 +21,6 @@ from mnist_pipeline.history import EpochResult
 
 class CheckpointError(PipelineError):
     """A checkpoint is missing, unreadable or not one of ours."""
-
-
-# What the checkpoint's config leaves out: settings that cannot change a training's numbers (`threads`, the
-# speed; plots; where files go; where MLflow logs). The checkpoint is then a function of what trains alone.
-NOT_TRAINING = ("threads", "plots", "paths", "tracking")
-
-
-def training_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The params that decide a training's numbers: `config` (params.yaml's form) without NOT_TRAINING."""
-    return {key: value for key, value in config.items() if key not in NOT_TRAINING}
 
 
 def save_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -113,7 +103,7 @@ def require_complete(checkpoint: dict[str, Any], path: str | Path) -> None:
 def resume_decision(checkpoint: Optional[dict[str, Any]], config: dict[str, Any]) -> tuple[bool, str]:
     """Whether training can continue from `checkpoint` under `config`, and the one line that says why.
 
-    Only an unfinished checkpoint made with the same params resumes; NOT_TRAINING do not count, since
+    Only an unfinished checkpoint made with the same params resumes; config.NOT_TRAINING do not count, since
     they cannot change training: `threads`, for one, changes only the speed of the epochs still to run
     (the count of each start is on the MLflow run; mnist_pipeline.shards fixes the bits).
     """
@@ -128,6 +118,30 @@ def resume_decision(checkpoint: Optional[dict[str, Any]], config: dict[str, Any]
     if changed:
         return False, f"params changed since the unfinished checkpoint ({', '.join(changed)}); training from scratch"
     return True, f"resuming after epoch {checkpoint['epoch']} of {config['epochs']} from the unfinished checkpoint"
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """What the train stage starts from: an unfinished checkpoint of the same params (`checkpoint`), or nothing."""
+
+    checkpoint: Optional[dict[str, Any]]
+    lines: tuple[str, ...]  # what the stage says of it, one line each
+
+
+def resume_point(path: str | Path, config: dict[str, Any]) -> ResumePoint:
+    """Whether the training continues the checkpoint at `path` (a killed run's, which DVC keeps: `persist`).
+
+    Only an unfinished checkpoint of the same params resumes; anything else trains from scratch, an
+    unreadable checkpoint included. Either way the lines tell the user which, and why.
+    """
+    previous, lines = None, []
+    if Path(path).exists():
+        try:
+            previous = load_checkpoint(path)
+        except CheckpointError as exc:
+            lines.append(f"ignoring {exc}")
+    resume, reason = resume_decision(previous, config)
+    return ResumePoint(previous if resume else None, (*lines, reason))
 
 
 def restore_training(checkpoint: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,

@@ -279,6 +279,16 @@ def read_yaml(path: str | Path, where_it_is: str, error: type[ConfigError] = Con
         raise error(f"{path}: invalid YAML{where}: {problem}") from None
 
 
+# Settings that cannot change a training's numbers (`threads`, the speed; plots; where files go; where MLflow
+# logs): the checkpoint keeps none of them, so that it is a function of what trains alone, and a resume ignores them.
+NOT_TRAINING = ("threads", "plots", "paths", "tracking")
+
+
+def training_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The params that decide a training's numbers: `config` (params.yaml's form) without NOT_TRAINING."""
+    return {key: value for key, value in config.items() if key not in NOT_TRAINING}
+
+
 def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """`{"data": {"mean": 0.1}}` -> `{"data.mean": 0.1}`, the way DVC and MLflow name params."""
     flat: dict[str, Any] = {}

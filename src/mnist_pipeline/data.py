@@ -18,6 +18,8 @@ from mnist_pipeline.errors import DataError
 if TYPE_CHECKING:
     import torch
 
+    from mnist_pipeline.config import DataConfig
+
 IDX_IMAGES_MAGIC = 2051
 IDX_LABELS_MAGIC = 2049
 
@@ -93,6 +95,18 @@ def load_training(data_dir: str | Path, mean: float, std: float, limit: int | No
     end = remaining if limit is None else min(limit, remaining)
     held_out = Split(whole.images[remaining:], whole.labels[remaining:])
     return Split(whole.images[:end], whole.labels[:end]), held_out
+
+
+def training_splits(data: DataConfig, device: torch.device) -> tuple[Split, Split]:
+    """The images a run trains on and the test images it is scored on after each epoch, as `data` slices them, on `device`."""
+    train_split, _ = load_training(data.dir, data.mean, data.std, data.max_train_images, data.validation_images)
+    test_split = load_split(data.dir, False, data.mean, data.std, data.max_test_images)
+    return train_split.to(device), test_split.to(device)
+
+
+def raw_pixels(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    """Normalised images back to 0-255 pixels, rounded, on the CPU: normalize undone, what a served model takes."""
+    return ((images.cpu() * std + mean) * 255).round()
 
 
 def normalize(pixels: torch.Tensor, mean: float, std: float) -> torch.Tensor:

@@ -15,7 +15,7 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -86,6 +86,23 @@ def launch(nproc: int, script: str, args: Sequence[str] = ()) -> int:
     # torchrun sets one thread per process; on a CPU, share the cores instead.
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     return subprocess.run(command, env=env).returncode
+
+
+def start(nproc_setting: int | str, batch_size: int, device: torch.device, script: str,
+          before_launch: Callable[[], object] = lambda: None) -> tuple[Ranks, torch.device]:
+    """This process's rank and device. With `nproc` > 1 outside torchrun, relaunch `script` under torchrun instead
+    and exit with its status (`before_launch` first: a check that should fail before any process starts).
+
+    One line says so on launching; the processes it launches come back here under torchrun and join the group.
+    """
+    ranks = current()
+    nproc = resolve_nproc(nproc_setting, device)
+    if nproc > 1 and not under_torchrun():
+        check_nproc(nproc, batch_size, device)
+        before_launch()
+        print(f"train: launching {nproc} processes with torchrun (nproc: {nproc_setting})")
+        sys.exit(launch(nproc, script))
+    return ranks, init(ranks, device) if ranks.distributed else device
 
 
 def init(ranks: Ranks, device: torch.device) -> torch.device:

@@ -191,6 +191,15 @@ def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def served_copy(network: nn.Module, config: ModelConfig, mean: float, std: float) -> "DigitClassifier":
+    """A DigitClassifier of a fresh `config` network holding `network`'s weights, in eval mode (dropout off,
+    batch norm frozen): what MLflow logs. Fresh, because a trained network may hold its weights as views
+    of the project's kernels' block, or in channels-last layout."""
+    fresh = build_model(config)
+    fresh.load_state_dict(network.state_dict())
+    return DigitClassifier(fresh, mean, std).eval()
+
+
 class DigitClassifier(nn.Module):
     """What MLflow serves: raw 0-255 pixels (N, 1, 28, 28) in, class probabilities (N, 10) out.
 

@@ -8,10 +8,13 @@ import os
 import socket
 import subprocess
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 from mnist_pipeline.store import MlflowClient, mlflow, run_exists  # noqa: I001 (store sets MLflow's environment first)
-from mnist_pipeline import lineage
+from mnist_pipeline import datasets, lineage, system_metrics
+from mnist_pipeline.config import PARAMS_FILE, Config, flatten, training_config
+from mnist_pipeline.history import EpochResult
+from mnist_pipeline.reports import read_run_id, write_json
 
 PID_TAG = "pipeline.pid"  # with HOST_TAG: lets a later run tell a crashed training from a live one
 HOST_TAG = "pipeline.host"
@@ -169,6 +172,69 @@ def logged_epochs(run_id: str, metric: str = "test_accuracy") -> set[int]:
     """The epochs (steps) of `metric` already in the run: a resumed run logs only the missing ones."""
     client = MlflowClient(mlflow.get_tracking_uri())
     return {m.step for m in client.get_metric_history(run_id, metric)}
+
+
+class TrainingLog:
+    """What the train stage logs to its training's run as it goes; made by training_log, one per start."""
+
+    def __init__(self, run_id: str, run_file: str | Path, experiment: str, notes: list[str]):
+        self.run_id, self.notes = run_id, notes  # notes: what the stage says of the run's lineage, one line each
+        self._run_file, self._experiment = run_file, experiment
+        self._machine = system_metrics.Sampler()  # each epoch's sample covers the time since the one before
+
+    def epoch(self, result: EpochResult) -> None:
+        """An epoch's results and a sample of the machine, in one batch."""
+        log_epoch({**result.as_metrics(), **self._machine.sample()}, result.epoch)
+
+    def finish(self, last_epoch: int, train_seconds: float, stage_seconds: float, model_uri: Optional[str]) -> None:
+        """The training's times, and the run file with the logged model's URI, which the register stage registers."""
+        log_epoch({"train_seconds": train_seconds, "stage_seconds/train": stage_seconds}, last_epoch)
+        write_run_file(self._run_file, self.run_id, self._experiment, model_uri)
+
+
+class QuietLog:
+    """A TrainingLog for the ranks of several processes that do not log (rank 0 does): it does nothing."""
+
+    run_id: Optional[str] = None
+    notes: list[str] = []
+
+    def epoch(self, result: EpochResult) -> None:
+        """Nothing."""
+
+    def finish(self, last_epoch: int, train_seconds: float, stage_seconds: float, model_uri: Optional[str]) -> None:
+        """Nothing."""
+
+
+def write_run_file(path: str | Path, run_id: str, experiment: str, model_uri: Optional[str]) -> None:
+    """paths.mlflow_run: the training's run (an id, not a result: in git, not in dvc.lock), and its logged model."""
+    write_json(path, {"run_id": run_id, "experiment": experiment, "model_uri": model_uri})
+
+
+@contextlib.contextmanager
+def training_log(experiment_id: str, config: Config, history: Sequence[EpochResult], threads: int,
+                 on_gpu: bool) -> Iterator[TrainingLog]:
+    """Open the training's one run (reopen a resumed training's) and bring it up to date; yield its TrainingLog.
+
+    The run file is written at once, before the first checkpoint, so that a resume finds this run; the
+    register stage's record is deleted, since this run has yet to get its evaluation (dvc.yaml says why).
+    A resume logs the epochs the killed run finished but did not get to log, and adds its thread count.
+    """
+    whole = config.to_dict()
+    resumed_run = read_run_id(config.paths.mlflow_run) if history else None
+    with training_run(experiment_id, flatten(whole), resumed_run, resume_params=flatten(training_config(whole))) as run_id:
+        write_run_file(config.paths.mlflow_run, run_id, config.tracking.experiment, None)
+        Path(config.paths.registered).unlink(missing_ok=True)
+        record_threads(threads, len(history) + 1)
+        already_logged = logged_epochs(run_id)
+        for result in history:
+            if result.epoch not in already_logged:
+                log_epoch(result.as_metrics(), result.epoch)
+        data = config.data
+        slices = {"training": data.training_images, "test": data.max_test_images}
+        if data.validation_images:
+            slices["validation"] = data.validation_images
+        notes = datasets.log_lineage(data.dir, slices, PARAMS_FILE, on_gpu=on_gpu)
+        yield TrainingLog(run_id, config.paths.mlflow_run, config.tracking.experiment, notes)
 
 
 class _PytorchOnCpu:

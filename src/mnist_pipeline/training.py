@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Callable, Optional, Protocol, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Protocol
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mnist_pipeline import kernels, threads
+from mnist_pipeline.checkpoint import restore_training
 from mnist_pipeline.config import AugmentConfig, TrainConfig
 from mnist_pipeline.data import Split
+from mnist_pipeline.device import place_model, use_threads
 from mnist_pipeline.distributed import Ranks, gather_shards, mean_across_ranks, shard, wrap
 from mnist_pipeline.evaluation import EvalResult, evaluate, metrics_from_logits, predict
+from mnist_pipeline.history import EpochResult
 from mnist_pipeline.kernels import Adam as KernelAdam
 from mnist_pipeline.kernels import SGD as KernelSGD
 from mnist_pipeline.kernels import ReferenceKernels
-from mnist_pipeline.history import EpochResult
+from mnist_pipeline.model import ModelConfig, build_model
+from mnist_pipeline.seed import set_seed
 from mnist_pipeline.shards import ShardedModel, Workers
 
 LOSS_REPORT_EVERY = 50  # steps between running-loss updates; each one costs a host sync on GPU
@@ -63,7 +69,7 @@ def make_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig,
                   steps: int) -> Optional[torch.optim.lr_scheduler.LRScheduler]:
     """The learning rate per step: one-cycle or cosine decay with `lr` as the peak; None for constant (the reference).
 
-    One-cycle warms up over the first 25% of the steps and anneals to lr/1e4;
+    One-cycle warms up from lr/25 over the first 25% of the steps and anneals to lr/(25 * 1e4);
     it leaves `momentum` alone (torch would cycle it) so the param means what it says.
     Cosine decays from lr to 0 over all the steps.
     """
@@ -108,39 +114,129 @@ def precision_context(precision: str, device: torch.device):
     return contextlib.nullcontext()
 
 
-def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, split: Split, batch_size: int,
-                    generator: torch.Generator, progress: Optional[EpochProgress] = None, *,
-                    schedule: Optional[torch.optim.lr_scheduler.LRScheduler] = None, label_smoothing: float = 0.0,
-                    augment: AugmentConfig = AugmentConfig(), background: float = 0.0, precision: str = "fp32",
-                    forward: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, ranks: Ranks = Ranks(),
-                    sharded: Optional[ShardedModel] = None, workers: Optional[Workers] = None,
-                    kernels: Optional[ReferenceKernels] = None) -> float:
+@dataclass(frozen=True)
+class Augmentation:
+    """Random shifts and rotations of each training batch, and the value a pixel they uncover gets."""
+
+    config: AugmentConfig = AugmentConfig()
+    background: float = 0.0  # a blank pixel after normalisation (data.blank_value): no grey frame
+
+
+@dataclass(frozen=True)
+class Compute:
+    """Where a training computes: its processes (several under torchrun) and, on a CPU, the shards' threads."""
+
+    ranks: Ranks = Ranks()
+    workers: Optional[Workers] = None  # None: no shards (a GPU, several processes)
+    threads: int = 1
+    line: str = ""  # the train stage's line on it: what the results depend on
+
+
+def compute_for(config: TrainConfig, device: torch.device, ranks: Ranks = Ranks()) -> Compute:
+    """The threads a training computes on (mnist_pipeline.threads), set before torch's first parallel work.
+
+    Sharded, torch itself runs on one thread and the workers run the shards side by side.
+    """
+    choice = threads.for_training(config.threads, config.shards, threads.available_cores(), device=device.type,
+                                  processes=ranks.world_size, compiled=config.compile)
+    use_threads(1 if choice.sharded else choice.threads)
+    return Compute(ranks, Workers(choice.threads) if choice.sharded else None, choice.threads, choice.line)
+
+
+@dataclass
+class Setup:
+    """What one training is made of: the network, its optimizer and schedule, the shuffle generator, whether the
+    project's kernels compute it (mnist_pipeline.kernels), and the epochs done (a resume's)."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    schedule: Optional[torch.optim.lr_scheduler.LRScheduler] = None
+    own_kernels: bool = False
+    kernels_line: str = ""  # the train stage's line on the kernels
+    model_config: ModelConfig = field(default_factory=ModelConfig)
+    history: list[EpochResult] = field(default_factory=list)
+
+
+def prepare(config: TrainConfig, device: torch.device, train_images: int, *, processes: int = 1,
+            checkpoint: Optional[dict[str, Any]] = None) -> Setup:
+    """A training of `config` on `train_images` images, seeded; continued from `checkpoint` (a resume) when given.
+
+    The kernels are planned once, here: the optimizer and the loop must agree on them.
+    """
+    generator = set_seed(config.seed)
+    model_config = ModelConfig(architecture=config.model)
+    model = place_model(build_model(model_config), device)
+    kernel_plan = kernels.plan(config.kernels, model, device, config.precision, config.compile, processes)
+    optimizer = make_optimizer(model, config, kernel_plan.used)
+    schedule = make_schedule(optimizer, config, steps_per_epoch(train_images, config.batch_size))
+    history = restore_training(checkpoint, model, optimizer, generator, schedule) if checkpoint is not None else []
+    return Setup(model, optimizer, generator, schedule, kernel_plan.used, kernel_plan.line, model_config, history)
+
+
+def _as_it_is(module: nn.Module) -> nn.Module:
+    """The forward of a shard's replica when nothing replaces the module's own."""
+    return module
+
+
+@dataclass(frozen=True)
+class Steps:
+    """How each step computes its gradient, made once per training (Steps.of).
+
+    `forward` is the model, or DistributedDataParallel's or torch.compile's wrapper of it (they share its
+    parameters, so checkpoints keep saving the model itself). On a CPU with one process, `sharded` splits
+    each batch into the shards whose gradients add up in order, and `own` (the project's kernels) computes
+    each shard when the setup says so.
+    """
+
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    compute: Compute = Compute()
+    sharded: Optional[ShardedModel] = None
+    own: Optional[ReferenceKernels] = None
+
+    @classmethod
+    def of(cls, setup: Setup, config: TrainConfig, compute: Compute = Compute()) -> "Steps":
+        forward = wrap(setup.model, compute.ranks)
+        forward_of: Callable[[nn.Module], Callable[[torch.Tensor], torch.Tensor]] = _as_it_is
+        if config.compile:
+            forward, forward_of = torch.compile(forward), torch.compile
+        own = ReferenceKernels(setup.model) if setup.own_kernels else None
+        if own is not None and compute.workers is None:
+            compute = Compute(compute.ranks, Workers(1), compute.threads, compute.line)
+        sharded = ShardedModel(setup.model, config.shards, forward_of) if compute.workers is not None else None
+        return cls(forward, compute, sharded, own)
+
+
+def train_one_epoch(setup: Setup, split: Split, config: TrainConfig, steps: Steps, *,
+                    augmentation: Augmentation = Augmentation(), progress: Optional[EpochProgress] = None) -> float:
     """One shuffled pass over `split` (already on the model's device); returns the mean batch loss.
 
-    With `sharded` (and its `workers`), each batch's gradient is the ordered sum of its shards'
-    (mnist_pipeline.shards): the same bits on any number of threads; with `kernels` too, the project's
-    kernels compute each shard (mnist_pipeline.kernels): the same bits on any CPU. Without, the whole batch goes
-    through `forward` at once (a GPU; or, under several processes, each rank's slice of every batch,
-    every rank drawing the same permutation, `forward` the DistributedDataParallel wrapper).
+    With `steps.sharded` (and its workers), each batch's gradient is the ordered sum of its shards'
+    (mnist_pipeline.shards): the same bits on any number of threads; with `steps.own` too, the project's
+    kernels compute each shard (mnist_pipeline.kernels): the same bits on any CPU. Without, the whole batch
+    goes through `steps.forward` at once (a GPU; or, under several processes, each rank's slice of every
+    batch, every rank drawing the same permutation, the forward DistributedDataParallel's wrapper).
 
-    The epoch's shuffle and augmentation are drawn up front from `generator`
+    The epoch's shuffle and augmentation are drawn up front from the setup's generator
     and moved to the device once: the hot loop makes no host round-trip (the
     loss is summed on the device and read every LOSS_REPORT_EVERY steps only
     when a progress display asks for it).
     """
+    model, optimizer, schedule, generator = setup.model, setup.optimizer, setup.schedule, setup.generator
+    sharded, own, ranks, workers = steps.sharded, steps.own, steps.compute.ranks, steps.compute.workers
+    augment, background = augmentation.config, augmentation.background
+    batch_size, label_smoothing, precision = config.batch_size, config.label_smoothing, config.precision
     model.train()
     for replica in sharded.replicas if sharded is not None else ():
         replica.train()
-    # Not `forward or model`: truth-testing a module calls len(), which torch.compile's wrapper refuses.
-    forward = model if forward is None else forward
     device = split.images.device
     order = torch.randperm(len(split), generator=generator).to(device)
     if augment.enabled:
         angles, shifts = (t.to(device) for t in draw_augmentation(len(split), augment, generator))
-    steps = steps_per_epoch(len(split), batch_size)
+    step_count = steps_per_epoch(len(split), batch_size)
     # Dropout in shards draws from a generator per shard, seeded per step from the run's seed (drawn only
     # for a network with dropout, so that the others' shuffles stay as they were).
-    dropout_seeds = (torch.randint(0, 2**62, (steps, sharded.shards), generator=generator).tolist()
+    dropout_seeds = (torch.randint(0, 2**62, (step_count, sharded.shards), generator=generator).tolist()
                      if sharded is not None and sharded.draws_dropout else None)
 
     def images_of(index: torch.Tensor) -> torch.Tensor:
@@ -155,10 +251,10 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, split: S
                                    label_smoothing=label_smoothing)
 
     loss_sum = torch.zeros((), device=device)
-    for step in range(steps):
+    for step in range(step_count):
         index = shard(order[step * batch_size : (step + 1) * batch_size], ranks)
-        if kernels is not None:
-            loss = sharded.gradients(workers, index, lambda _, part: kernels.gradients(
+        if own is not None:
+            loss = sharded.gradients(workers, index, lambda _, part: own.gradients(
                 images_of(part), split.labels[part], label_smoothing))
         elif sharded is not None:
             loss = sharded.gradients(workers, index, sharded.autograd_part(
@@ -166,78 +262,55 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, split: S
         else:
             optimizer.zero_grad(set_to_none=True)
             with precision_context(precision, device):
-                loss = F.cross_entropy(forward(images_of(index)), split.labels[index], label_smoothing=label_smoothing)
+                loss = F.cross_entropy(steps.forward(images_of(index)), split.labels[index],
+                                       label_smoothing=label_smoothing)
             loss.backward()
         optimizer.step()
         if schedule is not None:
             schedule.step()
         loss_sum += loss.detach()
-        if progress is not None and ((step + 1) % LOSS_REPORT_EVERY == 0 or step + 1 == steps):
+        if progress is not None and ((step + 1) % LOSS_REPORT_EVERY == 0 or step + 1 == step_count):
             done = (step + 1) % LOSS_REPORT_EVERY or LOSS_REPORT_EVERY
             progress.update(done, (loss_sum / (step + 1)).item())
-    return mean_across_ranks(loss_sum / steps, ranks).item()
+    return mean_across_ranks(loss_sum / step_count, ranks).item()
 
 
-def evaluate_across_ranks(model: nn.Module, split: Split, precision: str = "fp32", ranks: Ranks = Ranks(),
-                          workers: Optional[Workers] = None, kernels: Optional[ReferenceKernels] = None) -> EvalResult:
+def evaluate_across_ranks(model: nn.Module, split: Split, precision: str = "fp32", steps: Optional[Steps] = None
+                          ) -> EvalResult:
     """The per-epoch test; under several processes each rank predicts its share and all get the whole result."""
+    ranks = steps.compute.ranks if steps is not None else Ranks()
     if not ranks.distributed:
-        return evaluate(model, split, precision=precision, workers=workers, kernels=kernels)
+        return evaluate(model, split, precision=precision, workers=steps.compute.workers if steps else None,
+                        kernels=steps.own if steps else None)
     mine = shard(torch.arange(len(split), device=split.images.device), ranks)
     logits = gather_shards(predict(model, split.images[mine], precision=precision), ranks, len(split))
     return metrics_from_logits(logits, split.labels)
 
 
-def _as_it_is(module: nn.Module) -> nn.Module:
-    """The forward of a shard's replica when nothing replaces the module's own."""
-    return module
+def train(setup: Setup, train_split: Split, test_split: Split, config: TrainConfig, *, compute: Compute = Compute(),
+          augmentation: Augmentation = Augmentation(), progress: Optional[ProgressFactory] = None,
+          on_epoch_end: Optional[Callable[[list[EpochResult]], None]] = None) -> list[EpochResult]:
+    """Train from the setup's history up to config.epochs, testing after every epoch as the reference does.
 
-
-def train(model: nn.Module, optimizer: torch.optim.Optimizer, train_split: Split, test_split: Split,
-          config: TrainConfig, generator: torch.Generator, *, history: Sequence[EpochResult] = (),
-          schedule: Optional[torch.optim.lr_scheduler.LRScheduler] = None,
-          augment: AugmentConfig = AugmentConfig(), background: float = 0.0,
-          progress: Optional[ProgressFactory] = None, ranks: Ranks = Ranks(),
-          on_epoch_end: Optional[Callable[[list[EpochResult]], None]] = None,
-          workers: Optional[Workers] = None, own_kernels: bool = False) -> list[EpochResult]:
-    """Train up to config.epochs, testing after every epoch as the reference does; returns the history.
-
-    `history` holds the epochs already done when resuming; training continues
-    after the last of them. `on_epoch_end` gets the history so far after each
-    epoch (the train stage saves a checkpoint and logs to MLflow there).
-    `background` is the value of a blank pixel after normalisation, which
-    augmentation fills uncovered pixels with. Under several processes the
-    ranks split the test set and share their predictions, so all hold the same
-    history.
-
-    With `workers` (a CPU, one process), every batch is split into `config.shards` parts whose
-    gradients add up in order, and the test set into fixed chunks (mnist_pipeline.shards): the
-    results do not depend on how many threads `workers` has. With `own_kernels` too (what
-    kernels.plan decides, with `optimizer` from make_optimizer(..., own_kernels=True)), the
-    reference network trains and is tested in the project's kernels: the same bits on any CPU.
+    Returns the whole history; `on_epoch_end` gets the history so far after each epoch (the train stage
+    saves a checkpoint and logs to MLflow there). Under several processes the ranks split the test set
+    and share their predictions, so all hold the same history. With `compute.workers` (a CPU, one
+    process) every batch is split into `config.shards` parts whose gradients add up in order, and the
+    test set into fixed chunks (mnist_pipeline.shards): the results do not depend on how many threads
+    the workers have; with the setup's own kernels, not on the CPU either.
     """
-    history = list(history)
-    steps = steps_per_epoch(len(train_split), config.batch_size)
-    # The wrappers share the model's parameters, so checkpoints keep saving `model` itself.
-    forward = wrap(model, ranks)
-    forward_of: Callable[[nn.Module], Callable[[torch.Tensor], torch.Tensor]] = _as_it_is
-    if config.compile:
-        forward, forward_of = torch.compile(forward), torch.compile
-    kernels = ReferenceKernels(model) if own_kernels else None
-    if kernels is not None and workers is None:
-        workers = Workers(1)
-    sharded = ShardedModel(model, config.shards, forward_of) if workers is not None else None
+    history = list(setup.history)
+    steps = Steps.of(setup, config, compute)
+    step_count = steps_per_epoch(len(train_split), config.batch_size)
     for epoch in range(len(history) + 1, config.epochs + 1):
-        display = progress(epoch, steps) if progress else None
-        train_loss = train_one_epoch(model, optimizer, train_split, config.batch_size, generator, display,
-                                     schedule=schedule, label_smoothing=config.label_smoothing, augment=augment,
-                                     background=background, precision=config.precision, forward=forward,
-                                     ranks=ranks, sharded=sharded, workers=workers, kernels=kernels)
-        test = evaluate_across_ranks(model, test_split, config.precision, ranks, workers, kernels)
+        display = progress(epoch, step_count) if progress else None
+        train_loss = train_one_epoch(setup, train_split, config, steps, augmentation=augmentation, progress=display)
+        test = evaluate_across_ranks(setup.model, test_split, config.precision, steps)
         result = EpochResult(epoch=epoch, train_loss=train_loss, test_loss=test.loss, test_accuracy=test.accuracy)
         if display is not None:
             display.close(result)
         history.append(result)
         if on_epoch_end is not None:
             on_epoch_end(history)
+    setup.history = history
     return history
