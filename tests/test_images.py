@@ -3,9 +3,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFile
 
 from conftest import MNIST_MIRROR, requires_mnist_mirror
+from hostile_images import (declaring_float_tiff, declaring_jpeg, declaring_png, declaring_webp, digit, encoded, eps,
+                            flat_png, many_scans_jpeg, png_chunks, with_bad_checksum, with_chunk_length)
 from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.images import (MNIST_PEN, NotOneDigit, UnreadableImage, frame_digit, is_mnist_framed, load_digit,
                                    pen_width, read_image)
@@ -219,7 +221,7 @@ def test_bytes_frame_as_the_file_does_and_errors_name_the_upload(tmp_path):
     assert np.array_equal(load_digit(data, name="drawing.png"), load_digit(tmp_path / "seven.png"))
     with pytest.raises(UnreadableImage) as raised:
         load_digit(b"just some text", name="notes.txt")
-    assert str(raised.value) == "notes.txt: not a readable image (not PNG, JPEG or another image format)"
+    assert str(raised.value) == "notes.txt: not a readable image (not a PNG or JPEG file)"
     with pytest.raises(UnreadableImage) as raised:
         load_digit(b"", name="empty.png")
     assert str(raised.value) == "empty.png: not a readable image (the file is empty)"
@@ -233,11 +235,11 @@ def test_bytes_frame_as_the_file_does_and_errors_name_the_upload(tmp_path):
 
 @pytest.mark.parametrize("suffix", ["png", "jpg"])
 def test_a_large_image_is_never_held_at_full_size_as_floats(tmp_path, suffix):
-    side = 6000  # 36 Mpx: one float32 copy at full size would be 144 MB
-    large = seven(size=(side, side), box=(2000, 1500, 2800, 3100), width=120)
+    side = 4000  # 16 Mpx, the most accepted: one float32 copy at full size would be 64 MB
+    large = seven(size=(side, side), box=(1333, 1000, 1867, 2067), width=80)
     large.save(tmp_path / f"large.{suffix}")
     del large
-    tracemalloc.start()  # numpy's buffers are traced; Pillow's one decoded copy (36 MB, uint8) is not
+    tracemalloc.start()  # numpy's buffers are traced; Pillow's one decoded copy (16 MB, uint8) is not
     try:
         framed = load_digit(tmp_path / f"large.{suffix}")
         _, peak = tracemalloc.get_traced_memory()
@@ -275,6 +277,99 @@ def test_16_bit_and_palette_pngs_are_read(tmp_path):
     assert np.abs(load_digit(tmp_path / "sixteen.png").astype(int) - expected).max() <= 2
     seven().convert("P").save(tmp_path / "palette.png")
     assert np.abs(load_digit(tmp_path / "palette.png").astype(int) - expected).max() <= 2
+
+
+def test_a_16_bit_png_holding_0_to_255_values_is_read_as_they_are(tmp_path):
+    """Some programs write 8-bit levels into a 16-bit file: their high bytes are all 0."""
+    Image.fromarray(np.asarray(seven(), dtype=np.uint16)).save(tmp_path / "low.png")
+    with Image.open(tmp_path / "low.png") as image:
+        assert image.mode == "I;16"
+    assert np.abs(load_digit(tmp_path / "low.png").astype(int) - frame_digit(seven())).max() <= 2
+
+
+@pytest.mark.parametrize("name, data, declared", [
+    ("palette.png", lambda: flat_png(13000, 13000), "13000x13000"),  # valid, one colour: 164 kB
+    ("rgba.png", lambda: declaring_png(4001, 4000), "4001x4000"),  # one column over the limit
+    ("progressive.jpg", lambda: declaring_jpeg(13000, 13000, progressive=True), "13000x13000"),
+    ("cmyk.jpg", lambda: declaring_jpeg(5000, 5000, mode="CMYK"), "5000x5000"),
+    ("huge.jpg", lambda: declaring_jpeg(65500, 65500), "more than 178,956,970"),  # over Pillow's own limit too
+], ids=["palette-png", "rgba-png", "progressive-jpeg", "cmyk-jpeg", "over-pillows-limit"])
+def test_an_image_declaring_too_many_pixels_is_refused_from_its_header(name, data, declared, monkeypatch):
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda image: pytest.fail(f"{name}: decoded"))
+    with pytest.raises(UnreadableImage) as raised:
+        load_digit(data(), name=name)
+    assert str(raised.value) == f"{name}: too many pixels ({declared}, at most 16 million); scale the image down"
+
+
+@pytest.mark.parametrize("name, data", [
+    ("digit.tif", lambda: encoded(digit(), "TIFF")), ("digit.bmp", lambda: encoded(digit(), "BMP")),
+    ("digit.gif", lambda: encoded(digit(), "GIF")), ("digit.webp", lambda: encoded(digit(), "WEBP")),
+    pytest.param("digit.im", lambda: encoded(digit(), "IM"),  # writing one is deprecated, reading it still works
+                 marks=pytest.mark.filterwarnings("ignore:IM image format is deprecated")),
+    ("digit.dds", lambda: encoded(digit(mode="RGB"), "DDS")),
+    ("digit.eps", eps),  # Pillow runs Ghostscript on these, where it is installed
+    ("float.tif", lambda: declaring_float_tiff(13000, 13000)), ("huge.webp", lambda: declaring_webp(16383, 16383)),
+])
+def test_only_png_and_jpeg_reach_a_decoder(name, data):
+    with pytest.raises(UnreadableImage) as raised:
+        load_digit(data(), name=name)
+    assert str(raised.value) == f"{name}: not a readable image (not a PNG or JPEG file)"
+
+
+def test_a_jpeg_of_many_scans_is_refused_before_decoding(monkeypatch):
+    data = many_scans_jpeg(side=256, copies=200)  # each scan another pass over the whole image
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda image: pytest.fail("decoded"))
+    with pytest.raises(UnreadableImage) as raised:
+        load_digit(data, name="scans.jpg")
+    assert str(raised.value) == ("scans.jpg: not a readable image (206 JPEG scans, more than 100; "
+                                 "save it again as a PNG or an ordinary JPEG)")
+    monkeypatch.undo()
+    progressive = encoded(seven(mode="RGB"), "JPEG", progressive=True, quality=95)  # an encoder's own: 10 scans
+    assert np.abs(load_digit(progressive, name="ok.jpg").astype(int) - frame_digit(seven())).max() <= 40
+
+
+def test_a_broken_png_is_one_line_that_says_so():
+    broken = with_chunk_length(encoded(seven(), "PNG"), b"IDAT", 0)  # the issue's: SyntaxError, a 500
+    with pytest.raises(UnreadableImage, match=r"^chunk.png: not a readable image \(broken PNG file \(chunk b'.*'\)\)$"):
+        load_digit(broken, name="chunk.png")
+    with pytest.raises(UnreadableImage) as raised:
+        load_digit(with_bad_checksum(encoded(seven(), "PNG")), name="crc.png")
+    assert str(raised.value) == "crc.png: not a readable image (a broken PNG file: its header is damaged)"
+
+
+def mutations(data: bytes, rng: np.random.Generator, count: int):
+    """`count` damaged copies of a PNG or JPEG: bytes changed, cut short, or a PNG chunk's length rewritten."""
+    chunks = png_chunks(data) if data.startswith(b"\x89PNG") else []
+    for _ in range(count):
+        damaged = bytearray(data)
+        kind = rng.integers(3 if chunks else 2)
+        if kind == 0:
+            for at in rng.integers(0, len(damaged), rng.integers(1, 5)):
+                damaged[at] = rng.integers(0, 256)
+        elif kind == 1:
+            damaged = damaged[:rng.integers(1, len(damaged))]
+        else:
+            at = chunks[rng.integers(len(chunks))][0]
+            damaged[at:at + 4] = int(rng.choice([0, 1, rng.integers(0, 2 ** 32)])).to_bytes(4, "big")
+        yield bytes(damaged)
+
+
+def test_every_error_of_a_decoder_is_one_line():
+    """A seeded fuzz of damaged PNGs and JPEGs: each is framed, or refused in one line naming the file."""
+    originals = [encoded(seven(), "PNG"), encoded(seven(mode="RGBA"), "PNG"), encoded(seven().convert("P"), "PNG"),
+                 encoded(Image.fromarray(np.asarray(seven(), dtype=np.uint16) * 257), "PNG"),
+                 flat_png(40, 40, colour_type=6, interlace=1), encoded(seven(), "JPEG"),
+                 encoded(seven(mode="RGB"), "JPEG", progressive=True)]
+    rng = np.random.default_rng(33)
+    refused = 0
+    for number, original in enumerate(originals):
+        for damaged in mutations(original, rng, 80):
+            try:
+                load_digit(damaged, name="upload")
+            except PipelineError as exc:
+                refused += 1
+                assert str(exc).startswith("upload: ") and "\n" not in str(exc), (number, damaged)
+    assert refused > 200  # most damage is caught; some leaves an image that still frames
 
 
 @requires_mnist_mirror()

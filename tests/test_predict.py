@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -42,3 +44,21 @@ def test_predict_with_a_checkpoint_imports_no_mlflow(tmp_path):
     done = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert f"{tmp_path / 'one.png'}: " in done.stdout and "mlflow loaded: False" in done.stdout
+
+
+def test_a_broken_file_is_one_line_and_exit_status_2_without_a_traceback(tmp_path):
+    """The issue's PNG with a wrong chunk length: a 28-line SyntaxError traceback and exit status 1 before."""
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+    from hostile_images import digit, encoded, with_chunk_length
+
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(with_chunk_length(encoded(digit(), "PNG"), b"IDAT", 0))
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "predict.py"), "--checkpoint", str(tmp_path / "missing.pt"),
+                           str(broken)], capture_output=True, text=True, timeout=120,
+                          env={"PYTHONPATH": str(REPO_ROOT / "src"), "PATH": str(Path(sys.executable).parent)})
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith(f"error: {broken}: not a readable image (broken PNG file (chunk b'")
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr

@@ -214,7 +214,7 @@ def test_a_text_file_an_empty_file_and_a_20_mb_file_each_get_one_message(champio
                 page.set_input_files("#file", str(tmp_path / name))  # "choose a file"
             assert (response.value.status, shown(page, response.value, name)) == api[name]
             assert page.locator("#digit").inner_text() == "?"
-    assert api["notes.txt"][1]["error"] == "notes.txt: not a readable image (not PNG, JPEG or another image format)"
+    assert api["notes.txt"][1]["error"] == "notes.txt: not a readable image (not a PNG or JPEG file)"
     assert api["empty.png"][1]["error"] == "empty.png: not a readable image (the file is empty)"
     assert api["huge.jpg"][1]["error"] == "upload too large: more than 5 MB; send a smaller image"
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,16 @@ from PIL import Image
 
 from mnist_pipeline.errors import PipelineError
 
+# The formats the README names: nothing else reaches a decoder (Pillow would otherwise try some forty, EPS
+# through Ghostscript, and fuzzing found its DDS and IM readers raising errors no one catches).
+FORMATS = ("PNG", "JPEG")
+# Refused from the header, before anything is decoded: a 164 kB PNG can declare 13000x13000 pixels, and
+# decoding and framing it took the server to 1.5 GB. 16 million is more than a phone photo that fits the
+# server's 5 MB upload (12 Mpx), and bounds a decode to about 130 MB (docs/serve.md, "Hostile input").
+MAX_PIXELS = 16_000_000
+# A progressive JPEG repeats its whole image in each scan, and a scan can be 14 bytes: 1000 of them took 1.2 s
+# to decode on a 2000x2000 image, a 5 MB file could take hours. Encoders write 10 or fewer.
+MAX_JPEG_SCANS = 100
 FRAME = 28  # MNIST's frame, pixels per side
 BOX = 20  # the box the digit is scaled into, pixels per side
 WORKING_SIDE = 1024  # larger images are reduced to about this before any float work
@@ -53,8 +64,13 @@ EXIF_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_
                   6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
 
 
+# MAX_PIXELS is checked here, from the header, far below Pillow's own warning (89 Mpx): its warning would only
+# add a line on stderr for an image that is refused anyway.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
 class UnreadableImage(PipelineError):
-    """The file is not an image Pillow can decode: another kind of file, empty, cut short, or too many pixels."""
+    """The file is not a PNG or JPEG this can decode: another kind of file, empty, broken, or too many pixels."""
 
 
 class NotOneDigit(PipelineError):
@@ -71,34 +87,93 @@ def load_digit(source: str | Path | bytes, name: str | None = None) -> np.ndarra
 
 
 def read_image(source: str | Path | bytes, name: str | None = None) -> Image.Image:
-    """Decode an image file (a path, or its bytes) at no more than about WORKING_SIDE pixels a side, upright as its EXIF says.
+    """Decode a PNG or JPEG file (a path, or its bytes) at no more than about WORKING_SIDE pixels a side, upright as
+    its EXIF says.
 
-    A JPEG is decoded at a reduced scale directly (`draft`); other formats are
-    decoded once at full size and reduced by averaging blocks, so a large image
-    is held at full resolution once, in its own mode, never as floats.
+    The header is checked first: another format, more than MAX_PIXELS pixels or a JPEG of more than
+    MAX_JPEG_SCANS scans is refused before anything is decoded. A JPEG is decoded at a reduced scale
+    directly (`draft`); a PNG is decoded once at full size, in its own mode, and reduced by averaging
+    blocks, so a large image is held at full resolution once, never as floats. Any error of the
+    decoder is an UnreadableImage, in one line.
     """
     name = name or str(source)
     try:
-        if (len(source) if isinstance(source, bytes) else Path(source).stat().st_size) == 0:
-            raise UnreadableImage(f"{name}: not a readable image (the file is empty)")
-        image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
-        orientation = image.getexif().get(EXIF_ORIENTATION_TAG)
-        if image.format == "JPEG" and image.mode in ("L", "RGB", "YCbCr"):
-            image.draft("L", _reduced_size(image.size))  # decode at 1/2..1/8 scale, straight to luminance
-        image.load()
+        stream = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else open(source, "rb")
     except FileNotFoundError:
         raise PipelineError(f"{name}: no such file") from None
-    except Image.DecompressionBombError as exc:
-        raise UnreadableImage(f"{name}: too large to read ({exc})") from None
-    except Image.UnidentifiedImageError:
-        # Pillow's own words name a path, or an in-memory buffer's address: say it the same way for both.
-        raise UnreadableImage(f"{name}: not a readable image (not PNG, JPEG or another image format)") from None
-    except (OSError, ValueError) as exc:
-        raise UnreadableImage(f"{name}: not a readable image ({exc})") from None
+    except OSError as exc:
+        raise UnreadableImage(f"{name}: not a readable image ({exc.strerror or exc})") from None
+    with stream:
+        try:
+            return _decoded(stream, name)
+        except PipelineError:
+            raise
+        except Image.DecompressionBombError:  # more than Pillow's own limit (179 Mpx), refused in Image.open
+            raise UnreadableImage(f"{name}: {_too_many_pixels(f'more than {2 * Image.MAX_IMAGE_PIXELS:,}')}") from None
+        except Image.UnidentifiedImageError:
+            # Pillow's own words name a path, or an in-memory buffer's address: say it the same way for both.
+            raise UnreadableImage(f"{name}: not a readable image ({_unidentified(stream)})") from None
+        except Exception as exc:  # whatever a decoder raises: SyntaxError for a broken PNG, and more
+            raise UnreadableImage(f"{name}: not a readable image ({_one_line(exc)})") from None
+
+
+def _decoded(stream, name: str) -> Image.Image:
+    if stream.seek(0, io.SEEK_END) == 0:
+        raise UnreadableImage(f"{name}: not a readable image (the file is empty)")
+    stream.seek(0)
+    image = Image.open(stream, formats=FORMATS)
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        raise UnreadableImage(f"{name}: {_too_many_pixels(f'{width}x{height}')}")
+    is_jpeg = image.format in ("JPEG", "MPO")  # MPO: a phone's JPEG with a second picture inside
+    if is_jpeg and (scans := _jpeg_scans(stream)) > MAX_JPEG_SCANS:
+        raise UnreadableImage(f"{name}: not a readable image ({scans} JPEG scans, more than {MAX_JPEG_SCANS}; "
+                              "save it again as a PNG or an ordinary JPEG)")
+    orientation = image.getexif().get(EXIF_ORIENTATION_TAG)
+    if is_jpeg:
+        image.draft("L", _reduced_size(image.size))  # decode at 1/2..1/8 scale; RGB straight to luminance
+    image.load()
     image = _reduced(_common_mode(image))
     if orientation in EXIF_TRANSPOSE:
         image = image.transpose(EXIF_TRANSPOSE[orientation])
     return image
+
+
+def _too_many_pixels(declared: str) -> str:
+    return f"too many pixels ({declared}, at most {MAX_PIXELS / 1e6:g} million); scale the image down"
+
+
+def _unidentified(stream) -> str:
+    """Why Pillow knew no format for the file: not PNG or JPEG at all, or one whose header is broken."""
+    stream.seek(0)
+    start = stream.read(8)
+    # Pillow says only that no format opened it, also when a PNG's header fails its checksum.
+    if start == b"\x89PNG\r\n\x1a\n":
+        return "a broken PNG file: its header is damaged"
+    if start.startswith(b"\xff\xd8"):
+        return "a broken JPEG file: its header is damaged"
+    return "not a PNG or JPEG file"
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _jpeg_scans(stream) -> int:
+    """How many scans a JPEG holds: its start-of-scan markers, counted without decoding.
+
+    FF DA can stand nowhere else in a JPEG's coded data (an FF there is followed by 00 or a restart
+    marker); a thumbnail's scans inside the EXIF count too, a few at most.
+    """
+    position = stream.tell()
+    stream.seek(0)
+    count, tail = 0, b""
+    while chunk := stream.read(1 << 20):
+        block = tail + chunk
+        count += block.count(b"\xff\xda")
+        tail = block[-1:]
+    stream.seek(position)
+    return count
 
 
 def frame_digit(image: Image.Image, name: str = "image") -> np.ndarray:
@@ -145,8 +220,11 @@ def _common_mode(image: Image.Image) -> Image.Image:
     """The image as L, LA, RGB or RGBA (16-bit grey scaled to 8 bits, palettes expanded)."""
     if image.mode in ("L", "LA", "RGB", "RGBA"):
         return image
-    if image.mode.startswith("I;16"):  # a 16-bit grey PNG: the high byte, in integers (Pillow cannot reduce I;16)
-        return Image.fromarray((np.asarray(image, dtype=np.uint16) >> 8).astype(np.uint8), mode="L")
+    if image.mode.startswith("I;16"):  # 16-bit grey, in integers (Pillow cannot reduce I;16)
+        values = np.asarray(image)
+        # Levels over the full 16 bits keep their high byte; 0-255 levels, as some programs write even in a
+        # 16-bit file, are taken as they are (their high byte is 0: a blank image).
+        return Image.fromarray((values >> 8 if values.max() > 255 else values).astype(np.uint8), mode="L")
     if image.mode in ("I", "F"):
         values = np.asarray(image, dtype=np.float64)
         full_scale = 65535 if values.max() > 255 else 255
@@ -154,6 +232,8 @@ def _common_mode(image: Image.Image) -> Image.Image:
     if image.mode == "1":
         return image.convert("L")
     has_alpha = "A" in image.mode or "a" in image.mode or "transparency" in image.info
+    if image.mode == "P":  # to grey at once: a full-size copy of 1 or 2 bytes a pixel, not RGB(A)'s 3 or 4
+        return image.convert("LA" if has_alpha else "L")
     return image.convert("RGBA" if has_alpha else "RGB")
 
 
