@@ -157,3 +157,40 @@ def post_image(port: int, data: bytes, name: str = "digit.png", field: str = "im
         return response.status, json.loads(response.read())
     finally:
         connection.close()
+
+
+async def asgi_request(app, method: str, path: str, body: bytes = b"",
+                       headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    """One request to an ASGI app in this event loop, without a server: (status, headers, body).
+
+    An error the app raises after answering (Starlette's 500 does) is dropped: the answer is what a client sees.
+    """
+    headers = {"host": "127.0.0.1:8000", **{k.lower(): v for k, v in (headers or {}).items()}}
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+             "headers": [(key.encode(), value.encode()) for key, value in headers.items()],
+             "client": ("127.0.0.1", 40000), "server": ("127.0.0.1", 8000)}
+    incoming = [{"type": "http.request", "body": body, "more_body": False}]
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return incoming.pop(0) if incoming else {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    try:
+        await app(scope, receive, send)
+    except Exception:
+        if not sent:
+            raise
+    start = next(message for message in sent if message["type"] == "http.response.start")
+    answer_headers = {key.decode(): value.decode() for key, value in start["headers"]}
+    return start["status"], answer_headers, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+
+
+def multipart(data: bytes, name: str = "digit.png", field: str = "image", boundary: str = "b0undary") -> tuple[bytes, str]:
+    """A multipart/form-data body with one file field, and its Content-Type."""
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{name}"\r\n'
+            f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"

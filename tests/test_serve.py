@@ -5,10 +5,15 @@ The champion followed in the registry, and the page in Chromium: tests/test_serv
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import http.client
 import io
+import json
+import socket
 import subprocess
 import sys
+import threading
 import urllib.request
 from pathlib import Path
 
@@ -21,8 +26,9 @@ from mnist_pipeline.classifier import probabilities_from_checkpoint
 from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.images import load_digit
 from mnist_pipeline.predict import main
-from mnist_pipeline.serve import MAX_UPLOAD_BYTES, image_part, is_loopback, listening_socket, too_large_message
-from servers import free_port, listening_addresses, post_image, server
+from mnist_pipeline.serve import (MAX_UPLOAD_BYTES, UploadError, image_part, is_loopback, listening_socket,
+                                  too_large_message)
+from servers import asgi_request, free_port, listening_addresses, multipart, post_image, server
 
 
 @pytest.fixture(scope="module")
@@ -208,3 +214,214 @@ def test_without_a_store_the_champion_is_one_line_and_no_store_is_created(tmp_pa
     assert done.stderr.strip() == (f"error: no MLflow store at sqlite:///{tmp_path / 'mlflow.db'}; run dvc repro first, "
                                    "or pass --checkpoint models/model.pt")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def request(port: int, method: str, path: str, headers: dict[str, str] | None = None,
+            body: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
+    """(status, headers, body) of one request to 127.0.0.1:`port`, with exactly the Host header given, if any."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        headers = headers or {}
+        connection.putrequest(method, path, skip_host="Host" in headers, skip_accept_encoding=True)
+        for key, value in {**headers, **({"Content-Length": str(len(body))} if body is not None else {})}.items():
+            connection.putheader(key, value)
+        connection.endheaders(body)
+        response = connection.getresponse()
+        return response.status, {key.lower(): value for key, value in response.getheaders()}, response.read()
+    finally:
+        connection.close()
+
+
+def test_a_client_that_sends_20_mb_without_waiting_reads_the_413(served):
+    """Python's urllib sends the body at once and asks to close: it saw the connection reset instead (issue 33)."""
+    port, *_ = served
+    body, content_type = multipart(bytes(20 * 2 ** 20), "photo.jpg")
+    upload = urllib.request.Request(f"http://127.0.0.1:{port}/predict", data=body, headers={"Content-Type": content_type})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(upload, timeout=60)
+    assert refused.value.code == 413
+    assert json.loads(refused.value.read()) == {"error": too_large_message(MAX_UPLOAD_BYTES)}
+
+
+def test_every_answer_carries_the_security_headers(served):
+    port, *_ = served
+    body, content_type = multipart(b"a shopping list", "notes.txt")
+    answers = {path: request(port, method, path, {"Content-Type": content_type} if body_ else None, body_)
+               for method, path, body_ in [("GET", "/", None), ("GET", "/static/page.js", None),
+                                           ("GET", "/static/page.css", None), ("GET", "/model", None),
+                                           ("POST", "/predict", body), ("GET", "/nothing-here", None)]}
+    assert [status for status, _, _ in answers.values()] == [200, 200, 200, 200, 400, 404]
+    for path, (_, headers, _) in answers.items():
+        assert headers.get("x-content-type-options") == "nosniff", path
+        assert headers.get("content-security-policy", "").startswith("default-src 'none'"), path
+
+
+def test_a_request_under_another_host_name_is_refused(served):
+    """DNS rebinding: a web page makes its own name point at 127.0.0.1, and the browser sends that name as Host."""
+    port, *_ = served
+    status, _, body = request(port, "GET", "/model", {"Host": f"rebind.example:{port}"})
+    assert status == 400
+    assert json.loads(body) == {"error": f"Host rebind.example:{port}: not a name this server answers to; "
+                                         "open it as localhost, or by its IP address"}
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"LOCALHOST:{port}", "127.0.0.1"):
+        assert request(port, "GET", "/model", {"Host": host})[0] == 200, host
+
+
+def test_an_image_posted_by_another_sites_page_is_refused(served):
+    """Any page the user visits may post a form to 127.0.0.1 (no preflight): only the server's own page may."""
+    port, *_ = served
+    body, content_type = multipart(png(seven()), "seven.png")
+    status, _, answer = request(port, "POST", "/predict", {"Content-Type": content_type,
+                                                           "Origin": "http://attacker.example"}, body)
+    assert status == 403
+    assert json.loads(answer) == {"error": "a page at http://attacker.example may not use this server; "
+                                           "open the page it serves instead"}
+    assert request(port, "POST", "/predict", {"Content-Type": content_type, "Origin": "null"}, body)[0] == 403
+    own = request(port, "POST", "/predict", {"Content-Type": content_type, "Origin": f"http://127.0.0.1:{port}"}, body)
+    assert own[0] == 200
+
+
+def test_host_and_origin_rules():
+    from mnist_pipeline.serve import host_name, refusal, served_names
+
+    assert [host_name(h) for h in ("127.0.0.1:8000", "[::1]:8000", "Example.COM", "localhost:80", "::1")] == \
+           ["127.0.0.1", "::1", "example.com", "localhost", "::1"]
+    assert served_names("127.0.0.1") == {"localhost"}
+    assert served_names("box.lan") == {"localhost", "box.lan"}
+    assert {"localhost", socket.gethostname().lower()} <= served_names("0.0.0.0")
+    names = served_names("127.0.0.1")
+    for host in ("127.0.0.1:8000", "[::1]:8000", "192.168.1.5:8000", "localhost:8000", None):
+        assert refusal(host, None, names) is None, host
+    assert refusal("evil.example:8000", None, names)[0] == 400
+    assert refusal("localhost.evil.example", None, names)[0] == 400
+    assert refusal("127.0.0.1:8000", "http://127.0.0.1:8000", names) is None
+    assert refusal("127.0.0.1:8000", "http://localhost:8000", names)[0] == 403  # another origin, the same machine
+
+
+def test_more_than_16_form_fields_are_refused_as_they_are_counted():
+    from hostile_images import many_parts_body
+
+    with pytest.raises(UploadError) as refused:
+        image_part(many_parts_body(size=2 ** 20), "multipart/form-data; boundary=b")  # 80,000 empty parts
+    assert (refused.value.status, str(refused.value)) == (400, "more than 16 form fields; send the image alone, as "
+                                                               "image (curl -F image=@digit.png ...)")
+    fields = b"".join(f'--b\r\nContent-Disposition: form-data; name="f{n}"\r\n\r\nx\r\n'.encode() for n in range(15))
+    image = b'--b\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\nPNG\r\n--b--\r\n'
+    assert image_part(fields + image, "multipart/form-data; boundary=b") == ("a.png", b"PNG")
+
+
+@pytest.fixture(scope="module")
+def answerer(checkpoint):
+    from mnist_pipeline.serve import checkpoint_model
+
+    return checkpoint_model(str(checkpoint)).current()
+
+
+def test_parsing_and_decoding_run_off_the_event_loop(answerer, monkeypatch):
+    """While one upload is parsed, the server answers others (403,000 empty parts held GET /model 1.8 s before)."""
+    import mnist_pipeline.serve as serve
+    from mnist_pipeline.serve import FixedModel, create_app
+
+    entered, release, order = threading.Event(), threading.Event(), []
+    parse = serve.image_part
+
+    def slow_parse(body, content_type):
+        entered.set()
+        release.wait(timeout=20)  # on the event loop, this would hold every other request
+        order.append("upload parsed")
+        return parse(body, content_type)
+
+    monkeypatch.setattr(serve, "image_part", slow_parse)
+    app = create_app(FixedModel(answerer))
+    body, content_type = multipart(png(seven()), "seven.png")
+
+    async def scenario():
+        upload = asyncio.create_task(asgi_request(app, "POST", "/predict", body, {"Content-Type": content_type}))
+        while not entered.is_set():
+            await asyncio.sleep(0.01)
+        assert (await asgi_request(app, "GET", "/model"))[0] == 200
+        order.append("model answered")
+        release.set()
+        return await upload
+
+    assert asyncio.run(scenario())[0] == 200
+    assert order == ["model answered", "upload parsed"]
+
+
+def blocked_framing(monkeypatch) -> tuple[dict, threading.Event]:
+    """serve.answer made to wait for an event: ({"now": uploads being framed, "most": the most at once}, the event)."""
+    import mnist_pipeline.serve as serve
+
+    lock, release, framing = threading.Lock(), threading.Event(), {"now": 0, "most": 0}
+    frame = serve.answer
+
+    def blocked(*args):
+        with lock:
+            framing["now"] += 1
+            framing["most"] = max(framing["most"], framing["now"])
+        release.wait(timeout=20)
+        with lock:
+            framing["now"] -= 1
+        return frame(*args)
+
+    monkeypatch.setattr(serve, "answer", blocked)
+    return framing, release
+
+
+def test_at_most_two_uploads_are_framed_at_once_and_one_that_waits_a_second_is_503(answerer, monkeypatch):
+    """Up to 40 requests decoded at once before (Starlette's thread pool): two 13000x13000 images took 5.8 GB."""
+    from mnist_pipeline.serve import FixedModel, create_app
+
+    framing, release = blocked_framing(monkeypatch)
+    app = create_app(FixedModel(answerer))
+    body, content_type = multipart(png(seven()), "seven.png")
+
+    async def scenario():
+        uploads = [asyncio.create_task(asgi_request(app, "POST", "/predict", body, {"Content-Type": content_type}))
+                   for _ in range(5)]
+        for _ in range(2000):  # until two are being framed and the three others, after waiting a second, answered
+            if framing["now"] == 2 and sum(upload.done() for upload in uploads) == 3:
+                break
+            await asyncio.sleep(0.01)
+        release.set()
+        return await asyncio.gather(*uploads)
+
+    answers = asyncio.run(scenario())
+    assert framing["most"] == 2  # serve.DECODERS
+    assert sorted(status for status, _, _ in answers) == [200, 200, 503, 503, 503]
+    assert {body for status, _, body in answers if status == 503} == {
+        b'{"error":"busy: the server is reading or framing as many images as it takes at once; try again in a moment"}'}
+
+
+def test_an_upload_over_the_number_held_at_once_is_503_at_once(answerer, monkeypatch):
+    from mnist_pipeline.serve import FixedModel, busy_message, create_app
+
+    framing, release = blocked_framing(monkeypatch)
+    app = create_app(FixedModel(answerer), max_uploads=1)
+    body, content_type = multipart(png(seven()), "seven.png")
+
+    async def scenario():
+        held = asyncio.create_task(asgi_request(app, "POST", "/predict", body, {"Content-Type": content_type}))
+        while framing["now"] == 0:
+            await asyncio.sleep(0.01)
+        refused = await asgi_request(app, "POST", "/predict", body, {"Content-Type": content_type})
+        release.set()
+        return refused, await held
+
+    refused, held = asyncio.run(scenario())
+    assert (refused[0], json.loads(refused[2])) == (503, {"error": busy_message()}) and held[0] == 200
+
+
+def test_an_unexpected_error_is_one_line_of_json(answerer):
+    """A 500 was Starlette's plain text, and the page then said "no answer from the server"."""
+    from mnist_pipeline.serve import Answerer, FixedModel, create_app
+
+    def failing(pixels):
+        raise RuntimeError("the model fell over")
+
+    app = create_app(FixedModel(Answerer(failing, answerer.about)))
+    body, content_type = multipart(png(seven()), "seven.png")
+    status, headers, answer = asyncio.run(asgi_request(app, "POST", "/predict", body, {"Content-Type": content_type}))
+    assert status == 500 and headers["content-type"] == "application/json"
+    assert json.loads(answer) == {"error": "the server failed on this request (RuntimeError: the model fell over); "
+                                           "its log says more"}

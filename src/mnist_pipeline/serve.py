@@ -5,6 +5,11 @@ errors. The answering model is a training checkpoint (no MLflow) or the registry
 a thread asks the registry every ALIAS_CHECK_SECONDS where the alias points, and a new version answers
 once it is loaded. Safe by default: loopback only, uploads read into memory up to MAX_UPLOAD_BYTES and
 no further, nothing written to disk, and the page loads nothing but its own three files.
+
+Memory and time are bounded by what it accepts: at most MAX_UPLOADS bodies held at once, each parsed,
+decoded and framed off the event loop by one of DECODERS threads, images of at most images.MAX_PIXELS
+(docs/serve.md, "Hostile input"). Every answer carries the page's security headers, and a request
+under another host name (DNS rebinding) or from another site's page is refused.
 """
 
 from __future__ import annotations
@@ -15,30 +20,44 @@ import ipaddress
 import socket
 import sys
 import threading
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import anyio
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 
 from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.images import NotOneDigit, UnreadableImage, load_digit
 
 MAX_UPLOAD_BYTES = 5 * 1024 * 1024  # a phone photo as a JPEG is 2-4 MB
+# A refused body (too large, busy) up to this size is read and dropped before the answer: a client that sends
+# its body without waiting for "100 Continue" (Python's urllib and requests) reads the answer only after.
+DRAIN_BYTES = 32 * 1024 * 1024
+MAX_FORM_PARTS = 16  # the page sends one; 5 MB of empty parts is 400,000 of them
+# Images parsed, decoded and framed at once, off the event loop: each holds up to ~140 MB while it decodes an
+# image of images.MAX_PIXELS (docs/serve.md, "Hostile input"). Two keep both cores of a small machine busy.
+DECODERS = 2
+MAX_UPLOADS = 8  # bodies held at once (up to 10 MB each with their image); more are answered 503 at once
+QUEUE_SECONDS = 1.0  # how long an upload waits for a decoder before it is answered 503
 UPLOAD_FIELD = "image"  # the multipart form field that holds the image
 ALIAS_CHECK_SECONDS = 2.0  # how often the registry is asked where the alias points
 WEB = Path(__file__).parent / "web"  # the page: index.html, page.js, page.css
-# The page may load and call only what this server serves; images drawn or framed are data: and blob: URLs.
-PAGE_HEADERS = {
+# On every answer, the page's and the JSON's alike: the page may load and call only what this server serves
+# (images drawn or framed are data: and blob: URLs), no answer is read as another type than it says, and no
+# address leaks in a Referer.
+SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
                                "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
+LOOPBACK_NAMES = frozenset({"localhost"})  # the names a server on 127.0.0.1 answers to, besides IP addresses
 
 
 class UploadError(PipelineError):
@@ -177,11 +196,18 @@ def answer(answerer: Answerer, data: bytes, name: str) -> dict[str, Any]:
             "pixels": pixels.tolist(), "model": answerer.about}
 
 
-def image_part(body: bytes, content_type: str) -> tuple[str, bytes]:
+def answer_upload(answerer: Answerer, body: bytes | bytearray, content_type: str) -> dict[str, Any]:
+    """The answer for a POST /predict body: its image part found, decoded, framed and classified."""
+    name, data = image_part(body, content_type)
+    return answer(answerer, data, name)
+
+
+def image_part(body: bytes | bytearray, content_type: str) -> tuple[str, bytearray]:
     """(file name, bytes) of the `image` field of a multipart/form-data body, held in memory only.
 
     python-multipart's parser is fed the body directly: FastAPI's own form reading would spool a
-    part over 1 MB to a temporary file, and the server writes no files.
+    part over 1 MB to a temporary file, and the server writes no files. More than MAX_FORM_PARTS
+    parts are refused as they are counted.
     """
     from python_multipart.multipart import MultipartParser, parse_options_header
 
@@ -194,6 +220,9 @@ def image_part(body: bytes, content_type: str) -> tuple[str, bytes]:
     header: dict[str, bytes] = {}
 
     def on_part_begin() -> None:
+        if len(parts) == MAX_FORM_PARTS:
+            raise UploadError(f"more than {MAX_FORM_PARTS} form fields; send the image alone, as {UPLOAD_FIELD} "
+                              f"(curl -F {UPLOAD_FIELD}=@digit.png ...)", 400)
         parts.append({"headers": {}, "data": bytearray()})
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
@@ -207,7 +236,7 @@ def image_part(body: bytes, content_type: str) -> tuple[str, bytes]:
         header.clear()
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
-        parts[-1]["data"] += data[start:end]
+        parts[-1]["data"] += memoryview(data)[start:end]  # no copy of the slice: the image is held twice at most
 
     parser = MultipartParser(boundary, {"on_part_begin": on_part_begin, "on_header_field": on_header_field,
                                         "on_header_value": on_header_value, "on_header_end": on_header_end,
@@ -215,6 +244,8 @@ def image_part(body: bytes, content_type: str) -> tuple[str, bytes]:
     try:
         parser.write(body)
         parser.finalize()
+    except UploadError:
+        raise
     except Exception as exc:  # python-multipart raises its own errors and ValueError on a malformed body
         raise UploadError(f"a malformed multipart body ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})",
                           400) from None
@@ -222,7 +253,7 @@ def image_part(body: bytes, content_type: str) -> tuple[str, bytes]:
         _, disposition = parse_options_header(part["headers"].get(b"content-disposition", b""))
         if disposition.get(b"name") == UPLOAD_FIELD.encode():
             name = disposition.get(b"filename", b"").decode("utf-8", "replace").replace("\n", " ") or UPLOAD_FIELD
-            return Path(name).name or UPLOAD_FIELD, bytes(part["data"])
+            return Path(name).name or UPLOAD_FIELD, part["data"]
     raise UploadError(f"no field named {UPLOAD_FIELD}: send the image as {UPLOAD_FIELD} "
                       f"(curl -F {UPLOAD_FIELD}=@digit.png ...)", 400)
 
@@ -232,11 +263,105 @@ def too_large_message(limit: int) -> str:
     return f"upload too large: more than {limit / 2 ** 20:g} MB; send a smaller image"
 
 
-def create_app(model, max_upload_bytes: int = MAX_UPLOAD_BYTES):
-    """The FastAPI app: the page at /, its files at /static, the model at /model, and POST /predict.
+def busy_message() -> str:
+    """The one line an upload gets when the server has as many as it takes at once."""
+    return "busy: the server is reading or framing as many images as it takes at once; try again in a moment"
+
+
+def host_name(host: str) -> str:
+    """The name in a Host header, without its port: `[::1]:8000` -> `::1`, `Example:80` -> `example`."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def served_names(host: str) -> frozenset[str]:
+    """The host names a server listening on `host` answers to, besides IP addresses.
+
+    localhost, and the name given to --host; on every address (0.0.0.0, ::), also this machine's names.
+    Any IP address is accepted: a DNS rebinding attack reaches the server under the attacker's own name.
+    """
+    names = set(LOOPBACK_NAMES) | {host_name(host)}
+    if host in ("0.0.0.0", "::", ""):
+        names |= {socket.gethostname().lower(), socket.getfqdn().lower()}
+    return frozenset(name for name in names if name and not _is_address(name))
+
+
+def _is_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return False
+
+
+def refusal(host: Optional[str], origin: Optional[str], names: frozenset[str]) -> Optional[tuple[int, str]]:
+    """(status, one line) for a request this server does not answer, from its Host and Origin headers; else None.
+
+    A Host other than an IP address or one of `names` is a web page that made its own name point at this
+    machine (DNS rebinding). An Origin other than this server's own is another site's page posting here,
+    which a browser allows without asking (a multipart POST needs no CORS preflight).
+    """
+    if host is not None and not _is_address(host_name(host)) and host_name(host) not in names:
+        return 400, (f"Host {host}: not a name this server answers to; open it as "
+                     f"{' or '.join(sorted(names))}, or by its IP address")
+    if origin is not None and origin.lower() != f"http://{host or ''}".lower():
+        return 403, f"a page at {origin} may not use this server; open the page it serves instead"
+    return None
+
+
+class Guarded:
+    """An ASGI app behind the Host and Origin checks (`refusal`), with SECURITY_HEADERS on every answer it gives.
+
+    Outside the FastAPI app, so that its own answers (404s, 405s, the 500 of an unexpected error)
+    carry the headers too.
+    """
+
+    def __init__(self, app, names: frozenset[str]):
+        self.app, self.names = app, names
+        self.headers = [(key.lower().encode(), value.encode()) for key, value in SECURITY_HEADERS.items()]
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *self.headers]}
+            await send(message)
+
+        headers = Headers(scope=scope)
+        refused = refusal(headers.get("host"), headers.get("origin"), self.names)
+        if refused:
+            await JSONResponse({"error": refused[1]}, status_code=refused[0])(scope, receive, send_with_headers)
+            return
+        await self.app(scope, receive, send_with_headers)
+
+
+async def drain(chunks, limit: int = DRAIN_BYTES) -> None:
+    """Read and drop the rest of a request's body, up to `limit` bytes, so that its client reads the answer.
+
+    A client that sends its whole body before it reads (Python's urllib, requests) and is answered
+    before it has sent it sees the connection reset instead; uvicorn closes a connection whose client
+    asked to close it as soon as the answer is sent. Nothing is kept. Past `limit`, the answer goes
+    out anyway.
+    """
+    read = 0
+    async for chunk in chunks:
+        read += len(chunk)
+        if read > limit:
+            return
+
+
+def create_app(model, max_upload_bytes: int = MAX_UPLOAD_BYTES, names: frozenset[str] = LOOPBACK_NAMES,
+               decoders: int = DECODERS, max_uploads: int = MAX_UPLOADS, queue_seconds: float = QUEUE_SECONDS):
+    """The page at /, its files at /static, the model at /model, and POST /predict, behind `Guarded`.
 
     `model` is a FixedModel or a FollowedAlias: what answers is asked per request, and its
-    following starts and stops with the app.
+    following starts and stops with the app. `names` are the host names it answers to
+    (`served_names`); the rest bound its memory and time (the module's constants).
     """
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -249,13 +374,21 @@ def create_app(model, max_upload_bytes: int = MAX_UPLOAD_BYTES):
     # No /docs or /redoc: FastAPI's pages for them load scripts from a CDN, and this page loads nothing from outside.
     app = FastAPI(title="MNIST digit", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.mount("/static", StaticFiles(directory=WEB), name="static")
+    uploads = {"held": 0, "decoding": None}  # bodies held now; the decoders' limiter, made in the event loop
 
     def error(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status)
 
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette raises the error on after this answer, and uvicorn prints its traceback on the server's stderr.
+        line = traceback.format_exception_only(exc)[-1].strip()
+        return error(500, f"the server failed on this request ({line}); its log says more")
+
+    app.add_exception_handler(Exception, unexpected)
+
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
-        return FileResponse(WEB / "index.html", headers=PAGE_HEADERS)
+        return FileResponse(WEB / "index.html")
 
     @app.get("/model")
     def which_model() -> dict[str, Any]:
@@ -263,28 +396,54 @@ def create_app(model, max_upload_bytes: int = MAX_UPLOAD_BYTES):
 
     @app.post("/predict")
     async def predict(request: Request):
-        # The declared size is checked before any of the body is read; a body without one (chunked) is
-        # counted as it arrives. uvicorn discards the rest of a refused body, so the client reads the 413.
+        chunks = request.stream()
+        # A client that waits for "100 Continue" reads an answer at once: reading its body would ask it to send it.
+        waits = "100-continue" in request.headers.get("expect", "").lower()
+
+        async def refuse(status: int, message: str) -> JSONResponse:
+            if not waits:
+                await drain(chunks)
+            return error(status, message)
+
         declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > max_upload_bytes:
-            return error(413, too_large_message(max_upload_bytes))
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > max_upload_bytes:
+        if declared.isdigit() and int(declared) > max_upload_bytes:  # checked before any of the body is read
+            if int(declared) > DRAIN_BYTES:  # not worth reading: a client that does not wait may see a reset
                 return error(413, too_large_message(max_upload_bytes))
+            return await refuse(413, too_large_message(max_upload_bytes))
+        if uploads["held"] >= max_uploads:
+            return await refuse(503, busy_message())
+        uploads["held"] += 1
         try:
-            name, data = image_part(bytes(body), request.headers.get("content-type", ""))
-            # Framing and the model take milliseconds of CPU: off the event loop, so the server stays responsive.
-            return await run_in_threadpool(answer, model.current(), data, name)
+            body = bytearray()
+            async for chunk in chunks:  # a body without a declared size (chunked) is counted as it arrives
+                body += chunk
+                if len(body) > max_upload_bytes:
+                    body.clear()  # freed while the rest is drained
+                    return await refuse(413, too_large_message(max_upload_bytes))
+            if uploads["decoding"] is None:
+                uploads["decoding"] = anyio.CapacityLimiter(decoders)
+            decoding, acquired = uploads["decoding"], False
+            with anyio.move_on_after(queue_seconds):
+                await decoding.acquire()
+                acquired = True
+            if not acquired:
+                return error(503, busy_message())
+            try:
+                # Parsing, decoding, framing and the model, off the event loop: the server answers others meanwhile.
+                return await anyio.to_thread.run_sync(answer_upload, model.current(), body,
+                                                      request.headers.get("content-type", ""))
+            finally:
+                decoding.release()
         except UploadError as exc:
             return error(exc.status, str(exc))
         except UnreadableImage as exc:
             return error(400, str(exc))
         except NotOneDigit as exc:
             return error(422, str(exc))
+        finally:
+            uploads["held"] -= 1
 
-    return app
+    return Guarded(app, names)
 
 
 def is_loopback(host: str) -> bool:
@@ -352,5 +511,6 @@ def serve(host: str, port: int, checkpoint: Optional[str] = None, mlflow_ui: Opt
                  else f"{about['name']} version {about['version']} (alias {about['alias']}, followed)")
     shown_host = f"[{host}]" if ":" in host else host
     print(f"serving {answering} at http://{shown_host}:{listener.getsockname()[1]}/ (Ctrl-C to stop)", flush=True)
-    server = uvicorn.Server(uvicorn.Config(create_app(model), log_level="warning", access_log=False))
+    app = create_app(model, names=served_names(host))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
     server.run(sockets=[listener])

@@ -91,7 +91,7 @@ async function ask(blob, name) {
   try {
     const response = await fetch("/predict", { method: "POST", body: form });
     status = response.status;
-    body = await response.json();
+    body = await response.json().catch(() => ({}));  // an answer that is not JSON is still the server's answer
   } catch (error) {
     if (number === asked) showMessage(`${name}: no answer from the server (${error.message}); is predict.py --serve still running?`);
     return;
