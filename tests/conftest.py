@@ -99,6 +99,41 @@ def untrained_checkpoint(path: Path) -> Path:
     return path
 
 
+def logged_project_model(experiment: str):
+    """(model URI, network) of the untrained reference network logged as the train stage logs it (runs.log_model),
+    in a run of `experiment` in the current MLflow store (local_store)."""
+    import torch
+
+    from mnist_pipeline import runs, store
+    from mnist_pipeline.model import DigitClassifier, ReferenceCNN
+
+    torch.manual_seed(0)
+    network = DigitClassifier(ReferenceCNN(), 0.1307, 0.3081).eval()
+    _, experiment_id = store.connect(experiment)
+    with runs.training_run(experiment_id, {}):
+        return runs.log_model(network, np.zeros((2, 1, 28, 28), np.float32)), network
+
+
+def logged_planted_model(experiment: str, planted: Path) -> str:
+    """The URI of a pickled MLflow PythonModel whose load_context writes `planted`: code its author runs wherever
+    it is loaded (issue 33's probe)."""
+    import mlflow
+    import mlflow.pyfunc
+
+    from mnist_pipeline import store
+
+    class Planted(mlflow.pyfunc.PythonModel):
+        def load_context(self, context):
+            Path(planted).write_text("planted")
+
+        def predict(self, context, model_input, params=None):
+            return model_input
+
+    _, experiment_id = store.connect(experiment)
+    with mlflow.start_run(experiment_id=experiment_id):
+        return mlflow.pyfunc.log_model(name="model", python_model=Planted(), pip_requirements=[]).model_uri
+
+
 @pytest.fixture
 def tiny_mnist(tmp_path: Path) -> Path:
     """A folder with the four MNIST file names holding 20 train and 10 test random images."""

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from conftest import REPO_ROOT, untrained_checkpoint
+from conftest import REPO_ROOT, logged_planted_model, logged_project_model, untrained_checkpoint
 from mnist_pipeline.classifier import probabilities_from_checkpoint
 from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.images import load_digit
@@ -425,3 +425,44 @@ def test_an_unexpected_error_is_one_line_of_json(answerer):
     assert status == 500 and headers["content-type"] == "application/json"
     assert json.loads(answer) == {"error": "the server failed on this request (RuntimeError: the model fell over); "
                                            "its log says more"}
+
+
+def test_a_champion_that_is_not_the_projects_model_is_one_line_and_the_old_one_answers_on(local_store, tmp_path,
+                                                                                          capsys):
+    """The issue's probe: a PythonModel registered and given the alias wrote a file on the serving machine."""
+    import time
+
+    import mlflow
+
+    from mnist_pipeline import store
+    from mnist_pipeline.serve import FollowedAlias
+
+    planted = tmp_path / "planted"
+    client, _ = store.connect("exp-serve")
+    good, _ = logged_project_model("exp-serve")
+    bad = logged_planted_model("exp-serve", planted)
+    for uri in (good, bad):
+        mlflow.register_model(uri, "digits")
+    client.set_registered_model_alias("digits", "champion", "2")
+    with pytest.raises(PipelineError) as refused:  # at start: nothing else to answer with
+        FollowedAlias("digits", "champion", None)
+    assert str(refused.value).startswith("models:/digits/2: refused, not a model this project logs (flavors ")
+    client.set_registered_model_alias("digits", "champion", "1")
+    followed = FollowedAlias("digits", "champion", None, check_seconds=0.05)
+    client.set_registered_model_alias("digits", "champion", "2")
+    followed.start()
+    said = ""
+    try:
+        for _ in range(1200):  # until the follower has seen the alias move, a minute at most
+            said += capsys.readouterr().err
+            if "version 2" in said:
+                break
+            time.sleep(0.05)
+        time.sleep(0.5)  # ten more looks at the registry: the refused version is not tried again
+    finally:
+        followed.stop()
+    said += capsys.readouterr().err
+    assert [line for line in said.splitlines() if line.startswith("serve:")] == ["serve: digits@champion moved to version 2, which is refused: not a model this project "
+                                 "logs (flavors python_function; the project logs python_function and pytorch); "
+                                 "version 1 answers on"]
+    assert followed.current().about["version"] == "1" and not planted.exists()

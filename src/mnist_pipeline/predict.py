@@ -24,7 +24,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                         "either polarity; framed as MNIST framed its digits (docs/predict.md)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--checkpoint", help="a checkpoint such as models/model.pt (no MLflow needed)")
-    source.add_argument("--model", help=f"an MLflow model URI (default: models:/<registered_model>@{CHAMPION_ALIAS})")
+    source.add_argument("--model", help="an MLflow model URI, a model the train stage logged "
+                        f"(default: models:/<registered_model>@{CHAMPION_ALIAS})")
     page = parser.add_argument_group("the page (docs/serve.md)")
     page.add_argument("--serve", action="store_true", help="serve a page to draw or drop a digit on, and POST /predict, "
                       f"answered by the {CHAMPION_ALIAS} (followed when its alias moves) or --checkpoint")

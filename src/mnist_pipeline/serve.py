@@ -98,7 +98,9 @@ class FollowedAlias:
 
     The version answering is swapped in one assignment once the new one is loaded, so every answer
     comes whole from one version, and the old version answers while the new one loads. A store that
-    fails to answer (locked, restarting) leaves the current version answering; one line says so.
+    fails to answer (locked, restarting) leaves the current version answering; one line says so. A
+    version that is not a model the project logs (classifier.ModelRefused) is never loaded: one line
+    says so, the current version answers on, and that version is not tried again.
     """
 
     def __init__(self, model_name: str, alias: str, mlflow_ui: Optional[str], check_seconds: float = ALIAS_CHECK_SECONDS):
@@ -116,6 +118,7 @@ class FollowedAlias:
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._follow, name="follow-alias", daemon=True)
         self._failing = False
+        self._refused: Optional[str] = None  # the version last refused: not downloaded again every few seconds
 
     def current(self) -> Answerer:
         """The model answering now."""
@@ -163,13 +166,22 @@ class FollowedAlias:
                                         "alias": self.alias, "run_id": run_id, "run_url": run_url})
 
     def _follow(self) -> None:
+        from mnist_pipeline.classifier import ModelRefused
+
         while not self._stopped.wait(self.check_seconds):
             try:
                 version = self._version()
-                if version != self.answerer.about["version"]:
-                    self.answerer = self._load(version)
-                    print(f"serve: {self.model_name}@{self.alias} moved to version {version}; answering with it",
-                          file=sys.stderr, flush=True)
+                if version not in (self.answerer.about["version"], self._refused):
+                    try:
+                        self.answerer = self._load(version)
+                    except ModelRefused as exc:
+                        self._refused = version
+                        print(f"serve: {self.model_name}@{self.alias} moved to version {version}, which is refused: "
+                              f"not a model this project logs ({exc.reason}); version "
+                              f"{self.answerer.about['version']} answers on", file=sys.stderr, flush=True)
+                    else:
+                        print(f"serve: {self.model_name}@{self.alias} moved to version {version}; answering with it",
+                              file=sys.stderr, flush=True)
                 self._failing = False
             except Exception as exc:  # a store or a load that fails, whatever raised: the current version answers on
                 if not self._failing:  # one line per outage, not one every few seconds
