@@ -174,6 +174,18 @@ def eps(width: int = 13000, height: int = 13000) -> bytes:
             "newpath 0 0 moveto 10 10 lineto stroke\nshowpage\n%%EOF\n").encode()
 
 
+def noisy_png(side: int = 4000, size: int = 4_900_000) -> bytes:
+    """An RGBA PNG of side x side whose top rows are noise, as many as make the file about `size` bytes: the
+    largest image accepted, in the largest body accepted (5 MB)."""
+    import numpy as np
+
+    pixels = np.zeros((side, side, 4), dtype=np.uint8)
+    pixels[..., 3] = 255
+    rows = size // (4 * side)
+    pixels[:rows] = np.random.default_rng(0).integers(0, 256, (rows, side, 4), dtype=np.uint8)
+    return encoded(Image.fromarray(pixels, mode="RGBA"), "PNG", compress_level=1)
+
+
 def many_parts_body(boundary: str = "b", size: int = 5 * 2 ** 20) -> bytes:
     """A multipart body of `size` bytes made of empty parts (about 400,000 in 5 MB), then the image field."""
     empty = f"--{boundary}\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\n\r\n".encode()
@@ -192,12 +204,15 @@ class Hostile:
 
 
 # What the server must answer without its memory or time running away: refused from the header (400), broken (400),
-# or decoded in full, at the largest size accepted and in the costliest modes (422: one colour holds no digit).
+# or decoded in full, at the largest sizes accepted and in the costliest modes (422: one colour holds no digit).
 HOSTILE_FILES = [
     Hostile("palette-13000.png", lambda: flat_png(13000, 13000), 400, "a one-colour palette PNG, 13000x13000 (the issue's 164 kB file)"),
     Hostile("rgba-13000.png", lambda: declaring_png(13000, 13000), 400, "a PNG header declaring 13000x13000 RGBA"),
     Hostile("grey16-60000.png", lambda: declaring_png(60000, 60000, 0, 16), 400, "a 16-bit grey PNG header declaring 60000x60000"),
     Hostile("65500.jpg", lambda: declaring_jpeg(65500, 65500), 400, "a JPEG declaring 65500x65500 (over Pillow's own limit)"),
+    Hostile("baseline-9000.jpg", lambda: declaring_jpeg(9000, 9000), 400, "a JPEG of one scan declaring 9000x9000"),
+    Hostile("baseline-8000.jpg", lambda: declaring_jpeg(8000, 8000), 400,
+            "a JPEG of one scan declaring 8000x8000, the most accepted, its data cut short"),
     Hostile("progressive-13000.jpg", lambda: declaring_jpeg(13000, 13000, progressive=True), 400,
             "a progressive JPEG declaring 13000x13000"),
     Hostile("cmyk-13000.jpg", lambda: declaring_jpeg(13000, 13000, progressive=True, mode="CMYK"), 400,
@@ -221,6 +236,10 @@ HOSTILE_FILES = [
             "16 Mpx RGBA, interlaced"),
     Hostile("grey16-4000.png", lambda: flat_png(4000, 4000, colour_type=0, bit_depth=16), 422, "16 Mpx 16-bit grey"),
     Hostile("rgba16-4000.png", lambda: flat_png(4000, 4000, colour_type=6, bit_depth=16), 422, "16 Mpx 16-bit RGBA"),
+    Hostile("rgb-8000.jpg", lambda: encoded(Image.new("RGB", (8000, 8000), (7, 8, 9)), "JPEG"), 422,
+            "64 Mpx, the most accepted in a JPEG of one scan"),
+    Hostile("cmyk-6000.jpg", lambda: encoded(Image.new("CMYK", (6000, 6000), (7, 8, 9, 10)), "JPEG"), 422,
+            "36 Mpx CMYK JPEG of one scan"),
     Hostile("cmyk-progressive-4000.jpg",
             lambda: encoded(Image.new("CMYK", (4000, 4000), (7, 8, 9, 10)), "JPEG", progressive=True), 422,
             "16 Mpx progressive CMYK JPEG"),

@@ -290,15 +290,28 @@ def test_a_16_bit_png_holding_0_to_255_values_is_read_as_they_are(tmp_path):
 @pytest.mark.parametrize("name, data, declared", [
     ("palette.png", lambda: flat_png(13000, 13000), "13000x13000"),  # valid, one colour: 164 kB
     ("rgba.png", lambda: declaring_png(4001, 4000), "4001x4000"),  # one column over the limit
-    ("progressive.jpg", lambda: declaring_jpeg(13000, 13000, progressive=True), "13000x13000"),
-    ("cmyk.jpg", lambda: declaring_jpeg(5000, 5000, mode="CMYK"), "5000x5000"),
+    ("progressive.jpg", lambda: declaring_jpeg(13000, 13000, progressive=True),
+     "13000x13000 in a JPEG of several scans, at most 16 million"),
+    ("cmyk.jpg", lambda: declaring_jpeg(5000, 5000, progressive=True, mode="CMYK"),
+     "5000x5000 in a JPEG of several scans, at most 16 million"),
+    ("photo.jpg", lambda: declaring_jpeg(9000, 8000), "9000x8000, at most 64 million"),  # one scan: read in rows
     ("huge.jpg", lambda: declaring_jpeg(65500, 65500), "more than 178,956,970"),  # over Pillow's own limit too
-], ids=["palette-png", "rgba-png", "progressive-jpeg", "cmyk-jpeg", "over-pillows-limit"])
+], ids=["palette-png", "rgba-png", "progressive-jpeg", "progressive-cmyk-jpeg", "jpeg", "over-pillows-limit"])
 def test_an_image_declaring_too_many_pixels_is_refused_from_its_header(name, data, declared, monkeypatch):
     monkeypatch.setattr(ImageFile.ImageFile, "load", lambda image: pytest.fail(f"{name}: decoded"))
     with pytest.raises(UnreadableImage) as raised:
         load_digit(data(), name=name)
-    assert str(raised.value) == f"{name}: too many pixels ({declared}, at most 16 million); scale the image down"
+    declared = declared if "most" in declared or "more" in declared else f"{declared}, at most 16 million"
+    assert str(raised.value) == f"{name}: too many pixels ({declared}); scale the image down"
+
+
+def test_a_large_phone_photo_in_a_jpeg_of_one_scan_is_read_at_an_eighth(tmp_path):
+    """A 24 Mpx photo, as recent phones take them, with a JPEG thumbnail (scans and all) in a segment of its own."""
+    photo = encoded(seven(size=(6000, 4000), box=(2000, 1000, 2800, 3000), width=150), "JPEG")
+    thumbnail = encoded(seven(), "JPEG", progressive=True)
+    segment = b"\xff\xfe" + (len(thumbnail) + 2).to_bytes(2, "big") + thumbnail  # a comment segment, skipped
+    image = read_image(photo[:2] + segment + photo[2:], name="photo.jpg")
+    assert image.size == (750, 500)
 
 
 @pytest.mark.parametrize("name, data", [

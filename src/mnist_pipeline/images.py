@@ -23,9 +23,12 @@ from mnist_pipeline.errors import PipelineError
 # through Ghostscript, and fuzzing found its DDS and IM readers raising errors no one catches).
 FORMATS = ("PNG", "JPEG")
 # Refused from the header, before anything is decoded: a 164 kB PNG can declare 13000x13000 pixels, and
-# decoding and framing it took the server to 1.5 GB. 16 million is more than a phone photo that fits the
-# server's 5 MB upload (12 Mpx), and bounds a decode to about 130 MB (docs/serve.md, "Hostile input").
+# decoding and framing it took the server to 1.5 GB. A PNG, or a JPEG of several scans (progressive), is
+# decoded at full size: at most 16 million pixels, about 130 MB at most while it is decoded and framed. A
+# JPEG of one scan is decoded a few rows at a time, at 1/8 scale when large: a phone's 24-64 Mpx photo
+# costs under 40 MB. (docs/serve.md, "Hostile input", has the measurements.)
 MAX_PIXELS = 16_000_000
+MAX_JPEG_PIXELS = 64_000_000  # a JPEG of one scan
 # A progressive JPEG repeats its whole image in each scan, and a scan can be 14 bytes: 1000 of them took 1.2 s
 # to decode on a 2000x2000 image, a 5 MB file could take hours. Encoders write 10 or fewer.
 MAX_JPEG_SCANS = 100
@@ -90,11 +93,11 @@ def read_image(source: str | Path | bytes, name: str | None = None) -> Image.Ima
     """Decode a PNG or JPEG file (a path, or its bytes) at no more than about WORKING_SIDE pixels a side, upright as
     its EXIF says.
 
-    The header is checked first: another format, more than MAX_PIXELS pixels or a JPEG of more than
-    MAX_JPEG_SCANS scans is refused before anything is decoded. A JPEG is decoded at a reduced scale
-    directly (`draft`); a PNG is decoded once at full size, in its own mode, and reduced by averaging
-    blocks, so a large image is held at full resolution once, never as floats. Any error of the
-    decoder is an UnreadableImage, in one line.
+    The header is checked first: another format, more pixels than MAX_PIXELS (MAX_JPEG_PIXELS for a
+    JPEG of one scan) or a JPEG of more than MAX_JPEG_SCANS scans is refused before anything is
+    decoded. A JPEG is decoded at a reduced scale directly (`draft`); a PNG is decoded once at full
+    size, in its own mode, and reduced by averaging blocks, so a large image is held at full
+    resolution once, never as floats. Any error of the decoder is an UnreadableImage, in one line.
     """
     name = name or str(source)
     try:
@@ -109,7 +112,8 @@ def read_image(source: str | Path | bytes, name: str | None = None) -> Image.Ima
         except PipelineError:
             raise
         except Image.DecompressionBombError:  # more than Pillow's own limit (179 Mpx), refused in Image.open
-            raise UnreadableImage(f"{name}: {_too_many_pixels(f'more than {2 * Image.MAX_IMAGE_PIXELS:,}')}") from None
+            raise UnreadableImage(f"{name}: too many pixels (more than {2 * Image.MAX_IMAGE_PIXELS:,}); "
+                                  "scale the image down") from None
         except Image.UnidentifiedImageError:
             # Pillow's own words name a path, or an in-memory buffer's address: say it the same way for both.
             raise UnreadableImage(f"{name}: not a readable image ({_unidentified(stream)})") from None
@@ -123,12 +127,16 @@ def _decoded(stream, name: str) -> Image.Image:
     stream.seek(0)
     image = Image.open(stream, formats=FORMATS)
     width, height = image.size
-    if width * height > MAX_PIXELS:
-        raise UnreadableImage(f"{name}: {_too_many_pixels(f'{width}x{height}')}")
     is_jpeg = image.format in ("JPEG", "MPO")  # MPO: a phone's JPEG with a second picture inside
-    if is_jpeg and (scans := _jpeg_scans(stream)) > MAX_JPEG_SCANS:
+    scans = _jpeg_scans(stream) if is_jpeg else 0
+    if scans > MAX_JPEG_SCANS:
         raise UnreadableImage(f"{name}: not a readable image ({scans} JPEG scans, more than {MAX_JPEG_SCANS}; "
                               "save it again as a PNG or an ordinary JPEG)")
+    limit = MAX_JPEG_PIXELS if scans == 1 else MAX_PIXELS
+    if width * height > limit:
+        kind = " in a JPEG of several scans" if scans > 1 else ""
+        raise UnreadableImage(f"{name}: too many pixels ({width}x{height}{kind}, at most {limit / 1e6:g} million); "
+                              "scale the image down")
     orientation = image.getexif().get(EXIF_ORIENTATION_TAG)
     if is_jpeg:
         image.draft("L", _reduced_size(image.size))  # decode at 1/2..1/8 scale; RGB straight to luminance
@@ -137,10 +145,6 @@ def _decoded(stream, name: str) -> Image.Image:
     if orientation in EXIF_TRANSPOSE:
         image = image.transpose(EXIF_TRANSPOSE[orientation])
     return image
-
-
-def _too_many_pixels(declared: str) -> str:
-    return f"too many pixels ({declared}, at most {MAX_PIXELS / 1e6:g} million); scale the image down"
 
 
 def _unidentified(stream) -> str:
@@ -160,20 +164,37 @@ def _one_line(exc: Exception) -> str:
 
 
 def _jpeg_scans(stream) -> int:
-    """How many scans a JPEG holds: its start-of-scan markers, counted without decoding.
+    """How many scans a JPEG's image has, counted from its markers without decoding.
 
-    FF DA can stand nowhere else in a JPEG's coded data (an FF there is followed by 00 or a restart
-    marker); a thumbnail's scans inside the EXIF count too, a few at most.
+    One scan is decoded a few rows at a time; several (progressive, or one colour at a time) need the
+    whole image's coefficients in memory, and each is a pass over it. The segments are walked from the
+    start, so a thumbnail inside the EXIF, scans and all, is skipped with its segment; the walk ends at
+    the image's end, or where the markers stop making sense (the decoder then says what is wrong).
     """
     position = stream.tell()
     stream.seek(0)
-    count, tail = 0, b""
-    while chunk := stream.read(1 << 20):
-        block = tail + chunk
-        count += block.count(b"\xff\xda")
-        tail = block[-1:]
+    data = stream.read()
     stream.seek(position)
-    return count
+    at, scans = 2, 0  # past the start-of-image marker
+    while at + 4 <= len(data) and data[at] == 0xFF:
+        marker = data[at + 1]
+        if marker == 0xFF:  # a fill byte before the marker
+            at += 1
+            continue
+        if marker == 0xD9:  # the end of the image
+            break
+        at += 2 + int.from_bytes(data[at + 2:at + 4], "big")
+        if marker != 0xDA:  # start of scan
+            continue
+        scans += 1
+        while (at := data.find(b"\xff", at)) != -1 and at + 1 < len(data):  # the scan's coded data
+            following = data[at + 1]
+            if following != 0x00 and not 0xD0 <= following <= 0xD7:  # not a stuffed FF, not a restart marker
+                break
+            at += 2
+        else:
+            break
+    return scans
 
 
 def frame_digit(image: Image.Image, name: str = "image") -> np.ndarray:
