@@ -495,6 +495,27 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return listener
 
 
+def return_freed_memory() -> bool:
+    """Have glibc give every block of 1 MB or more back to the system when it is freed; False where it cannot.
+
+    glibc serves an allocation below its mmap threshold from heaps it keeps after the free, and raises that
+    threshold to 32 MB as large blocks are freed, so the 16 MB blocks Pillow decodes into stay with the
+    process: after the hostile uploads of benchmarks/serve_hostile.py the server held 415 MB more than
+    idle, and each burst's peak stood on the last one's. A fixed threshold (mallopt(M_MMAP_THRESHOLD),
+    glibc's documented interface) maps every larger block and unmaps it when freed.
+    """
+    import ctypes
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # the C library the process runs on
+    except (OSError, AttributeError):
+        return False
+    m_mmap_threshold = -3  # from glibc's malloc.h
+    return bool(mallopt(m_mmap_threshold, 1 << 20))
+
+
 def serve(host: str, port: int, checkpoint: Optional[str] = None, mlflow_ui: Optional[str] = None) -> None:
     """Serve the page and the API until Ctrl-C: the checkpoint's model, or the registry's champion, followed."""
     import os
@@ -508,6 +529,7 @@ def serve(host: str, port: int, checkpoint: Optional[str] = None, mlflow_ui: Opt
         print(f"warning: --host {host} lets other machines reach the page and the API, which have no login",
               file=sys.stderr, flush=True)
     listener = listening_socket(host, port)
+    return_freed_memory()
     # Each answer on one thread: one image is too little work to share, and beside a busy process torch's second
     # thread, waiting for a core, makes the slowest answers several times slower (benchmarks/serve.py,
     # "answer_ms_by_torch_threads"). Answers to requests that arrive together still run side by side.
