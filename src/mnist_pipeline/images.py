@@ -24,9 +24,9 @@ from mnist_pipeline.errors import PipelineError
 FORMATS = ("PNG", "JPEG")
 # Refused from the header, before anything is decoded: a 164 kB PNG can declare 13000x13000 pixels, and
 # decoding and framing it took the server to 1.5 GB. A PNG, or a JPEG of several scans (progressive), is
-# decoded at full size: at most 16 million pixels, about 130 MB at most while it is decoded and framed. A
-# JPEG of one scan is decoded a few rows at a time, at 1/8 scale when large: a phone's 24-64 Mpx photo
-# costs under 40 MB. (docs/serve.md, "Hostile input", has the measurements.)
+# decoded at full size: at most 16 million pixels, 75-140 MB while it is decoded and framed (a progressive
+# CMYK JPEG's coefficients are the most). A JPEG of one scan is decoded a few rows at a time, at 1/8 scale
+# when large: a phone's 24-64 Mpx photo costs under 40 MB. (docs/serve.md, "Hostile input", measures them.)
 MAX_PIXELS = 16_000_000
 MAX_JPEG_PIXELS = 64_000_000  # a JPEG of one scan
 # A progressive JPEG repeats its whole image in each scan, and a scan can be 14 bytes: 1000 of them took 1.2 s
@@ -35,6 +35,7 @@ MAX_JPEG_SCANS = 100
 FRAME = 28  # MNIST's frame, pixels per side
 BOX = 20  # the box the digit is scaled into, pixels per side
 WORKING_SIDE = 1024  # larger images are reduced to about this before any float work
+REDUCE_STRIP_ROWS = 256  # rows reduced at a time (see _reduced)
 BORDER_FRACTION = 0.03  # the ring that tells the background, as a fraction of the shorter side (at least 1 px)
 NOISE_SIGMAS = 3.0  # ink must stand this many noise deviations (of the border) off the background
 MIN_CONTRAST = 0.1  # the ink must differ from the background by this fraction of the full scale
@@ -233,8 +234,21 @@ def _reduced_size(size: tuple[int, int]) -> tuple[int, int]:
 
 
 def _reduced(image: Image.Image) -> Image.Image:
+    """Block averages (anti-aliased) down to about WORKING_SIDE a side, a strip of rows at a time.
+
+    Pillow reduces an image with alpha through a premultiplied copy of all of it: for a 16 Mpx RGBA
+    PNG, 64 MB more. A strip's copy is small, and strips a whole number of blocks high give the
+    same averages as the whole image.
+    """
     factor = math.ceil(max(image.size) / WORKING_SIDE)
-    return image.reduce(factor) if factor > 1 else image  # block averages: anti-aliased, the full size freed
+    if factor == 1:
+        return image
+    width, height = image.size
+    reduced = Image.new(image.mode, (math.ceil(width / factor), math.ceil(height / factor)))
+    rows = factor * max(1, REDUCE_STRIP_ROWS // factor)
+    for top in range(0, height, rows):
+        reduced.paste(image.crop((0, top, width, min(height, top + rows))).reduce(factor), (0, top // factor))
+    return reduced
 
 
 def _common_mode(image: Image.Image) -> Image.Image:
