@@ -1,13 +1,18 @@
 """How fast `predict.py --serve` answers POST /predict: answers per second, median and 99th-percentile latency.
 
 Starts the server as a user does (a free 127.0.0.1 port, the repository's own code), once with the
-registry's champion (MLflow's pyfunc model, the default) and once with --checkpoint models/model.pt,
+registry's champion (the logged MLflow model, the default) and once with --checkpoint models/model.pt,
 and sends it, from one client on one kept-alive connection, a 28x28 PNG (an MNIST test digit) and a
 2000x2000 JPEG (that digit written large, dark on light, as a phone photo). Each latency is the
 client's: sending the form, framing, the model, the JSON answer. Answers per second are the one
 client's, one request at a time.
 
+With --before REV it also serves with the server's code (src/ and predict.py) at git revision REV,
+in the same run, alternating REV and today's code (REV, today, today, REV) so that a change in the
+machine's load falls on both: what a change to the server cost.
+
     .venv/bin/python benchmarks/serve.py                   # 300 small and 60 large requests per model
+    .venv/bin/python benchmarks/serve.py --before main     # the same for main's code and today's, alternating
     .venv/bin/python benchmarks/serve.py --update-docs     # also put the figures into docs/serve.md
 
 Needs a trained checkpoint and a champion (`dvc repro`) and the MNIST test files. Prints the load average
@@ -71,12 +76,23 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start(arguments: list[str]) -> tuple[subprocess.Popen, int]:
-    """predict.py --serve with `arguments`, started in the repository on a free port; (process, port) once it answers."""
+def code_at(revision: str, folder: Path) -> Path:
+    """The server's code (src/ and predict.py) at git `revision`, written into `folder`."""
+    archive = subprocess.run(["git", "archive", revision, "src", "predict.py"], cwd=REPO_ROOT, capture_output=True,
+                             check=True).stdout
+    folder.mkdir(parents=True)
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    return folder
+
+
+def start(arguments: list[str], code: Path = REPO_ROOT) -> tuple[subprocess.Popen, int]:
+    """predict.py --serve with `arguments` and the code in `code`, started in the repository (its params, store and
+    checkpoint) on a free port; (process, port) once it answers."""
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")}
-    process = subprocess.Popen([sys.executable, "predict.py", "--serve", "--port", str(port), *arguments], cwd=REPO_ROOT,
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    env = {**os.environ, "PYTHONPATH": str(code / "src")}
+    process = subprocess.Popen([sys.executable, str(code / "predict.py"), "--serve", "--port", str(port), *arguments],
+                               cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               start_new_session=True)
     deadline = time.monotonic() + 180
     while True:
         try:
@@ -159,11 +175,14 @@ def load_average() -> float:
 
 
 def main() -> None:
+    import tempfile
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", type=int, default=300, help="timed requests with the 28x28 PNG, per model")
     parser.add_argument("--large", type=int, default=60, help="timed requests with the 2000x2000 JPEG, per model")
     parser.add_argument("--checkpoint", default="models/model.pt")
     parser.add_argument("--data", default=str(DATA if DATA.exists() else MIRROR), help="the MNIST files")
+    parser.add_argument("--before", metavar="REV", help="also serve with the code at this git revision, alternating")
     parser.add_argument("--update-docs", action="store_true", help=f"put the figures into {DOC.relative_to(REPO_ROOT)}")
     args = parser.parse_args()
 
@@ -171,40 +190,49 @@ def main() -> None:
     counts = {"28x28 PNG": args.small, "2000x2000 JPEG": args.large}
     load_before = load_average()
     print(f"load average before: {load_before:.2f}")
-    results = {}
-    for model, arguments in (("champion (MLflow pyfunc)", []), ("checkpoint", ["--checkpoint", args.checkpoint])):
-        process, port = start(arguments)
-        try:
-            for name, data in requests.items():
-                seconds = timed_requests(port, data, name.replace(" ", "_"), counts[name], warmup=max(5, counts[name] // 10))
-                results.setdefault(model, {})[name] = summary(seconds)
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
+    seconds: dict[str, dict[str, dict[str, list[float]]]] = {}
+    with tempfile.TemporaryDirectory(prefix="serve-benchmark-") as scratch:
+        today = "today" if args.before else None
+        # Halves of each count, in the order REV, today, today, REV: a drift in the machine's load falls on both.
+        codes = ([(args.before, code_at(args.before, Path(scratch) / "before")), (today, REPO_ROOT), (today, REPO_ROOT),
+                  (args.before, Path(scratch) / "before")] if args.before else [(None, REPO_ROOT)])
+        share = len(codes) // (2 if args.before else 1)
+        for model, arguments in (("champion (MLflow model)", []), ("checkpoint", ["--checkpoint", args.checkpoint])):
+            for label, code in codes:
+                process, port = start(arguments, code)
+                try:
+                    for name, data in requests.items():
+                        count = max(1, counts[name] // share)
+                        timed = timed_requests(port, data, name.replace(" ", "_"), count, warmup=max(5, count // 10))
+                        seconds.setdefault(label or "", {}).setdefault(model, {}).setdefault(name, []).extend(timed)
+                finally:
+                    process.terminate()
+                    process.wait(timeout=30)
+    results = {label: {model: {name: summary(timed) for name, timed in rows.items()} for model, rows in models.items()}
+               for label, models in seconds.items()}
     by_threads = answer_ms_by_torch_threads(str(REPO_ROOT / args.checkpoint), requests["28x28 PNG"])
     load_after = load_average()
     print(f"load average after: {load_after:.2f}")
     summary_json = {"machine": machine(), "cpu_count": os.cpu_count(), **code_version(),
                     "load_average_1min": {"before": load_before, "after": load_after},
                     "image_bytes": {name: len(data) for name, data in requests.items()},
-                    "goal": f"median <= {GOAL_MS} ms for the 28x28 PNG on 2 cores", "results": results,
+                    "goal": f"median <= {GOAL_MS} ms for the 28x28 PNG on 2 cores",
+                    "results": results if args.before else results[""],
                     "answer_ms_by_torch_threads": by_threads,
                     "command": "benchmarks/serve.py " + " ".join(sys.argv[1:])}
     lines = [f"POST /predict, one client, one request at a time: {machine()}"]
-    for model, rows in results.items():
-        for name, row in rows.items():
-            lines.append(f"{model:25s} {name:15s} {row['answers_per_second']:7.1f} answers/s   median "
-                         f"{row['median_ms']:7.2f} ms   p99 {row['p99_ms']:7.2f} ms   ({row['requests']} requests)")
+    for label, models in results.items():
+        for model, rows in models.items():
+            for name, row in rows.items():
+                code = f"{label:8s} " if args.before else ""
+                lines.append(f"{code}{model:24s} {name:15s} {row['answers_per_second']:7.1f} answers/s   median "
+                             f"{row['median_ms']:7.2f} ms   p99 {row['p99_ms']:7.2f} ms   ({row['requests']} requests)")
     lines.append("framing and the checkpoint's model for the 28x28 PNG in one process, by torch threads:")
     lines += [f"  {label:32s} median {row['median_ms']:5.2f} ms   p99 {row['p99_ms']:5.2f} ms"
               for label, row in by_threads.items()]
     lines.append(f"(load average {load_before:.2f} before, {load_after:.2f} after; images "
                  f"{len(requests['28x28 PNG'])} and {len(requests['2000x2000 JPEG'])} bytes)")
-    publish(summary_json, RESULT, lines, MARK, save=True, update_docs=False)
-    if args.update_docs:
-        from common import write_block
-
-        write_block(lines, MARK, doc=DOC)
+    publish(summary_json, RESULT, lines, MARK, save=True, update_docs=args.update_docs, doc=DOC)
 
 
 if __name__ == "__main__":
