@@ -368,7 +368,7 @@ def blocked_framing(monkeypatch) -> tuple[dict, threading.Event]:
     return framing, release
 
 
-def test_at_most_two_uploads_are_framed_at_once_and_one_that_waits_a_second_is_503(answerer, monkeypatch):
+def test_at_most_two_uploads_are_framed_at_once_and_one_that_waits_half_a_second_is_503(answerer, monkeypatch):
     """Up to 40 requests decoded at once before (Starlette's thread pool): two 13000x13000 images took 5.8 GB."""
     from mnist_pipeline.serve import FixedModel, create_app
 
@@ -379,7 +379,7 @@ def test_at_most_two_uploads_are_framed_at_once_and_one_that_waits_a_second_is_5
     async def scenario():
         uploads = [asyncio.create_task(asgi_request(app, "POST", "/predict", body, {"Content-Type": content_type}))
                    for _ in range(5)]
-        for _ in range(2000):  # until two are being framed and the three others, after waiting a second, answered
+        for _ in range(2000):  # until two are being framed and the three others, after waiting half a second, answered
             if framing["now"] == 2 and sum(upload.done() for upload in uploads) == 3:
                 break
             await asyncio.sleep(0.01)
