@@ -498,13 +498,16 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 
 def return_freed_memory() -> bool:
-    """Have glibc give every block of 1 MB or more back to the system when it is freed; False where it cannot.
+    """Have glibc give blocks of 8 MiB or more back to the system when they are freed; False where it cannot.
 
     glibc serves an allocation below its mmap threshold from heaps it keeps after the free, and raises that
-    threshold to 32 MB as large blocks are freed, so the 16 MB blocks Pillow decodes into stay with the
-    process: after the hostile uploads of benchmarks/serve_hostile.py the server held 415 MB more than
-    idle, and each burst's peak stood on the last one's. A fixed threshold (mallopt(M_MMAP_THRESHOLD),
-    glibc's documented interface) maps every larger block and unmaps it when freed.
+    threshold to 32 MiB as large blocks are freed, so the blocks Pillow decodes a large image into stay
+    with the process: after the hostile uploads of benchmarks/serve_hostile.py the server held 415 MB
+    more than idle, and each burst's peak stood on the last one's. A fixed threshold maps every larger
+    block and unmaps it when freed. Not lower: the framing's arrays of a 1024-pixel image (4-8 MB) would
+    then be mapped afresh, page by page, for every image (a 1 MiB threshold made a 2000x2000 JPEG's
+    answer 36 ms slower). Fixing the threshold also fixes glibc's heap trimming at 128 kB, which costs
+    the same way: up to 32 MiB free is kept at a heap's top. mallopt is glibc's documented interface.
     """
     import ctypes
 
@@ -514,8 +517,8 @@ def return_freed_memory() -> bool:
         mallopt = ctypes.CDLL(None).mallopt  # the C library the process runs on
     except (OSError, AttributeError):
         return False
-    m_mmap_threshold = -3  # from glibc's malloc.h
-    return bool(mallopt(m_mmap_threshold, 1 << 20))
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    return bool(mallopt(m_mmap_threshold, 8 << 20)) and bool(mallopt(m_trim_threshold, 32 << 20))
 
 
 def serve(host: str, port: int, checkpoint: Optional[str] = None, mlflow_ui: Optional[str] = None) -> None:
