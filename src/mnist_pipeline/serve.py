@@ -498,16 +498,17 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 
 def return_freed_memory() -> bool:
-    """Have glibc give blocks of 8 MiB or more back to the system when they are freed; False where it cannot.
+    """Have glibc give blocks of 16 MiB or more back to the system when they are freed; False where it cannot.
 
     glibc serves an allocation below its mmap threshold from heaps it keeps after the free, and raises that
-    threshold to 32 MiB as large blocks are freed, so the blocks Pillow decodes a large image into stay
-    with the process: after the hostile uploads of benchmarks/serve_hostile.py the server held 415 MB
-    more than idle, and each burst's peak stood on the last one's. A fixed threshold maps every larger
-    block and unmaps it when freed. Not lower: the framing's arrays of a 1024-pixel image (4-8 MB) would
-    then be mapped afresh, page by page, for every image (a 1 MiB threshold made a 2000x2000 JPEG's
-    answer 36 ms slower). Fixing the threshold also fixes glibc's heap trimming at 128 kB, which costs
-    the same way: up to 32 MiB free is kept at a heap's top. mallopt is glibc's documented interface.
+    threshold to 32 MiB as large blocks are freed, so the blocks a large image is decoded into stay with
+    the process: after the hostile uploads of benchmarks/serve_hostile.py the server held 415 MB more
+    than idle, and a burst's peak stood on the last one's (411 MB above idle). A fixed threshold maps
+    every larger block and unmaps it when freed; fixing it also fixes glibc's heap trimming at 128 kB,
+    so the trim threshold is set too. Measured (benchmarks/serve.py's 2000x2000 JPEG after 150 small
+    images, and the hostile set's peak and what it kept): 1 MiB, +33 ms an answer, 286 and 91 MB;
+    8 MiB / 32 MiB, +10 ms, 302 and 204 MB; 16 MiB / 64 MiB, +0 ms, 305 and 273 MB (docs/serve.md).
+    mallopt is glibc's documented interface.
     """
     import ctypes
 
@@ -518,7 +519,7 @@ def return_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
-    return bool(mallopt(m_mmap_threshold, 8 << 20)) and bool(mallopt(m_trim_threshold, 32 << 20))
+    return bool(mallopt(m_mmap_threshold, 16 << 20)) and bool(mallopt(m_trim_threshold, 64 << 20))
 
 
 def serve(host: str, port: int, checkpoint: Optional[str] = None, mlflow_ui: Optional[str] = None) -> None:
