@@ -20,6 +20,8 @@ from pathlib import Path
 from mnist_pipeline.config import DataConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# The test-data generators (user_digits, font_digits, hostile_images) live with the tests, which use them most.
+sys.path.insert(0, str(REPO_ROOT / "tests" / "support"))
 RESULTS = REPO_ROOT / "benchmarks" / "results"
 DOCS = REPO_ROOT / "docs" / "performance.md"
 MEAN, STD = DataConfig.mean, DataConfig.std  # the training set's pixel statistics, as params.yaml has them

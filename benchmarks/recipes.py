@@ -96,7 +96,7 @@ def run_recipe(params: dict[str, Any], seed: int) -> dict[str, Any]:
 
     from mnist_pipeline.config import parse_config
     from mnist_pipeline.data import blank_value, load_split
-    from mnist_pipeline.device import resolve_device
+    from mnist_pipeline.compute.device import resolve_device
     from mnist_pipeline.training import Augmentation, compute_for, prepare, train
 
     config = parse_config(merged(params, {"seed": seed}))

@@ -145,7 +145,7 @@ def answer_ms_by_torch_threads(checkpoint: str, data: bytes, repeats: int = 200)
     1 and on 2 torch threads, alone and beside one process that keeps a core busy: why the server answers on one."""
     import torch
 
-    from mnist_pipeline.serve import answer, checkpoint_model
+    from mnist_pipeline.serving.server import answer, checkpoint_model
 
     answerer = checkpoint_model(checkpoint).current()
     medians: dict[str, dict] = {}

@@ -1,7 +1,7 @@
 """How `predict.py --serve` holds up against hostile and broken uploads: its peak memory and every answer's time.
 
 Starts the server as a user does (a free 127.0.0.1 port, the repository's own code, a checkpoint) and sends it,
-one at a time, every file of benchmarks/hostile_images.py (small files declaring huge PNG, JPEG, WebP and TIFF
+one at a time, every file of tests/support/hostile_images.py (small files declaring huge PNG, JPEG, WebP and TIFF
 images, broken files, a JPEG of 5000 scans, formats the README does not name, and the largest images accepted
 in their costliest modes), then 5 MB bodies of 400,000 empty form fields, a 20 MB body sent as Python's urllib
 sends it (without waiting for "100 Continue"), and bursts of uploads at once. For each: the status, the

@@ -1,4 +1,4 @@
-"""What the train stage's system metrics cost: one sample of the machine (mnist_pipeline.system_metrics), timed.
+"""What the train stage's system metrics cost: one sample of the machine (mnist_pipeline.tracking.system_metrics), timed.
 
 The stage takes one sample per epoch, on its main thread, and logs it in the batch that holds the epoch's
 results, so the sample's own time is the whole cost: no thread runs beside the training. This times
@@ -20,7 +20,7 @@ import statistics
 import time
 
 from common import RESULTS, machine
-from mnist_pipeline.system_metrics import Sampler
+from mnist_pipeline.tracking.system_metrics import Sampler
 
 RESULT = RESULTS / "system_metrics.json"
 

@@ -33,11 +33,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from common import DATA, MEAN, RESULTS, STD, check_data, machine, write_block
-from mnist_pipeline import distributed, training
+from mnist_pipeline import training
+from mnist_pipeline.compute import distributed
 from mnist_pipeline.config import TrainConfig
 from mnist_pipeline.data import load_split
-from mnist_pipeline.device import resolve_device
-from mnist_pipeline.distributed import Ranks
+from mnist_pipeline.compute.device import resolve_device
+from mnist_pipeline.compute.distributed import Ranks
 from mnist_pipeline.training import compute_for, prepare, train
 
 SPEED_MARK = "<!-- speed-results -->"  # the docs block for the CPU figures
@@ -191,7 +192,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--out", type=Path, default=RESULTS / "train_speed.json")
-    # Accepted for benchmarks/gpu_check.sh, which passes it; MLflow's logging is no longer measured here.
+    # Accepted for tools/gpu_check.sh, which passes it; MLflow's logging is no longer measured here.
     parser.add_argument("--skip-mlflow", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--skip-tutorial", action="store_true", help="time only the project's loop")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="the project loop's precision")

@@ -3,7 +3,9 @@
 Offline, MNIST_MIRROR=<folder or file:// URL> points it at a local copy.
 """
 
-from mnist_pipeline.cli import run_stage
+from mnist_pipeline.cli import run_stage  # first: its quick exit must be the first exit handler
+
+# isort: split
 from mnist_pipeline.config import load_config
 from mnist_pipeline.download import download_mnist
 from mnist_pipeline.timing import StageClock

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mnist_pipeline.cli import run_stage
+from mnist_pipeline.cli import run_stage  # first: its quick exit must be the first exit handler
+
+# isort: split
 from mnist_pipeline.config import load_config
 from mnist_pipeline.data import raw_images
 from mnist_pipeline.plots import (accuracy_figure, check_colormap, confusion_figure, loss_figure, mistakes_figure,

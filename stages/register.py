@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mnist_pipeline import registry, reporting, store
-from mnist_pipeline.cli import run_stage
+from mnist_pipeline.cli import run_stage  # first: its quick exit must be the first exit handler
+
+# isort: split
+from mnist_pipeline.tracking import registry, results, store
 from mnist_pipeline.config import load_config
 from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.reports import EvaluationReport, EvaluationRun, read_json, write_json
@@ -29,14 +31,14 @@ def main() -> None:
     # DVC keeps the committed evaluation of it.
     eval_run = EvaluationRun.read(config.paths.eval_run) if Path(config.paths.eval_run).exists() else None
     evaluation = EvaluationReport.read(config.paths.eval_metrics)
-    metrics = reporting.evaluation_metrics(evaluation, eval_run)
+    metrics = results.evaluation_metrics(evaluation, eval_run)
     metrics["stage_seconds/register"] = clock.total()
-    lock_text = reporting.current_lock()
+    lock_text = results.current_lock()
     plots = tuple(Path(config.paths.plots_dir) / name for name in PLOTS)
-    logged = reporting.log_results(config.tracking.experiment, run_id, metrics=metrics,
-                                   tags=reporting.evaluation_tags(run.get("model_uri"), eval_run),
+    logged = results.log_results(config.tracking.experiment, run_id, metrics=metrics,
+                                   tags=results.evaluation_tags(run.get("model_uri"), eval_run),
                                    files={"metrics": (config.paths.eval_metrics,), "plots": plots},
-                                   texts={reporting.LOCK_ARTIFACT: lock_text} if lock_text else None)
+                                   texts={results.LOCK_ARTIFACT: lock_text} if lock_text else None)
     if not logged:
         raise PipelineError(f"MLflow run {run_id} (paths.mlflow_run) is not in the store {store.shown(store.tracking_uri())}; "
                             "nothing logged; dvc repro -f trains a new run")

@@ -88,7 +88,7 @@ def untrained_checkpoint(path: Path) -> Path:
 
     from mnist_pipeline.checkpoint import save_checkpoint
     from mnist_pipeline.config import parse_config
-    from mnist_pipeline.history import EpochResult
+    from mnist_pipeline.records import EpochResult
     from mnist_pipeline.model import ModelConfig, build_model
 
     torch.manual_seed(0)
@@ -104,7 +104,7 @@ def logged_project_model(experiment: str):
     in a run of `experiment` in the current MLflow store (local_store)."""
     import torch
 
-    from mnist_pipeline import runs, store
+    from mnist_pipeline.tracking import runs, store
     from mnist_pipeline.model import DigitClassifier, ReferenceCNN
 
     torch.manual_seed(0)
@@ -120,7 +120,7 @@ def logged_planted_model(experiment: str, planted: Path) -> str:
     import mlflow
     import mlflow.pyfunc
 
-    from mnist_pipeline import store
+    from mnist_pipeline.tracking import store
 
     class Planted(mlflow.pyfunc.PythonModel):
         def load_context(self, context):

@@ -233,7 +233,7 @@ def test_predict_command_classifies_pngs_with_the_champion_and_a_checkpoint(proj
     assert [line.split(": ")[0] for line in lines] == paths
     predicted = np.array([int(line.split(": ")[1].split()[0]) for line in lines])
     # The checkpoint's own answers on these pixels, and mostly the digits' labels (it trained on a slice).
-    from mnist_pipeline.classifier import probabilities_from_checkpoint
+    from mnist_pipeline.serving.classifier import probabilities_from_checkpoint
 
     assert predicted.tolist() == probabilities_from_checkpoint(pixels, project / "models/model.pt").argmax(1).tolist()
     assert (predicted == labels).mean() >= 0.75

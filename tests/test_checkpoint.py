@@ -11,7 +11,7 @@ from mnist_pipeline.checkpoint import (CheckpointError, load_checkpoint, model_f
 from mnist_pipeline.config import TrainConfig, parse_config
 from mnist_pipeline.data import Split
 from mnist_pipeline.model import ModelConfig, build_model
-from mnist_pipeline.history import EpochResult
+from mnist_pipeline.records import EpochResult
 from mnist_pipeline.training import compute_for, make_optimizer, make_schedule, prepare, train
 
 HISTORY = [EpochResult(1, 0.5, 0.4, 0.9), EpochResult(2, 0.3, 0.2, 0.95), EpochResult(3, 0.2, 0.1, 0.97)]

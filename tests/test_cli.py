@@ -1,6 +1,11 @@
+import ast
 import os
 import subprocess
 import sys
+
+import pytest
+
+from conftest import REPO_ROOT
 
 
 STAGE = '''
@@ -59,7 +64,7 @@ def test_a_live_thread_pool_does_not_hold_the_exit():
 
 ASYNC_LOGGING_STAGE = '''
 import os
-from mnist_pipeline import reporting, runs, store
+from mnist_pipeline.tracking import results, runs, store
 from mnist_pipeline.cli import run_stage
 
 def main():
@@ -68,7 +73,7 @@ def main():
         for epoch in range(1, 51):
             runs.log_epoch({"train_loss": 1.0 / epoch}, epoch)
     # As the register stage reports to the finished training run.
-    reporting.log_results("async", run_id, metrics={f"eval_accuracy_digit_{d}": 0.9 for d in range(10)})
+    results.log_results("async", run_id, metrics={f"eval_accuracy_digit_{d}": 0.9 for d in range(10)})
     print(run_id)
 
 run_stage(main)
@@ -89,11 +94,24 @@ def test_a_stage_that_logs_asynchronously_exits_with_every_metric_stored(tmp_pat
     assert len([m for m in client.get_run(run_id).data.metrics if m.startswith("eval_accuracy_digit_")]) == 10
 
 
-def test_the_quick_exit_is_the_first_exit_handler_registered():
-    """Exit handlers run last-registered first: registered on the package's import, before torch or MLflow
-    exist in the process, the quick exit runs after all of theirs."""
-    probe = ("import sys; import mnist_pipeline; "
+ENTRY_SCRIPTS = sorted((REPO_ROOT / "stages").glob("*.py")) + [REPO_ROOT / "predict.py", REPO_ROOT / "search.py"]
+
+
+@pytest.mark.parametrize("script", ENTRY_SCRIPTS, ids=lambda p: p.name)
+def test_the_quick_exit_is_the_first_exit_handler_registered(script):
+    """Exit handlers run last-registered first: registered by the first of the project's imports in every entry
+    script, before torch or MLflow exist in the process, the quick exit runs after all of theirs."""
+    imports = [node for node in ast.walk(ast.parse(script.read_text()))
+               if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mnist_pipeline")]
+    assert min(imports, key=lambda node: node.lineno).module == "mnist_pipeline.cli"
+    probe = ("import sys; import mnist_pipeline.cli; "
              "print(sorted(m for m in ('torch', 'mlflow', 'numpy') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", probe], env={},
                           capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "[]", done.stderr
+
+
+def test_the_packages_init_files_are_empty():
+    """Importing one module never runs its siblings: no package's __init__.py imports anything."""
+    inits = sorted((REPO_ROOT / "src" / "mnist_pipeline").rglob("__init__.py"))
+    assert len(inits) == 5 and all(path.read_text() == "" for path in inits)

@@ -126,7 +126,7 @@ def test_validation_images_leave_the_rest_for_training_and_max_train_images_must
 
 def test_threads_beyond_this_machines_cores_still_parse():
     # A checkpoint's config made on a bigger machine parses here (evaluate rebuilds from it); the stages refuse
-    # such a count when they choose their threads (mnist_pipeline.threads).
+    # such a count when they choose their threads (mnist_pipeline.compute.threads).
     assert parse_config({"threads": 4096 // 4}).train.threads == 1024
 
 

@@ -126,7 +126,7 @@ def test_the_download_stage_imports_neither_torch_nor_numpy_nor_mlflow(tmp_path)
     """Checking MD5 sums needs none of them; importing them would cost the stage seconds."""
     (tmp_path / "params.yaml").write_text("data:\n  dir: mnist\n")
     # The package first, as in a stage: its quick exit is the first exit handler, so the probe's runs before it.
-    probe = ("import atexit, runpy, sys, mnist_pipeline; "
+    probe = ("import atexit, runpy, sys, mnist_pipeline.cli; "
              "atexit.register(lambda: print('loaded:', sorted(m for m in ('torch', 'numpy', 'mlflow') if m in sys.modules))); "
              f"runpy.run_path({str(REPO_ROOT / 'stages' / 'download.py')!r}, run_name='__main__')")
     env = {**os.environ, "MNIST_MIRROR": str(MNIST_MIRROR)}

@@ -13,41 +13,54 @@ from conftest import REPO_ROOT, requires_mnist_mirror
 from dvc_project import SMALL, copy_project, run, update_params
 from mnist_pipeline.config import SECTIONS, TrainConfig
 
-PACKAGE = REPO_ROOT / "src" / "mnist_pipeline"
+SRC = REPO_ROOT / "src"
+PACKAGE = SRC / "mnist_pipeline"
 STAGES = ("download", "train", "evaluate", "plot", "register")
 UPSTREAM = {"download": (), "train": ("download",), "evaluate": ("download", "train"), "plot": ("train", "evaluate"),
             "register": ("train", "evaluate", "plot")}
 
 
+def module_file(dotted: str):
+    """The file of our package's module or subpackage `dotted` (mnist_pipeline.compute.kernels), or None."""
+    path = SRC.joinpath(*dotted.split("."))
+    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def imported_modules(path) -> set[str]:
-    """Modules of our package that `path` imports anywhere in its body (lazy imports included)."""
+    """Our package's modules (dotted) that `path` imports anywhere in its body (lazy imports included)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("mnist_pipeline"):
-            if node.module == "mnist_pipeline":
-                found.update(alias.name for alias in node.names if (PACKAGE / f"{alias.name}.py").exists())
-            else:
-                found.add(node.module.split(".")[1])
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "mnist_pipeline":
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names if module_file(f"{node.module}.{a.name}"))
         elif isinstance(node, ast.Import):
-            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("mnist_pipeline."))
+            found.update(a.name for a in node.names if a.name.split(".")[0] == "mnist_pipeline")
     return found
 
 
 def module_closure(script) -> set[str]:
+    """The files of every module `script` runs: what it imports, transitively, and each package's __init__.py
+    on the way (Python runs mnist_pipeline/__init__.py before mnist_pipeline.config, and so on)."""
     seen, todo = set(), imported_modules(script)
     while todo:
-        module = todo.pop()
-        if module not in seen:
-            seen.add(module)
-            todo |= imported_modules(PACKAGE / f"{module}.py")
-    return seen
+        dotted = todo.pop()
+        parts = dotted.split(".")
+        for depth in range(1, len(parts) + 1):
+            name = ".".join(parts[:depth])
+            if name not in seen and module_file(name) is not None:
+                seen.add(name)
+                todo |= imported_modules(module_file(name))
+    return {str(module_file(name).relative_to(REPO_ROOT)) for name in seen}
 
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_each_stage_lists_exactly_the_code_it_runs(stage):
     declared = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"][stage]["deps"]
     code = {dep for dep in declared if dep.endswith(".py")}
-    expected = {f"stages/{stage}.py"} | {f"src/mnist_pipeline/{m}.py" for m in module_closure(REPO_ROOT / "stages" / f"{stage}.py")}
+    expected = {f"stages/{stage}.py"} | module_closure(REPO_ROOT / "stages" / f"{stage}.py")
     assert code == expected
 
 
@@ -120,27 +133,31 @@ CODE_CASES = {
     "src/mnist_pipeline/data.py": TRAINING,
     "src/mnist_pipeline/model.py": TRAINING, "src/mnist_pipeline/training.py": TRAINING,
     "src/mnist_pipeline/checkpoint.py": TRAINING, "src/mnist_pipeline/evaluation.py": TRAINING,
-    "src/mnist_pipeline/device.py": TRAINING, "src/mnist_pipeline/distributed.py": TRAINING, "src/mnist_pipeline/seed.py": TRAINING,
-    "src/mnist_pipeline/threads.py": TRAINING, "src/mnist_pipeline/shards.py": TRAINING,
+    "src/mnist_pipeline/compute/device.py": TRAINING, "src/mnist_pipeline/compute/distributed.py": TRAINING, "src/mnist_pipeline/seed.py": TRAINING,
+    "src/mnist_pipeline/compute/threads.py": TRAINING, "src/mnist_pipeline/compute/shards.py": TRAINING,
     "src/mnist_pipeline/progress.py": TRAINING, "src/mnist_pipeline/files.py": TRAINING,
-    "src/mnist_pipeline/reports.py": TRAINING, "src/mnist_pipeline/store.py": TRAINING,
-    "src/mnist_pipeline/runs.py": TRAINING, "src/mnist_pipeline/datasets.py": TRAINING,
-    "src/mnist_pipeline/system_metrics.py": TRAINING,
+    "src/mnist_pipeline/reports.py": TRAINING, "src/mnist_pipeline/tracking/store.py": TRAINING,
+    "src/mnist_pipeline/tracking/runs.py": TRAINING, "src/mnist_pipeline/tracking/inputs.py": TRAINING,
+    "src/mnist_pipeline/tracking/system_metrics.py": TRAINING,
     "stages/train.py": TRAINING, "stages/evaluate.py": ["evaluate", "plot", "register"],
-    "src/mnist_pipeline/history.py": TRAINING, "src/mnist_pipeline/kernels.py": TRAINING,
-    "src/mnist_pipeline/lineage.py": TRAINING,
-    "src/mnist_pipeline/csrc/reference_net.c": TRAINING,
+    "src/mnist_pipeline/records.py": TRAINING, "src/mnist_pipeline/compute/kernels.py": TRAINING,
+    "src/mnist_pipeline/tracking/lineage.py": TRAINING,
+    "src/mnist_pipeline/compute/csrc/reference_net.c": TRAINING,
     "src/mnist_pipeline/plots.py": PLOTTING, "stages/plot.py": PLOTTING,
     # The register stage's own code reruns it alone: editing the registry never retrains the model.
-    "src/mnist_pipeline/registry.py": ["register"], "src/mnist_pipeline/reporting.py": ["register"],
+    "src/mnist_pipeline/tracking/registry.py": ["register"], "src/mnist_pipeline/tracking/results.py": ["register"],
     "stages/register.py": ["register"],
-    "src/mnist_pipeline/predict.py": [], "predict.py": [],  # the predict command: no stage runs it
-    "src/mnist_pipeline/images.py": [],  # predict's framing
-    "src/mnist_pipeline/classifier.py": [],  # predict's and serve's model
+    "src/mnist_pipeline/serving/command.py": [], "predict.py": [],  # the predict command: no stage runs it
+    "src/mnist_pipeline/serving/framing.py": [],  # predict's framing
+    "src/mnist_pipeline/serving/classifier.py": [],  # predict's and serve's model
     # search.py: a search runs the pipeline through `dvc exp run`; no stage imports it.
-    "src/mnist_pipeline/search.py": [], "src/mnist_pipeline/search_space.py": [],
-    "src/mnist_pipeline/study_runs.py": [], "search.py": [], "search.yaml": [],
-    "src/mnist_pipeline/serve.py": [],  # predict.py --serve: the page and POST /predict
+    "src/mnist_pipeline/search/trials.py": [], "src/mnist_pipeline/search/space.py": [],
+    "src/mnist_pipeline/search/summary.py": [], "search.py": [], "search.yaml": [],
+    "src/mnist_pipeline/serving/server.py": [],  # predict.py --serve: the page and POST /predict
+    # Each package's __init__.py runs before any module of it: every stage runs the top one.
+    "src/mnist_pipeline/__init__.py": ALL, "src/mnist_pipeline/compute/__init__.py": TRAINING,
+    "src/mnist_pipeline/tracking/__init__.py": TRAINING, "src/mnist_pipeline/serving/__init__.py": [],
+    "src/mnist_pipeline/search/__init__.py": [],
 }
 
 
@@ -184,5 +201,5 @@ def test_a_code_change_reruns_exactly(project, source, expected):
 
 
 def test_every_module_is_in_the_table():
-    modules = {f"src/mnist_pipeline/{p.name}" for p in PACKAGE.glob("*.py") if p.name != "__init__.py"}
+    modules = {str(p.relative_to(REPO_ROOT)) for p in PACKAGE.rglob("*.py")}
     assert modules <= set(CODE_CASES)

@@ -43,7 +43,7 @@ def test_per_class_accuracy_of_an_absent_class_is_zero():
 
 def test_the_mistakes_are_the_wrong_ones_most_confident_first():
     from mnist_pipeline.evaluation import mistakes, predict, scores_from_logits
-    from mnist_pipeline.history import Mistake
+    from mnist_pipeline.records import Mistake
 
     logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 1.0], [4.0, 0.0, 0.0]])
     images = torch.arange(4, dtype=torch.float32).reshape(4, 1, 1, 1).expand(4, 1, 2, 2).contiguous()
@@ -69,7 +69,7 @@ def test_the_mean_loss_is_the_correctly_rounded_sum_whatever_the_order():
 
 @requires_c_compiler()
 def test_the_project_kernels_score_as_torchs_layers_do():
-    from mnist_pipeline import kernels
+    from mnist_pipeline.compute import kernels
     from mnist_pipeline.model import ReferenceCNN
 
     torch.manual_seed(0)

@@ -21,7 +21,7 @@ from conftest import REPO_ROOT, requires_mnist_mirror
 from dvc_project import (all_runs, check_lineage, copy_project, environment, lock_outs, mlflow_client, results, run,
                          run_results, shown_run_ids, stages_run, update_params)
 from mnist_pipeline.checkpoint import load_checkpoint
-from mnist_pipeline.threads import available_cores
+from mnist_pipeline.compute.threads import available_cores
 
 from recipes import readme_recipes, recipe_params
 
@@ -59,7 +59,7 @@ def test_killed_training_resumes_the_same_run_and_ends_bit_identical(prepared_pr
     # The wide network with Adam, one-cycle, dropout and augmentation: every state a resume must restore
     # (batch norm statistics, Adam moments, the schedule, both random generators), at ~2 s an epoch, slow
     # enough to be killed mid-run.
-    # Nothing about threads pinned: the shards fix the bits, whatever the threads (mnist_pipeline.shards).
+    # Nothing about threads pinned: the shards fix the bits, whatever the threads (mnist_pipeline.compute.shards).
     update_params(project, {"epochs": 4, "model": "wide", "optimizer": "adamw", "schedule": "onecycle",
                             "augment": {"shift": 1.0}, "data": {"max_train_images": 6000}})
     runs_before = len(all_runs(project))

@@ -17,7 +17,7 @@ import pytest
 from conftest import c_compiler, require, requires_mnist_mirror
 from dvc_project import (all_runs, check_lineage, copy_project, environment, mlflow_client, predicts_like_evaluate, run,
                          shown_run_ids, stages_run, update_params)
-from mnist_pipeline.threads import available_cores
+from mnist_pipeline.compute.threads import available_cores
 
 pytestmark = [pytest.mark.e2e, requires_mnist_mirror()]
 
@@ -73,7 +73,7 @@ def test_the_evaluate_stage_runs_without_mlflow(prepared_project, tmp_path):
     """The plot stage reports the evaluation to MLflow: importing MLflow in evaluate would double its time."""
     project = copy_project(prepared_project, tmp_path / "project")
     # The package first, as in a stage: its quick exit is the first exit handler, so the probe's runs before it.
-    probe = ("import atexit, runpy, sys, mnist_pipeline; "
+    probe = ("import atexit, runpy, sys, mnist_pipeline.cli; "
              "atexit.register(lambda: print('mlflow loaded:', 'mlflow' in sys.modules)); "
              "runpy.run_path('stages/evaluate.py', run_name='__main__')")
     done = run(project, sys.executable, "-c", probe, env=environment())

@@ -3,7 +3,7 @@ from PIL import Image
 
 from mnist_pipeline.config import ConfigError, PlotsConfig
 from mnist_pipeline.plots import accuracy_figure, check_colormap, confusion_figure, loss_figure, save_figure
-from mnist_pipeline.history import EpochResult
+from mnist_pipeline.records import EpochResult
 
 HISTORY = [EpochResult(1, 0.3, 0.1, 0.97), EpochResult(2, 0.1, 0.07, 0.98)]
 
@@ -40,7 +40,7 @@ def test_unknown_colormap_is_a_config_error():
 def test_mistakes_grid_titles_true_predicted_and_confidence(tmp_path):
     import numpy as np
 
-    from mnist_pipeline.history import Mistake
+    from mnist_pipeline.records import Mistake
     from mnist_pipeline.plots import mistakes_figure
 
     images = np.zeros((10, 28, 28), dtype=np.uint8)

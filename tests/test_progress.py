@@ -2,7 +2,7 @@
 
 import re
 
-from mnist_pipeline.history import EpochResult
+from mnist_pipeline.records import EpochResult
 from mnist_pipeline.progress import epoch_bars
 
 

@@ -2,7 +2,7 @@ import json
 
 from mnist_pipeline.reports import (read_confusion, read_history, read_json, write_confusion, write_history,
                                     write_json)
-from mnist_pipeline.history import EpochResult
+from mnist_pipeline.records import EpochResult
 
 
 def test_history_round_trip_and_header(tmp_path):
@@ -31,7 +31,7 @@ def test_json_keeps_key_order(tmp_path):
 
 
 def test_mistakes_round_trip(tmp_path):
-    from mnist_pipeline.history import Mistake
+    from mnist_pipeline.records import Mistake
     from mnist_pipeline.reports import read_mistakes, write_mistakes
 
     mistakes = [Mistake(12, 7, 1, 0.987654), Mistake(3, 2, 8, 0.5)]

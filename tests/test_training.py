@@ -5,9 +5,9 @@ import torch
 
 from mnist_pipeline.config import AugmentConfig, TrainConfig, parse_config
 from mnist_pipeline.data import Split
-from mnist_pipeline.device import place_model
+from mnist_pipeline.compute.device import place_model
 from mnist_pipeline.model import ModelConfig, build_model
-from mnist_pipeline.history import EpochResult
+from mnist_pipeline.records import EpochResult
 from mnist_pipeline.training import (Augmentation, Setup, Steps, augment_batch, draw_augmentation, make_optimizer,
                                      make_schedule, prepare, train, train_one_epoch)
 

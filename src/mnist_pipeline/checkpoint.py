@@ -16,7 +16,7 @@ from mnist_pipeline.config import flatten, training_config
 from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.files import atomic_path
 from mnist_pipeline.model import ModelConfig, build_model
-from mnist_pipeline.history import EpochResult
+from mnist_pipeline.records import EpochResult
 
 
 class CheckpointError(PipelineError):
@@ -105,7 +105,7 @@ def resume_decision(checkpoint: Optional[dict[str, Any]], config: dict[str, Any]
 
     Only an unfinished checkpoint made with the same params resumes; config.NOT_TRAINING do not count, since
     they cannot change training: `threads`, for one, changes only the speed of the epochs still to run
-    (the count of each start is on the MLflow run; mnist_pipeline.shards fixes the bits).
+    (the count of each start is on the MLflow run; mnist_pipeline.compute.shards fixes the bits).
     """
     if checkpoint is None:
         return False, "no checkpoint yet; training from scratch"

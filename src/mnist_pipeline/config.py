@@ -119,7 +119,7 @@ class TrainConfig:
     epochs: int = field(default=10, metadata=_spec(low=1, high=1000))
     seed: int = field(default=1, metadata=_spec(low=0, high=2**32 - 1))
     device: str = field(default="auto", metadata=_spec(choices=("auto", "cpu", "cuda")))
-    deterministic: bool = True  # GPU only: mnist_pipeline.device.configure_determinism
+    deterministic: bool = True  # GPU only: mnist_pipeline.compute.device.configure_determinism
     model: str = field(default="reference", metadata=_spec(choices=ARCHITECTURES))
     optimizer: str = field(default="sgd", metadata=_spec(choices=OPTIMIZERS))
     schedule: str = field(default="constant", metadata=_spec(choices=SCHEDULES))
@@ -127,14 +127,14 @@ class TrainConfig:
     label_smoothing: float = field(default=0.0, metadata=_spec(low=0.0, high=0.5))
     precision: str = field(default="fp32", metadata=_spec(choices=("fp32", "bf16")))
     compile: bool = False
-    # "auto": mnist_pipeline.distributed.resolve_nproc picks the count on the machine that trains.
+    # "auto": mnist_pipeline.compute.distributed.resolve_nproc picks the count on the machine that trains.
     nproc: Union[int, str] = field(default="auto", metadata=_spec(low=1, high=64, auto=True))
     # "auto": the reference network's first block as one fused CPU kernel where it applies (mnist_pipeline.fused).
     kernels: str = field(default="auto", metadata=_spec(choices=("auto", "torch")))
     # Every batch is split into this many parts, each computed on one thread, their gradients added
-    # in order (mnist_pipeline.shards): the results depend on `shards`, never on `threads`.
+    # in order (mnist_pipeline.compute.shards): the results depend on `shards`, never on `threads`.
     shards: int = field(default=2, metadata=_spec(low=1, high=256))
-    # "auto": mnist_pipeline.threads picks the count from the shards and this machine's cores (never its load);
+    # "auto": mnist_pipeline.compute.threads picks the count from the shards and this machine's cores (never its load);
     # more than the cores here is refused on load (load_config), since it only slows a CPU training.
     threads: Union[int, str] = field(default="auto", metadata=_spec(low=1, high=1024, auto=True))
 

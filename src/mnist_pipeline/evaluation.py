@@ -11,14 +11,14 @@ from torch import nn
 from torch.nn import functional as F
 
 from mnist_pipeline.data import Split
-from mnist_pipeline.history import Mistake
-from mnist_pipeline.shards import Workers, in_chunks
+from mnist_pipeline.records import Mistake
+from mnist_pipeline.compute.shards import Workers, in_chunks
 
 if TYPE_CHECKING:
-    from mnist_pipeline.kernels import ReferenceKernels
+    from mnist_pipeline.compute.kernels import ReferenceKernels
 
 # Images per forward pass. A constant, not a param: on a CPU each chunk is computed on one thread,
-# and its boundaries must not move for the logits to keep their bits (mnist_pipeline.shards).
+# and its boundaries must not move for the logits to keep their bits (mnist_pipeline.compute.shards).
 EVAL_BATCH_SIZE = 1000
 
 
@@ -83,7 +83,7 @@ def score(model: nn.Module, split: Split, *, batch_size: int = EVAL_BATCH_SIZE, 
           workers: Optional[Workers] = None, kernels: Optional[ReferenceKernels] = None) -> Scores:
     """Every image of `split` (on the model's device) scored by `model`, in fixed chunks.
 
-    With `kernels` (the reference network on a CPU, mnist_pipeline.kernels) the project's kernels score it:
+    With `kernels` (the reference network on a CPU, mnist_pipeline.compute.kernels) the project's kernels score it:
     the same bits on any CPU; otherwise torch's layers do.
     """
     if kernels is None:

@@ -135,7 +135,7 @@ class CompactCNN(nn.Module):
 class SeededDropout(nn.Dropout):
     """nn.Dropout, except that it draws from its own generator once given one.
 
-    Shards of a batch run side by side on several threads (mnist_pipeline.shards); drawing from
+    Shards of a batch run side by side on several threads (mnist_pipeline.compute.shards); drawing from
     torch's one default generator, they would take their random numbers in whichever order the
     threads happen to run. With a generator each (seeded per step), the draws are the same every run.
     """

@@ -13,7 +13,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from mnist_pipeline.config import PlotsConfig  # noqa: E402
 from mnist_pipeline.files import atomic_path  # noqa: E402
-from mnist_pipeline.history import EpochResult, Mistake  # noqa: E402
+from mnist_pipeline.records import EpochResult, Mistake  # noqa: E402
 
 
 def _figure(config: PlotsConfig) -> tuple[Figure, plt.Axes]:

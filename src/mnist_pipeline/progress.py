@@ -8,7 +8,7 @@ from typing import Optional
 
 from tqdm import tqdm
 
-from mnist_pipeline.history import EpochResult
+from mnist_pipeline.records import EpochResult
 
 
 class EpochBar:

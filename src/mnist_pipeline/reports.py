@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from mnist_pipeline.files import write_text_atomic
-from mnist_pipeline.history import EpochResult, Mistake
+from mnist_pipeline.records import EpochResult, Mistake
 
 HISTORY_FIELDS = ("epoch", "train_loss", "test_loss", "test_accuracy")
 

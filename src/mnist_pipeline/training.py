@@ -11,20 +11,20 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mnist_pipeline import kernels, threads
+from mnist_pipeline.compute import kernels, threads
 from mnist_pipeline.checkpoint import restore_training
 from mnist_pipeline.config import AugmentConfig, TrainConfig
 from mnist_pipeline.data import Split
-from mnist_pipeline.device import place_model, use_threads
-from mnist_pipeline.distributed import Ranks, gather_shards, mean_across_ranks, shard, wrap
+from mnist_pipeline.compute.device import place_model, use_threads
+from mnist_pipeline.compute.distributed import Ranks, gather_shards, mean_across_ranks, shard, wrap
 from mnist_pipeline.evaluation import EvalResult, evaluate, metrics_from_logits, predict
-from mnist_pipeline.history import EpochResult
-from mnist_pipeline.kernels import Adam as KernelAdam
-from mnist_pipeline.kernels import SGD as KernelSGD
-from mnist_pipeline.kernels import ReferenceKernels
+from mnist_pipeline.records import EpochResult
+from mnist_pipeline.compute.kernels import Adam as KernelAdam
+from mnist_pipeline.compute.kernels import SGD as KernelSGD
+from mnist_pipeline.compute.kernels import ReferenceKernels
 from mnist_pipeline.model import ModelConfig, build_model
 from mnist_pipeline.seed import set_seed
-from mnist_pipeline.shards import ShardedModel, Workers
+from mnist_pipeline.compute.shards import ShardedModel, Workers
 
 LOSS_REPORT_EVERY = 50  # steps between running-loss updates; each one costs a host sync on GPU
 
@@ -133,7 +133,7 @@ class Compute:
 
 
 def compute_for(config: TrainConfig, device: torch.device, ranks: Ranks = Ranks()) -> Compute:
-    """The threads a training computes on (mnist_pipeline.threads), set before torch's first parallel work.
+    """The threads a training computes on (mnist_pipeline.compute.threads), set before torch's first parallel work.
 
     Sharded, torch itself runs on one thread and the workers run the shards side by side.
     """
@@ -146,7 +146,7 @@ def compute_for(config: TrainConfig, device: torch.device, ranks: Ranks = Ranks(
 @dataclass
 class Setup:
     """What one training is made of: the network, its optimizer and schedule, the shuffle generator, whether the
-    project's kernels compute it (mnist_pipeline.kernels), and the epochs done (a resume's)."""
+    project's kernels compute it (mnist_pipeline.compute.kernels), and the epochs done (a resume's)."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
@@ -212,8 +212,8 @@ def train_one_epoch(setup: Setup, split: Split, config: TrainConfig, steps: Step
     """One shuffled pass over `split` (already on the model's device); returns the mean batch loss.
 
     With `steps.sharded` (and its workers), each batch's gradient is the ordered sum of its shards'
-    (mnist_pipeline.shards): the same bits on any number of threads; with `steps.own` too, the project's
-    kernels compute each shard (mnist_pipeline.kernels): the same bits on any CPU. Without, the whole batch
+    (mnist_pipeline.compute.shards): the same bits on any number of threads; with `steps.own` too, the project's
+    kernels compute each shard (mnist_pipeline.compute.kernels): the same bits on any CPU. Without, the whole batch
     goes through `steps.forward` at once (a GPU; or, under several processes, each rank's slice of every
     batch, every rank drawing the same permutation, the forward DistributedDataParallel's wrapper).
 
@@ -296,7 +296,7 @@ def train(setup: Setup, train_split: Split, test_split: Split, config: TrainConf
     saves a checkpoint and logs to MLflow there). Under several processes the ranks split the test set
     and share their predictions, so all hold the same history. With `compute.workers` (a CPU, one
     process) every batch is split into `config.shards` parts whose gradients add up in order, and the
-    test set into fixed chunks (mnist_pipeline.shards): the results do not depend on how many threads
+    test set into fixed chunks (mnist_pipeline.compute.shards): the results do not depend on how many threads
     the workers have; with the setup's own kernels, not on the CPU either.
     """
     history = list(setup.history)
