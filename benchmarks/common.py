@@ -34,8 +34,14 @@ def machine() -> str:
     cpu = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
-        cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                    if line.startswith("model name")), cpu)
+        cpu = next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in cpuinfo.read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            cpu,
+        )
     text = f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}"
     if "torch" in sys.modules:
         import torch
@@ -65,6 +71,7 @@ def check_data(folder: Path) -> None:
 
 # Commands timed as a user types them, in a fresh copy of the repository.
 
+
 def environment(**extra: str) -> dict[str, str]:
     """A user's shell: the venv's tools first, the local MNIST mirror, no DVC or MLflow variables of ours."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))}
@@ -88,8 +95,13 @@ def copy_repository(destination: Path, revision: str | None = None) -> Path:
         archive = subprocess.run(["git", "archive", revision], cwd=REPO_ROOT, capture_output=True, check=True).stdout
         subprocess.run(["tar", "-x", "-C", str(destination)], input=archive, check=True)
     else:
-        listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                                cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
+        listed = subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         for name in filter(None, listed.split("\0")):
             source = REPO_ROOT / name
             if source.is_file():
@@ -113,25 +125,32 @@ def timed(command: list[str], cwd: Path, env: dict[str, str]) -> float:
 def last_train_seconds(project: Path) -> float:
     """The train_seconds metric of the newest MLflow run (read with sqlite3: the benchmark imports no MLflow)."""
     with sqlite3.connect(project / "mlflow.db") as db:
-        row = db.execute("SELECT m.value FROM metrics m JOIN runs r ON m.run_uuid = r.run_uuid "
-                         "WHERE m.key = 'train_seconds' ORDER BY r.start_time DESC LIMIT 1").fetchone()
+        row = db.execute(
+            "SELECT m.value FROM metrics m JOIN runs r ON m.run_uuid = r.run_uuid "
+            "WHERE m.key = 'train_seconds' ORDER BY r.start_time DESC LIMIT 1"
+        ).fetchone()
     return float(row[0])
 
 
 # Results: saved as JSON under benchmarks/results/, shown, and with --update-docs written into the docs.
 
+
 def code_version() -> dict[str, str]:
     """The commit the measured code is, and whether the working tree had uncommitted changes to it."""
+
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
 
     dirty = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": git("rev-parse", "--short", "HEAD"),
-            "working_tree": "with uncommitted changes" if dirty else "clean"}
+    return {
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "working_tree": "with uncommitted changes" if dirty else "clean",
+    }
 
 
-def publish(summary: dict, out: Path, lines: list[str], mark: str, *, save: bool, update_docs: bool,
-            doc: Path = DOCS) -> None:
+def publish(
+    summary: dict, out: Path, lines: list[str], mark: str, *, save: bool, update_docs: bool, doc: Path = DOCS
+) -> None:
     """Write `summary` to `out` (when it was just measured), print `lines`, and put them into `doc` if asked."""
     if save:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -31,8 +31,17 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import (REPO_ROOT, RESULTS, code_version, copy_repository, environment, last_train_seconds, machine,
-                    publish, timed)
+from common import (
+    REPO_ROOT,
+    RESULTS,
+    code_version,
+    copy_repository,
+    environment,
+    last_train_seconds,
+    machine,
+    publish,
+    timed,
+)
 
 RESULT = RESULTS / "overhead.json"
 MARK = "<!-- overhead-results -->"
@@ -43,8 +52,9 @@ MEASURED = ("lr=0.05", "lr=0.03", "lr=0.04", "lr=0.06", "lr=0.07")  # each with 
 
 def unit_seconds(env: dict[str, str], repeats: int = 3) -> float:
     """U: the median wall time of `python -c "import torch, mlflow"`."""
-    return statistics.median(timed([sys.executable, "-c", "import torch, mlflow"], REPO_ROOT, env)
-                             for _ in range(repeats))
+    return statistics.median(
+        timed([sys.executable, "-c", "import torch, mlflow"], REPO_ROOT, env) for _ in range(repeats)
+    )
 
 
 def stage_records(path: Path) -> list[dict]:
@@ -52,7 +62,7 @@ def stage_records(path: Path) -> list[dict]:
 
 
 def yaml_parser(project: Path) -> str:
-    """"C" when the tree's requirements.lock installs ruamel.yaml.clib (DVC's YAML reads in C), else "pure-Python"."""
+    """ "C" when the tree's requirements.lock installs ruamel.yaml.clib (DVC's YAML reads in C), else "pure-Python"."""
     lock = project / "requirements.lock"
     pins = lock.read_text().splitlines() if lock.exists() else []
     return "C" if any(line.startswith(YAML_C_PARSER + "==") for line in pins) else "pure-Python"
@@ -77,31 +87,48 @@ def measure(repeats: int, baseline: str | None = None) -> dict:
         timings = Path(tmp) / "timings.jsonl"
         env = environment(MNIST_PIPELINE_TIMINGS=str(timings))
         trees = {"working tree": None, **({f"baseline {baseline}": baseline} if baseline else {})}
-        projects = {name: copy_repository(Path(tmp) / f"project{i}", revision)
-                    for i, (name, revision) in enumerate(trees.items())}
+        projects = {
+            name: copy_repository(Path(tmp) / f"project{i}", revision)
+            for i, (name, revision) in enumerate(trees.items())
+        }
         parsers = {name: yaml_parser(project) for name, project in projects.items()}
         envs = {name: tree_environment(env, parsers[name], Path(tmp) / "stubs") for name in projects}
         unit = unit_seconds(env)
-        warm_up = {name: round(timed(["dvc", "exp", "run", *sum((["-S", s] for s in WARM_UP), [])], project,
-                                     envs[name]), 3)
-                   for name, project in projects.items()}
+        warm_up = {
+            name: round(timed(["dvc", "exp", "run", *sum((["-S", s] for s in WARM_UP), [])], project, envs[name]), 3)
+            for name, project in projects.items()
+        }
         experiments: dict[str, list[dict]] = {name: [] for name in projects}
         for value in MEASURED[:repeats]:
             for name, project in projects.items():  # taking turns, so that the machine's drift hits both alike
                 timings.unlink(missing_ok=True)
                 wall = timed(["dvc", "exp", "run", "-S", value, "-S", "epochs=1"], project, envs[name])
-                experiments[name].append({"command": f"dvc exp run -S {value} -S epochs=1", "wall": round(wall, 3),
-                                          "train_seconds": round(last_train_seconds(project), 3),
-                                          "stages": stage_records(timings)})
-        noop = {name: [round(timed(["dvc", "repro"], project, envs[name]), 3) for _ in range(3)]
-                for name, project in projects.items()}
+                experiments[name].append(
+                    {
+                        "command": f"dvc exp run -S {value} -S epochs=1",
+                        "wall": round(wall, 3),
+                        "train_seconds": round(last_train_seconds(project), 3),
+                        "stages": stage_records(timings),
+                    }
+                )
+        noop = {
+            name: [round(timed(["dvc", "repro"], project, envs[name]), 3) for _ in range(3)]
+            for name, project in projects.items()
+        }
         unit_after = unit_seconds(env)
     return {
         "machine": machine(),
         "unit_seconds": round(statistics.median([unit, unit_after]), 3),
         "unit_seconds_before_after": [round(unit, 3), round(unit_after, 3)],
-        "trees": {name: {"yaml_parser": parsers[name], "warm_up_seconds": warm_up[name], "experiments": experiments[name],
-                         "noop_repro_seconds": noop[name]} for name in projects},
+        "trees": {
+            name: {
+                "yaml_parser": parsers[name],
+                "warm_up_seconds": warm_up[name],
+                "experiments": experiments[name],
+                "noop_repro_seconds": noop[name],
+            }
+            for name in projects
+        },
     }
 
 
@@ -109,8 +136,10 @@ def report(summary: dict) -> list[str]:
     """The figures as text lines: per tree, each experiment, then the median experiment's stages and phases."""
     unit = summary["unit_seconds"]
     before, after = summary["unit_seconds_before_after"]
-    lines = [f"{summary['machine']}; commit {summary.get('commit', '?')} ({summary.get('working_tree', '?')})",
-             f"U = {unit:.2f} s (python -c \"import torch, mlflow\", median; {before:.2f} s before and {after:.2f} s after)"]
+    lines = [
+        f"{summary['machine']}; commit {summary.get('commit', '?')} ({summary.get('working_tree', '?')})",
+        f'U = {unit:.2f} s (python -c "import torch, mlflow", median; {before:.2f} s before and {after:.2f} s after)',
+    ]
     for name, tree in summary["trees"].items():
         experiments = tree["experiments"]
         fixed = statistics.median(e["wall"] - e["train_seconds"] for e in experiments)
@@ -119,31 +148,47 @@ def report(summary: dict) -> list[str]:
         lines.append(f"{name}: fixed cost {fixed:.1f} s = {fixed / unit:.2f} U (median of {len(experiments)}{parser})")
         for e in experiments:
             cost = e["wall"] - e["train_seconds"]
-            lines.append(f"  {e['command']}: {e['wall']:.1f} s wall, {e['train_seconds']:.1f} s training, "
-                         f"fixed {cost:.1f} s = {cost / unit:.2f} U")
+            lines.append(
+                f"  {e['command']}: {e['wall']:.1f} s wall, {e['train_seconds']:.1f} s training, "
+                f"fixed {cost:.1f} s = {cost / unit:.2f} U"
+            )
         middle = sorted(experiments, key=lambda e: e["wall"] - e["train_seconds"])[len(experiments) // 2]
         stage_total = 0.0
         for record in middle["stages"]:
             stage_total += record["total"]
             phases = ", ".join(f"{phase} {seconds:.2f}" for phase, seconds in record["phases"].items())
             lines.append(f"    {record['stage']:<9} {record['total']:5.2f} s: {phases}")
-        lines.append(f"    DVC itself and the stages' exits {middle['wall'] - stage_total:5.2f} s (the command's wall time less what the stages timed)")
+        lines.append(
+            f"    DVC itself and the stages' exits {middle['wall'] - stage_total:5.2f} s (the command's wall time less what the stages timed)"
+        )
         noop = tree["noop_repro_seconds"]
-        lines.append(f"  no-op dvc repro: {statistics.median(noop):.2f} s (median of {', '.join(f'{s:.2f}' for s in noop)})")
+        lines.append(
+            f"  no-op dvc repro: {statistics.median(noop):.2f} s (median of {', '.join(f'{s:.2f}' for s in noop)})"
+        )
     return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3, choices=range(1, len(MEASURED) + 1),
-                        help="one-epoch experiments to time after the warm-up (default 3)")
-    parser.add_argument("--baseline", metavar="COMMIT", help="also time this commit's code, taking turns with the working tree's")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        choices=range(1, len(MEASURED) + 1),
+        help="one-epoch experiments to time after the warm-up (default 3)",
+    )
+    parser.add_argument(
+        "--baseline", metavar="COMMIT", help="also time this commit's code, taking turns with the working tree's"
+    )
     parser.add_argument("--out", type=Path, default=RESULT)
-    parser.add_argument("--report", action="store_true", help="only print (and with --update-docs write) the saved figures")
+    parser.add_argument(
+        "--report", action="store_true", help="only print (and with --update-docs write) the saved figures"
+    )
     parser.add_argument("--update-docs", action="store_true", help="write the figures into docs/performance.md")
     args = parser.parse_args()
-    summary = (json.loads(args.out.read_text()) if args.report
-               else {**measure(args.repeats, args.baseline), **code_version()})
+    summary = (
+        json.loads(args.out.read_text()) if args.report else {**measure(args.repeats, args.baseline), **code_version()}
+    )
     publish(summary, args.out, report(summary), MARK, save=not args.report, update_docs=args.update_docs)
 
 

@@ -59,8 +59,12 @@ def main() -> None:
             run["images_per_second"].append(round(len(train_split) / (time.perf_counter() - started)))
             run["test_accuracy"].append(history[-1].test_accuracy)
         rates = {k: run["images_per_second"][-1] for k, run in runs.items()}
-        print(f"epoch {round_}: " + ", ".join(f"{LABELS[k]} {rates[k]:,} images/s ({runs[k]['test_accuracy'][-1]:.2%})"
-                                              for k in runs) + f": {rates['auto'] / rates['torch']:.2f}x", flush=True)
+        print(
+            f"epoch {round_}: "
+            + ", ".join(f"{LABELS[k]} {rates[k]:,} images/s ({runs[k]['test_accuracy'][-1]:.2%})" for k in runs)
+            + f": {rates['auto'] / rates['torch']:.2f}x",
+            flush=True,
+        )
     ratios = [a / t for a, t in zip(runs["auto"]["images_per_second"], runs["torch"]["images_per_second"], strict=True)]
     summary = {
         "machine": f"{machine()}; {compute.threads} threads, {runs['auto']['config'].shards} shards",
@@ -74,8 +78,10 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"the project's kernels: {summary['median_ratio']:.2f}x torch's, median of {args.rounds} interleaved epochs "
-          f"({min(ratios):.2f}-{max(ratios):.2f}x)")
+    print(
+        f"the project's kernels: {summary['median_ratio']:.2f}x torch's, median of {args.rounds} interleaved epochs "
+        f"({min(ratios):.2f}-{max(ratios):.2f}x)"
+    )
 
 
 if __name__ == "__main__":

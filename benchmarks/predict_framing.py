@@ -75,8 +75,13 @@ def old_load_png(path: str | Path) -> np.ndarray:
 
 def previous_load_digit():
     """images.load_digit as it was at PREVIOUS_FRAMING, read from git into a module of its own."""
-    source = subprocess.run(["git", "show", f"{PREVIOUS_FRAMING}:src/mnist_pipeline/serving/framing.py"], cwd=REPO_ROOT,
-                            capture_output=True, text=True, check=True).stdout
+    source = subprocess.run(
+        ["git", "show", f"{PREVIOUS_FRAMING}:src/mnist_pipeline/serving/framing.py"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     folder = Path(tempfile.mkdtemp())
     (folder / "previous_images.py").write_text(source)
     spec = importlib.util.spec_from_file_location("previous_images", folder / "previous_images.py")
@@ -91,10 +96,13 @@ def mnist_pen(digits: np.ndarray) -> dict:
     for digit in digits:
         ink = digit.astype(np.float32) / 255
         rows, cols = np.flatnonzero((ink > 0.1).any(axis=1)), np.flatnonzero((ink > 0.1).any(axis=0))
-        pens.append(pen_width(ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]))
+        pens.append(pen_width(ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]))
     percentiles = np.percentile(pens, [5, 25, 50, 75, 95])
-    return {"digits": len(pens), "median": round(float(percentiles[2]), 3),
-            "percentiles_5_25_50_75_95": [round(float(p), 3) for p in percentiles]}
+    return {
+        "digits": len(pens),
+        "median": round(float(percentiles[2]), 3),
+        "percentiles_5_25_50_75_95": [round(float(p), 3) for p in percentiles],
+    }
 
 
 def canvas_pen() -> dict:
@@ -113,7 +121,7 @@ def canvas_pen() -> dict:
                     draw.ellipse([x - width / 2, y - width / 2, x + width / 2, y + width / 2], fill=255)
             ink = np.asarray(canvas, dtype=np.float32) / 255
             rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
-            pens.append(pen_width(ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]))
+            pens.append(pen_width(ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]))
         measured[width] = round(float(np.mean(pens)), 3)
     chosen = min(measured, key=lambda width: abs(measured[width] - MNIST_PEN))
     return {"canvas_side": CANVAS_SIDE, "mnist_pen": MNIST_PEN, "pen_by_width": measured, "chosen_width": chosen}
@@ -132,8 +140,16 @@ def frame_all(paths: list[Path], loader) -> tuple[np.ndarray, list[str], float]:
     return np.stack(framed), errors, time.perf_counter() - started
 
 
-def save_figure(figure_path: Path, items, originals: np.ndarray, old: np.ndarray, new: np.ndarray,
-                old_predictions: np.ndarray, new_predictions: np.ndarray, shown: int = 8) -> None:
+def save_figure(
+    figure_path: Path,
+    items,
+    originals: np.ndarray,
+    old: np.ndarray,
+    new: np.ndarray,
+    old_predictions: np.ndarray,
+    new_predictions: np.ndarray,
+    shown: int = 8,
+) -> None:
     """A grid: the image as given, what the model saw before (old framing), after, and MNIST's own framing."""
     import matplotlib
 
@@ -160,9 +176,14 @@ def save_figure(figure_path: Path, items, originals: np.ndarray, old: np.ndarray
             given = Image.alpha_composite(backdrop, given)
         axes[0, column].imshow(given.convert("RGB"))
         axes[0, column].set_title(f"{given.width}x{given.height}\n{', '.join(item.kinds) or 'plain'}", fontsize=7)
-        for row, (pixels, label) in enumerate(((old[number], f"-> {old_predictions[number]}"),
-                                               (new[number], f"-> {new_predictions[number]}"),
-                                               (originals[number], f"label {item.label}")), start=1):
+        for row, (pixels, label) in enumerate(
+            (
+                (old[number], f"-> {old_predictions[number]}"),
+                (new[number], f"-> {new_predictions[number]}"),
+                (originals[number], f"label {item.label}"),
+            ),
+            start=1,
+        ):
             axes[row, column].imshow(pixels, cmap="gray", vmin=0, vmax=255)
             axes[row, column].set_title(label, fontsize=8)
     for row, title in enumerate(titles):
@@ -176,20 +197,38 @@ def save_figure(figure_path: Path, items, originals: np.ndarray, old: np.ndarray
     plt.close(figure)
 
 
-FONT_STYLES = {"sans": ("DejaVuSans", "DejaVuSans-Bold", "DejaVuSans-Oblique", "DejaVuSans-BoldOblique", "cmss10"),
-               "mono": ("DejaVuSansMono", "DejaVuSansMono-Bold", "DejaVuSansMono-Oblique", "DejaVuSansMono-BoldOblique",
-                        "cmtt10"),
-               "serif": ("DejaVuSerif", "DejaVuSerif-Bold", "DejaVuSerif-Italic", "DejaVuSerif-BoldItalic", "STIXGeneral",
-                         "STIXGeneralBol", "STIXGeneralItalic", "STIXGeneralBolIta", "cmr10", "cmb10", "cmti10")}
+FONT_STYLES = {
+    "sans": ("DejaVuSans", "DejaVuSans-Bold", "DejaVuSans-Oblique", "DejaVuSans-BoldOblique", "cmss10"),
+    "mono": ("DejaVuSansMono", "DejaVuSansMono-Bold", "DejaVuSansMono-Oblique", "DejaVuSansMono-BoldOblique", "cmtt10"),
+    "serif": (
+        "DejaVuSerif",
+        "DejaVuSerif-Bold",
+        "DejaVuSerif-Italic",
+        "DejaVuSerif-BoldItalic",
+        "STIXGeneral",
+        "STIXGeneralBol",
+        "STIXGeneralItalic",
+        "STIXGeneralBolIta",
+        "cmr10",
+        "cmb10",
+        "cmti10",
+    ),
+}
 STROKE_BINS = ((0, 0.06), (0.06, 0.1), (0.1, 0.15), (0.15, 0.2), (0.2, 1))  # drawn stroke / glyph height
 
 
 def accuracy_rows(groups: dict, truth: np.ndarray, predictions: dict) -> dict:
     """{group: {"images": n, "accuracy_<framing>": ...}} for index arrays `groups` and predictions by framing."""
-    return {name: {"images": int(len(numbers)),
-                   **{f"accuracy_{framing}": float((predicted[numbers] == truth[numbers]).mean()) if len(numbers) else None
-                      for framing, predicted in predictions.items()}}
-            for name, numbers in groups.items()}
+    return {
+        name: {
+            "images": int(len(numbers)),
+            **{
+                f"accuracy_{framing}": float((predicted[numbers] == truth[numbers]).mean()) if len(numbers) else None
+                for framing, predicted in predictions.items()
+            },
+        }
+        for name, numbers in groups.items()
+    }
 
 
 def measure_fonts(args, previous) -> dict:
@@ -202,8 +241,10 @@ def measure_fonts(args, previous) -> dict:
         before, before_errors, before_s = frame_all(paths, previous)
         after, after_errors, after_s = frame_all(paths, load_digit)
     truth = np.array([item.label for item in items])
-    predictions = {"previous": probabilities_from_checkpoint(before, args.checkpoint).argmax(axis=1),
-                   "after": probabilities_from_checkpoint(after, args.checkpoint).argmax(axis=1)}
+    predictions = {
+        "previous": probabilities_from_checkpoint(before, args.checkpoint).argmax(axis=1),
+        "after": probabilities_from_checkpoint(after, args.checkpoint).argmax(axis=1),
+    }
     style_of = {font: style for style, fonts in FONT_STYLES.items() for font in fonts}
     styles = np.array([style_of[item.font] for item in items])
     weights = np.array([item.weight for item in items])
@@ -214,19 +255,38 @@ def measure_fonts(args, previous) -> dict:
     for number in wrong:
         confusions[f"{truth[number]} read as {predictions['after'][number]}"] += 1
     return {
-        "images": len(items), "seed": args.font_seed, "fonts": len(set(fonts)),
+        "images": len(items),
+        "seed": args.font_seed,
+        "fonts": len(set(fonts)),
         "accuracy_previous": float((predictions["previous"] == truth).mean()),
         "accuracy_after": float((predictions["after"] == truth).mean()),
-        "refused_previous": before_errors, "refused_after": after_errors,
-        "by_style": accuracy_rows({style: np.flatnonzero(styles == style) for style in FONT_STYLES}, truth, predictions),
-        "sans_and_mono": accuracy_rows({"sans and mono": np.flatnonzero(styles != "serif")}, truth, predictions)["sans and mono"],
-        "by_weight": accuracy_rows({weight: np.flatnonzero(weights == weight)
-                                    for weight in ("designed", "thinned", "thickened")}, truth, predictions),
-        "by_stroke": accuracy_rows({f"[{low}, {high})": np.flatnonzero((strokes >= low) & (strokes < high))
-                                    for low, high in STROKE_BINS}, truth, predictions),
-        "by_font": accuracy_rows({font: np.flatnonzero(fonts == font) for font in sorted(set(fonts))}, truth, predictions),
+        "refused_previous": before_errors,
+        "refused_after": after_errors,
+        "by_style": accuracy_rows(
+            {style: np.flatnonzero(styles == style) for style in FONT_STYLES}, truth, predictions
+        ),
+        "sans_and_mono": accuracy_rows({"sans and mono": np.flatnonzero(styles != "serif")}, truth, predictions)[
+            "sans and mono"
+        ],
+        "by_weight": accuracy_rows(
+            {weight: np.flatnonzero(weights == weight) for weight in ("designed", "thinned", "thickened")},
+            truth,
+            predictions,
+        ),
+        "by_stroke": accuracy_rows(
+            {f"[{low}, {high})": np.flatnonzero((strokes >= low) & (strokes < high)) for low, high in STROKE_BINS},
+            truth,
+            predictions,
+        ),
+        "by_font": accuracy_rows(
+            {font: np.flatnonzero(fonts == font) for font in sorted(set(fonts))}, truth, predictions
+        ),
         "confusions_after": dict(sorted(confusions.items(), key=lambda item: -item[1])[:10]),
-        "seconds": {"write_images": round(written_s, 1), "frame_previous": round(before_s, 1), "frame_after": round(after_s, 1)},
+        "seconds": {
+            "write_images": round(written_s, 1),
+            "frame_previous": round(before_s, 1),
+            "frame_after": round(after_s, 1),
+        },
     }
 
 
@@ -242,7 +302,7 @@ def clean_glyphs(args, previous) -> dict:
             for digit in range(10):
                 ink = render_glyph(font_file, digit)[0]
                 canvas = np.full((ink.shape[0] + 80, ink.shape[1] + 80), 255, dtype=np.uint8)
-                canvas[40:40 + ink.shape[0], 40:40 + ink.shape[1]] = 255 - ink
+                canvas[40 : 40 + ink.shape[0], 40 : 40 + ink.shape[1]] = 255 - ink
                 path = Path(folder) / f"{Path(font_file).stem}_{digit}.png"
                 Image.fromarray(canvas).save(path)
                 images.append(path)
@@ -253,10 +313,15 @@ def clean_glyphs(args, previous) -> dict:
         for framing, loader in (("previous", previous), ("after", load_digit)):
             framed, _, _ = frame_all(images, loader)
             found[framing] = probabilities_from_checkpoint(framed, args.checkpoint).argmax(axis=1)
-    return {"images": len(images),
-            **{f"accuracy_{framing}": float((predicted == truth).mean()) for framing, predicted in found.items()},
-            "misread_after": [f"{name} read as {predicted}" for name, predicted, digit
-                              in zip(names, found["after"], truth) if predicted != digit]}
+    return {
+        "images": len(images),
+        **{f"accuracy_{framing}": float((predicted == truth).mean()) for framing, predicted in found.items()},
+        "misread_after": [
+            f"{name} read as {predicted}"
+            for name, predicted, digit in zip(names, found["after"], truth)
+            if predicted != digit
+        ],
+    }
 
 
 def main() -> None:
@@ -311,56 +376,82 @@ def main() -> None:
         "agreement_after_with_mnist_framing": float((new_predictions == ceiling_predictions).mean()),
         "refused_previous": before_errors,
         "refused_after": new_errors,
-        "by_kind": {kind: {"images": len(numbers),
-                           "accuracy_before": float((old_predictions[numbers] == truth[numbers]).mean()),
-                           "accuracy_previous": float((previous_predictions[numbers] == truth[numbers]).mean()),
-                           "accuracy_after": float((new_predictions[numbers] == truth[numbers]).mean()),
-                           "accuracy_on_mnist_framing": float((ceiling_predictions[numbers] == truth[numbers]).mean())}
-                    for kind, numbers in sorted(by_kind.items())},
-        "by_turn": {turn: {"images": len(numbers),
-                           "accuracy_after": float((new_predictions[numbers] == truth[numbers]).mean()),
-                           "accuracy_on_mnist_framing": float((ceiling_predictions[numbers] == truth[numbers]).mean())}
-                    for turn, numbers in by_turn.items()},
+        "by_kind": {
+            kind: {
+                "images": len(numbers),
+                "accuracy_before": float((old_predictions[numbers] == truth[numbers]).mean()),
+                "accuracy_previous": float((previous_predictions[numbers] == truth[numbers]).mean()),
+                "accuracy_after": float((new_predictions[numbers] == truth[numbers]).mean()),
+                "accuracy_on_mnist_framing": float((ceiling_predictions[numbers] == truth[numbers]).mean()),
+            }
+            for kind, numbers in sorted(by_kind.items())
+        },
+        "by_turn": {
+            turn: {
+                "images": len(numbers),
+                "accuracy_after": float((new_predictions[numbers] == truth[numbers]).mean()),
+                "accuracy_on_mnist_framing": float((ceiling_predictions[numbers] == truth[numbers]).mean()),
+            }
+            for turn, numbers in by_turn.items()
+        },
         "fonts": fonts,
         "mnist_pen": mnist_pen(raw_images(args.data, train=True)),
         "canvas_pen": canvas_pen(),
-        "seconds": {"write_images": round(written_s, 1), "frame_before": round(old_s, 1),
-                    "frame_previous": round(before_s, 1), "frame_after": round(new_s, 1)},
+        "seconds": {
+            "write_images": round(written_s, 1),
+            "frame_before": round(old_s, 1),
+            "frame_previous": round(before_s, 1),
+            "frame_after": round(new_s, 1),
+        },
         "command": "benchmarks/predict_framing.py " + " ".join(sys.argv[1:]),
     }
     print(f"{len(items)} handwritten images (MNIST redrawn, seed {args.seed}), checkpoint {args.checkpoint}")
     print(f"accuracy, whole image resized, mean-inverted:  {result['accuracy_before']:.2%}")
     print(f"accuracy, images.py at {PREVIOUS_FRAMING}:             {result['accuracy_previous']:.2%}")
     print(f"accuracy, images.load_digit now:               {result['accuracy_after']:.2%}")
-    print(f"the same digits as MNIST frames them:          {result['accuracy_on_mnist_framing']:.2%}"
-          f" (now agrees with it on {result['agreement_after_with_mnist_framing']:.2%})")
+    print(
+        f"the same digits as MNIST frames them:          {result['accuracy_on_mnist_framing']:.2%}"
+        f" (now agrees with it on {result['agreement_after_with_mnist_framing']:.2%})"
+    )
     for kind, row in result["by_kind"].items():
         if not row["images"]:  # a kind the sample drew none of (a small --count)
             continue
-        print(f"  {kind:9s} {row['images']:5d} images: {row['accuracy_before']:7.2%} -> {row['accuracy_previous']:7.2%}"
-              f" -> {row['accuracy_after']:7.2%} (MNIST's framing: {row['accuracy_on_mnist_framing']:.2%})")
+        print(
+            f"  {kind:9s} {row['images']:5d} images: {row['accuracy_before']:7.2%} -> {row['accuracy_previous']:7.2%}"
+            f" -> {row['accuracy_after']:7.2%} (MNIST's framing: {row['accuracy_on_mnist_framing']:.2%})"
+        )
     for turn, row in result["by_turn"].items():
         if not row["images"]:
             continue
-        print(f"  turned {turn:16s} {row['images']:5d} images: now {row['accuracy_after']:7.2%}"
-              f" (MNIST's framing: {row['accuracy_on_mnist_framing']:.2%})")
-    print(f"{fonts['images']} printed images ({fonts['fonts']} fonts, seed {fonts['seed']}): "
-          f"{fonts['accuracy_previous']:.2%} at {PREVIOUS_FRAMING} -> {fonts['accuracy_after']:.2%} now; "
-          f"refused {len(fonts['refused_previous'])} -> {len(fonts['refused_after'])}")
+        print(
+            f"  turned {turn:16s} {row['images']:5d} images: now {row['accuracy_after']:7.2%}"
+            f" (MNIST's framing: {row['accuracy_on_mnist_framing']:.2%})"
+        )
+    print(
+        f"{fonts['images']} printed images ({fonts['fonts']} fonts, seed {fonts['seed']}): "
+        f"{fonts['accuracy_previous']:.2%} at {PREVIOUS_FRAMING} -> {fonts['accuracy_after']:.2%} now; "
+        f"refused {len(fonts['refused_previous'])} -> {len(fonts['refused_after'])}"
+    )
     for group in ("by_style", "by_weight", "by_stroke"):
         for name, row in fonts[group].items():
             if not row["images"]:
                 continue
-            print(f"  {name:12s} {row['images']:5d} images: {row['accuracy_previous']:7.2%} -> {row['accuracy_after']:7.2%}")
+            print(
+                f"  {name:12s} {row['images']:5d} images: {row['accuracy_previous']:7.2%} -> {row['accuracy_after']:7.2%}"
+            )
     row = fonts["sans_and_mono"]
     print(f"  sans and mono {row['images']:4d} images: {row['accuracy_previous']:7.2%} -> {row['accuracy_after']:7.2%}")
     print(f"  commonest misreadings now: {fonts['confusions_after']}")
     clean = fonts["clean_glyphs"]
-    print(f"  the {clean['images']} glyphs clean, designed weight: {clean['accuracy_previous']:.2%} -> "
-          f"{clean['accuracy_after']:.2%}; misread now: {clean['misread_after']}")
+    print(
+        f"  the {clean['images']} glyphs clean, designed weight: {clean['accuracy_previous']:.2%} -> "
+        f"{clean['accuracy_after']:.2%}; misread now: {clean['misread_after']}"
+    )
     print(f"MNIST's pen (training digits): {result['mnist_pen']}")
-    print(f"canvas pen: {result['canvas_pen']['chosen_width']} px on {CANVAS_SIDE} px draws MNIST's pen "
-          f"({result['canvas_pen']['pen_by_width']})")
+    print(
+        f"canvas pen: {result['canvas_pen']['chosen_width']} px on {CANVAS_SIDE} px draws MNIST's pen "
+        f"({result['canvas_pen']['pen_by_width']})"
+    )
     if new_errors:
         print(f"refused now: {len(new_errors)}: {new_errors[:3]}")
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)

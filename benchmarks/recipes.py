@@ -102,24 +102,38 @@ def run_recipe(params: dict[str, Any], seed: int) -> dict[str, Any]:
     config = parse_config(merged(params, {"seed": seed}))
     device = resolve_device(config.train.device)
     if config.train.nproc != 1:  # `auto` may mean several processes in the train stage; this trains in one
-        sys.exit(f"error: recipes.py trains in one process; give the recipe `-S nproc=1` (it has nproc: {config.train.nproc})")
+        sys.exit(
+            f"error: recipes.py trains in one process; give the recipe `-S nproc=1` (it has nproc: {config.train.nproc})"
+        )
     compute = compute_for(config.train, device)  # as the train stage trains: in shards, on its threads
     data_dir = REPO_ROOT / config.data.dir
     train_split = load_split(data_dir, True, config.data.mean, config.data.std, config.data.max_train_images).to(device)
     test_split = load_split(data_dir, False, config.data.mean, config.data.std, config.data.max_test_images).to(device)
     setup = prepare(config.train, device, len(train_split))
     started = time.perf_counter()
-    history = train(setup, train_split, test_split, config.train, compute=compute,
-                    augmentation=Augmentation(config.augment, blank_value(config.data.mean, config.data.std)))
+    history = train(
+        setup,
+        train_split,
+        test_split,
+        config.train,
+        compute=compute,
+        augmentation=Augmentation(config.augment, blank_value(config.data.mean, config.data.std)),
+    )
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return {"seed": seed, "test_accuracy": history[-1].test_accuracy, "train_seconds": time.perf_counter() - started,
-            "device": str(device)}
+    return {
+        "seed": seed,
+        "test_accuracy": history[-1].test_accuracy,
+        "train_seconds": time.perf_counter() - started,
+        "device": str(device),
+    }
 
 
 def table(results: dict[str, Any]) -> str:
-    lines = ["| recipe | params (over params.yaml) | test accuracy, mean ± sd (min–max) | training time, mean (max) | seeds | machine |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| recipe | params (over params.yaml) | test accuracy, mean ± sd (min–max) | training time, mean (max) | seeds | machine |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for name, result in results.items():
         accuracies = [r["test_accuracy"] * 100 for r in result["runs"]]
         seconds = [r["train_seconds"] for r in result["runs"]]
@@ -127,7 +141,8 @@ def table(results: dict[str, Any]) -> str:
         lines.append(
             f"| **{name}** | `{' '.join(result['assignments'])}` | {statistics.mean(accuracies):.2f}% ± {spread:.2f} "
             f"({min(accuracies):.2f}–{max(accuracies):.2f}) | {statistics.mean(seconds):.1f} s ({max(seconds):.1f} s) | "
-            f"{', '.join(str(r['seed']) for r in result['runs'])} | {result['machine']} |")
+            f"{', '.join(str(r['seed']) for r in result['runs'])} | {result['machine']} |"
+        )
     return "\n".join(lines)
 
 
@@ -156,7 +171,10 @@ def main() -> None:
         runs = {run["seed"]: run for run in previous.get("runs", [])} if same else {}
         for seed in args.seeds:
             runs[seed] = run_recipe(merged(base, recipe_params(recipes[name])), seed)
-            print(f"{name} seed {seed}: {runs[seed]['test_accuracy']:.2%} in {runs[seed]['train_seconds']:.1f} s", flush=True)
+            print(
+                f"{name} seed {seed}: {runs[seed]['test_accuracy']:.2%} in {runs[seed]['train_seconds']:.1f} s",
+                flush=True,
+            )
         results[name] = {"assignments": recipes[name], "runs": [runs[s] for s in sorted(runs)], "machine": machine()}
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2) + "\n")

@@ -37,7 +37,9 @@ DOC = REPO_ROOT / "docs" / "search.md"
 MARK = "<!-- search-results -->"
 LRS, MOMENTA = (0.003, 0.01, 0.03, 0.1), (0.5, 0.9)
 GRID = f"lr: {{grid: {list(LRS)}}}\nmomentum: {{grid: {list(MOMENTA)}}}\n"
-RANGES = f"lr: {{low: {min(LRS)}, high: {max(LRS)}, log: true}}\nmomentum: {{low: {min(MOMENTA)}, high: {max(MOMENTA)}}}\n"
+RANGES = (
+    f"lr: {{low: {min(LRS)}, high: {max(LRS)}, log: true}}\nmomentum: {{low: {min(MOMENTA)}, high: {max(MOMENTA)}}}\n"
+)
 TRIALS = len(LRS) * len(MOMENTA)
 FIXED = ["-S", "epochs=1"]
 
@@ -49,8 +51,12 @@ def workers(project: Path, study: str, space: str, count: int, seed: int | None 
     command = [sys.executable, "search.py", "--study", study, "--trials", str(each), *FIXED]
     command += ["--seed", str(seed)] if seed is not None else []
     started = time.perf_counter()
-    running = [subprocess.Popen(command, cwd=project, env=environment(), stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True) for _ in range(count)]
+    running = [
+        subprocess.Popen(
+            command, cwd=project, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for _ in range(count)
+    ]
     outputs = [process.communicate()[0] for process in running]
     wall = time.perf_counter() - started
     if any(process.returncode for process in running):
@@ -65,23 +71,37 @@ def best(project: Path, study: str) -> dict:
     found = optuna.load_study(study_name=study, storage=f"sqlite:///{project / 'search.db'}")
     trials = [t for t in found.trials if t.state == optuna.trial.TrialState.COMPLETE]
     top = found.best_trial
-    return {"trials": len(trials), "val_accuracy": top.value, "test_accuracy": top.user_attrs.get("test_accuracy"),
-            "params": top.params}
+    return {
+        "trials": len(trials),
+        "val_accuracy": top.value,
+        "test_accuracy": top.user_attrs.get("test_accuracy"),
+        "params": top.params,
+    }
 
 
 def measure() -> dict:
     with tempfile.TemporaryDirectory(prefix="search-bench-") as tmp:
         projects = {name: copy_repository(Path(tmp) / name) for name in ("one", "two", "tpe")}
         for project in projects.values():  # the data, once per copy, before any clock starts
-            subprocess.run(["dvc", "repro", "download"], cwd=project, env=environment(), check=True,
-                           capture_output=True)
+            subprocess.run(
+                ["dvc", "repro", "download"], cwd=project, env=environment(), check=True, capture_output=True
+            )
         one = workers(projects["one"], "grid", GRID, 1)
         two = workers(projects["two"], "grid", GRID, 2)
         tpe = workers(projects["tpe"], "tpe", RANGES, 1, seed=1)
-        return {"machine": machine(), "trials": TRIALS, "fixed": " ".join(FIXED),
-                "wall_seconds": {"one_worker": round(one, 1), "two_workers": round(two, 1), "tpe_one_worker": round(tpe, 1)},
-                "grid": best(projects["one"], "grid"), "grid_two_workers": best(projects["two"], "grid"),
-                "tpe": best(projects["tpe"], "tpe")}
+        return {
+            "machine": machine(),
+            "trials": TRIALS,
+            "fixed": " ".join(FIXED),
+            "wall_seconds": {
+                "one_worker": round(one, 1),
+                "two_workers": round(two, 1),
+                "tpe_one_worker": round(tpe, 1),
+            },
+            "grid": best(projects["one"], "grid"),
+            "grid_two_workers": best(projects["two"], "grid"),
+            "tpe": best(projects["tpe"], "tpe"),
+        }
 
 
 def report(summary: dict) -> list[str]:
@@ -101,7 +121,9 @@ def report(summary: dict) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=RESULT)
-    parser.add_argument("--report", action="store_true", help="only print (and with --update-docs write) the saved figures")
+    parser.add_argument(
+        "--report", action="store_true", help="only print (and with --update-docs write) the saved figures"
+    )
     parser.add_argument("--update-docs", action="store_true", help="write the figures into docs/search.md")
     args = parser.parse_args()
     summary = json.loads(args.out.read_text()) if args.report else {**measure(), **code_version()}

@@ -52,7 +52,9 @@ def images(data: Path) -> dict[str, bytes]:
     small = io.BytesIO()
     Image.fromarray(digit).save(small, format="PNG")
     rows, cols = np.flatnonzero(digit.any(axis=1)), np.flatnonzero(digit.any(axis=0))
-    ink = Image.fromarray(digit[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]).resize((700, 1100), Image.Resampling.BICUBIC)
+    ink = Image.fromarray(digit[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]).resize(
+        (700, 1100), Image.Resampling.BICUBIC
+    )
     paper = np.full((2000, 2000), 215.0)
     paper[450:1550, 600:1300] -= np.asarray(ink, dtype=np.float64) * 0.75
     paper += np.random.default_rng(0).normal(0, 4, paper.shape)
@@ -63,8 +65,14 @@ def images(data: Path) -> dict[str, bytes]:
 
 def form(data: bytes, name: str) -> tuple[bytes, str]:
     boundary = uuid.uuid4().hex
-    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
-            "Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     return body, f"multipart/form-data; boundary={boundary}"
 
 
@@ -78,8 +86,9 @@ def free_port() -> int:
 
 def code_at(revision: str, folder: Path) -> Path:
     """The server's code (src/ and predict.py) at git `revision`, written into `folder`."""
-    archive = subprocess.run(["git", "archive", revision, "src", "predict.py"], cwd=REPO_ROOT, capture_output=True,
-                             check=True).stdout
+    archive = subprocess.run(
+        ["git", "archive", revision, "src", "predict.py"], cwd=REPO_ROOT, capture_output=True, check=True
+    ).stdout
     folder.mkdir(parents=True)
     subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
     return folder
@@ -90,9 +99,14 @@ def start(arguments: list[str], code: Path = REPO_ROOT) -> tuple[subprocess.Pope
     checkpoint) on a free port; (process, port) once it answers."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(code / "src")}
-    process = subprocess.Popen([sys.executable, str(code / "predict.py"), "--serve", "--port", str(port), *arguments],
-                               cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, str(code / "predict.py"), "--serve", "--port", str(port), *arguments],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 180
     while True:
         try:
@@ -102,7 +116,9 @@ def start(arguments: list[str], code: Path = REPO_ROOT) -> tuple[subprocess.Pope
             return process, port
         except OSError:
             if process.poll() is not None:
-                sys.exit(f"error: predict.py --serve {' '.join(arguments)} exited: {process.stderr.read().decode()[-2000:]}")
+                sys.exit(
+                    f"error: predict.py --serve {' '.join(arguments)} exited: {process.stderr.read().decode()[-2000:]}"
+                )
             if time.monotonic() > deadline:
                 process.kill()
                 sys.exit("error: the server did not answer within 3 minutes")
@@ -136,8 +152,12 @@ def timed_requests(port: int, data: bytes, name: str, count: int, warmup: int) -
 
 def summary(seconds: list[float]) -> dict:
     milliseconds = np.array(seconds) * 1000
-    return {"requests": len(seconds), "answers_per_second": round(len(seconds) / sum(seconds), 1),
-            "median_ms": round(float(np.median(milliseconds)), 2), "p99_ms": round(float(np.percentile(milliseconds, 99)), 2)}
+    return {
+        "requests": len(seconds),
+        "answers_per_second": round(len(seconds) / sum(seconds), 1),
+        "median_ms": round(float(np.median(milliseconds)), 2),
+        "p99_ms": round(float(np.percentile(milliseconds, 99)), 2),
+    }
 
 
 def answer_ms_by_torch_threads(checkpoint: str, data: bytes, repeats: int = 200) -> dict:
@@ -161,8 +181,10 @@ def answer_ms_by_torch_threads(checkpoint: str, data: bytes, repeats: int = 200)
                     if number >= 10:
                         seconds.append(time.perf_counter() - started)
                 label = f"{beside}, {threads} thread{'s' if threads > 1 else ''}"
-                medians[label] = {"median_ms": round(float(np.median(seconds)) * 1000, 2),
-                                  "p99_ms": round(float(np.percentile(seconds, 99)) * 1000, 2)}
+                medians[label] = {
+                    "median_ms": round(float(np.median(seconds)) * 1000, 2),
+                    "p99_ms": round(float(np.percentile(seconds, 99)) * 1000, 2),
+                }
         finally:
             if busy:
                 busy.kill()
@@ -194,8 +216,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="serve-benchmark-") as scratch:
         today = "today" if args.before else None
         # Halves of each count, in the order REV, today, today, REV: a drift in the machine's load falls on both.
-        codes = ([(args.before, code_at(args.before, Path(scratch) / "before")), (today, REPO_ROOT), (today, REPO_ROOT),
-                  (args.before, Path(scratch) / "before")] if args.before else [(None, REPO_ROOT)])
+        codes = (
+            [
+                (args.before, code_at(args.before, Path(scratch) / "before")),
+                (today, REPO_ROOT),
+                (today, REPO_ROOT),
+                (args.before, Path(scratch) / "before"),
+            ]
+            if args.before
+            else [(None, REPO_ROOT)]
+        )
         share = len(codes) // (2 if args.before else 1)
         for model, arguments in (("champion (MLflow model)", []), ("checkpoint", ["--checkpoint", args.checkpoint])):
             for label, code in codes:
@@ -208,30 +238,42 @@ def main() -> None:
                 finally:
                     process.terminate()
                     process.wait(timeout=30)
-    results = {label: {model: {name: summary(timed) for name, timed in rows.items()} for model, rows in models.items()}
-               for label, models in seconds.items()}
+    results = {
+        label: {model: {name: summary(timed) for name, timed in rows.items()} for model, rows in models.items()}
+        for label, models in seconds.items()
+    }
     by_threads = answer_ms_by_torch_threads(str(REPO_ROOT / args.checkpoint), requests["28x28 PNG"])
     load_after = load_average()
     print(f"load average after: {load_after:.2f}")
-    summary_json = {"machine": machine(), "cpu_count": os.cpu_count(), **code_version(),
-                    "load_average_1min": {"before": load_before, "after": load_after},
-                    "image_bytes": {name: len(data) for name, data in requests.items()},
-                    "goal": f"median <= {GOAL_MS} ms for the 28x28 PNG on 2 cores",
-                    "results": results if args.before else results[""],
-                    "answer_ms_by_torch_threads": by_threads,
-                    "command": "benchmarks/serve.py " + " ".join(sys.argv[1:])}
+    summary_json = {
+        "machine": machine(),
+        "cpu_count": os.cpu_count(),
+        **code_version(),
+        "load_average_1min": {"before": load_before, "after": load_after},
+        "image_bytes": {name: len(data) for name, data in requests.items()},
+        "goal": f"median <= {GOAL_MS} ms for the 28x28 PNG on 2 cores",
+        "results": results if args.before else results[""],
+        "answer_ms_by_torch_threads": by_threads,
+        "command": "benchmarks/serve.py " + " ".join(sys.argv[1:]),
+    }
     lines = [f"POST /predict, one client, one request at a time: {machine()}"]
     for label, models in results.items():
         for model, rows in models.items():
             for name, row in rows.items():
                 code = f"{label:8s} " if args.before else ""
-                lines.append(f"{code}{model:24s} {name:15s} {row['answers_per_second']:7.1f} answers/s   median "
-                             f"{row['median_ms']:7.2f} ms   p99 {row['p99_ms']:7.2f} ms   ({row['requests']} requests)")
+                lines.append(
+                    f"{code}{model:24s} {name:15s} {row['answers_per_second']:7.1f} answers/s   median "
+                    f"{row['median_ms']:7.2f} ms   p99 {row['p99_ms']:7.2f} ms   ({row['requests']} requests)"
+                )
     lines.append("framing and the checkpoint's model for the 28x28 PNG in one process, by torch threads:")
-    lines += [f"  {label:32s} median {row['median_ms']:5.2f} ms   p99 {row['p99_ms']:5.2f} ms"
-              for label, row in by_threads.items()]
-    lines.append(f"(load average {load_before:.2f} before, {load_after:.2f} after; images "
-                 f"{len(requests['28x28 PNG'])} and {len(requests['2000x2000 JPEG'])} bytes)")
+    lines += [
+        f"  {label:32s} median {row['median_ms']:5.2f} ms   p99 {row['p99_ms']:5.2f} ms"
+        for label, row in by_threads.items()
+    ]
+    lines.append(
+        f"(load average {load_before:.2f} before, {load_after:.2f} after; images "
+        f"{len(requests['28x28 PNG'])} and {len(requests['2000x2000 JPEG'])} bytes)"
+    )
     publish(summary_json, RESULT, lines, MARK, save=True, update_docs=args.update_docs, doc=DOC)
 
 

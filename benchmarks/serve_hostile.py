@@ -42,8 +42,14 @@ GOAL_MB, GOAL_SECONDS = 400, 2.0
 
 def form(data: bytes, name: str) -> tuple[bytes, str]:
     boundary = uuid.uuid4().hex
-    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
-            "Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     return body, f"multipart/form-data; boundary={boundary}"
 
 
@@ -59,9 +65,14 @@ def start(checkpoint: str) -> tuple[subprocess.Popen, int]:
     """predict.py --serve --checkpoint, started in the repository on a free port; (process, port) once it answers."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")}
-    process = subprocess.Popen([sys.executable, "predict.py", "--serve", "--checkpoint", checkpoint, "--port", str(port)],
-                               cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "predict.py", "--serve", "--checkpoint", checkpoint, "--port", str(port)],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 180
     while True:
         try:
@@ -97,7 +108,9 @@ def post(port: int, body: bytes, content_type: str) -> tuple[int, str, float]:
 
 def post_as_urllib(port: int, body: bytes, content_type: str) -> tuple[int, str, float]:
     """POST as Python's urllib does: the whole body at once, "Connection: close", no wait for 100 Continue."""
-    upload = urllib.request.Request(f"http://127.0.0.1:{port}/predict", data=body, headers={"Content-Type": content_type})
+    upload = urllib.request.Request(
+        f"http://127.0.0.1:{port}/predict", data=body, headers={"Content-Type": content_type}
+    )
     started = time.perf_counter()
     try:
         with urllib.request.urlopen(upload, timeout=60) as response:
@@ -196,30 +209,51 @@ def main() -> None:
             row = measured(memory, idle, lambda: [post(port, *form(data, hostile.name))])
             rows[hostile.name] = {"why": hostile.why, "bytes": len(data), "expected": hostile.status, **row}
         parts = (many_parts_body(), "multipart/form-data; boundary=b")
-        rows["400,000 empty form fields"] = {"why": "a 5 MB body of empty parts", "bytes": len(parts[0]),
-                                              "expected": 400, **measured(memory, idle, lambda: [post(port, *parts)])}
-        twenty = form(bytes(20 * 2 ** 20), "photo.jpg")
-        rows["20 MB, as urllib sends it"] = {"why": "no wait for 100 Continue, Connection: close", "bytes": len(twenty[0]),
-                                             "expected": 413,
-                                             **measured(memory, idle, lambda: [post_as_urllib(port, *twenty)])}
+        rows["400,000 empty form fields"] = {
+            "why": "a 5 MB body of empty parts",
+            "bytes": len(parts[0]),
+            "expected": 400,
+            **measured(memory, idle, lambda: [post(port, *parts)]),
+        }
+        twenty = form(bytes(20 * 2**20), "photo.jpg")
+        rows["20 MB, as urllib sends it"] = {
+            "why": "no wait for 100 Continue, Connection: close",
+            "bytes": len(twenty[0]),
+            "expected": 413,
+            **measured(memory, idle, lambda: [post_as_urllib(port, *twenty)]),
+        }
         costly = [form(data, hostile.name) for hostile, data in files if hostile.status == 422]
         rows[f"{len(costly)} largest accepted at once"] = {
-            "why": "the 16 Mpx files above, together", "bytes": sum(len(body) for body, _ in costly),
-            "expected": "422 or 503", **measured(memory, idle, lambda: burst(port, costly))}
+            "why": "the 16 Mpx files above, together",
+            "bytes": sum(len(body) for body, _ in costly),
+            "expected": "422 or 503",
+            **measured(memory, idle, lambda: burst(port, costly)),
+        }
         twice = costly + costly
         rows[f"{len(twice)} largest accepted at once"] = {
-            "why": "the 16 Mpx files above, twice, together", "bytes": sum(len(body) for body, _ in twice),
-            "expected": "422 or 503", **measured(memory, idle, lambda: burst(port, twice))}
+            "why": "the 16 Mpx files above, twice, together",
+            "bytes": sum(len(body) for body, _ in twice),
+            "expected": "422 or 503",
+            **measured(memory, idle, lambda: burst(port, twice)),
+        }
         noisy = form(noisy_png(), "noisy-4000.png")
         rows["8 x a 5 MB 16 Mpx PNG at once"] = {
-            "why": "the largest body and image accepted, as many as are held at once", "bytes": len(noisy[0]) * 8,
-            "expected": "any, or 503", **measured(memory, idle, lambda: burst(port, [noisy] * 8))}
+            "why": "the largest body and image accepted, as many as are held at once",
+            "bytes": len(noisy[0]) * 8,
+            "expected": "any, or 503",
+            **measured(memory, idle, lambda: burst(port, [noisy] * 8)),
+        }
         flood = [parts] * 8
         answers, slowest_model = model_while(port, flood)
         rows["8 x 400,000 empty form fields at once"] = {
-            "why": "with GET /model every 20 ms meanwhile", "bytes": len(parts[0]) * 8, "expected": "400 or 503",
-            "answers": answers, "peak_mb_above_idle": None, "rise_mb": None,
-            "slowest_get_model_ms": round(slowest_model * 1000, 1)}
+            "why": "with GET /model every 20 ms meanwhile",
+            "bytes": len(parts[0]) * 8,
+            "expected": "400 or 503",
+            "answers": answers,
+            "peak_mb_above_idle": None,
+            "rise_mb": None,
+            "slowest_get_model_ms": round(slowest_model * 1000, 1),
+        }
         time.sleep(1)
         after = memory.now()
     finally:
@@ -229,27 +263,44 @@ def main() -> None:
     print(f"load average after: {load_after:.2f}")
 
     for row in rows.values():
-        row["answers"] = [{"status": status, "seconds": round(seconds, 3), "error": error}
-                          for status, error, seconds in row["answers"]]
+        row["answers"] = [
+            {"status": status, "seconds": round(seconds, 3), "error": error}
+            for status, error, seconds in row["answers"]
+        ]
     peak = max(row["peak_mb_above_idle"] or 0 for row in rows.values())
     slowest = max(answer["seconds"] for row in rows.values() for answer in row["answers"])
-    summary = {"machine": machine(), "cpu_count": os.cpu_count(), **code_version(),
-               "load_average_1min": {"before": load_before, "after": load_after},
-               "server_idle_mb": round(idle, 1), "server_after_mb": round(after, 1),
-               "goal": f"peak under {GOAL_MB} MB above idle, every answer within {GOAL_SECONDS} s",
-               "peak_mb_above_idle": peak, "slowest_answer_seconds": slowest, "results": rows,
-               "command": "benchmarks/serve_hostile.py " + " ".join(sys.argv[1:])}
-    lines = [f"predict.py --serve --checkpoint, hostile uploads one at a time, then together: {machine()}",
-             f"{'upload':38s} {'bytes':>9s}  {'status':8s} {'slowest':>7s}  {'its rise':>8s}  {'above idle':>10s}"]
+    summary = {
+        "machine": machine(),
+        "cpu_count": os.cpu_count(),
+        **code_version(),
+        "load_average_1min": {"before": load_before, "after": load_after},
+        "server_idle_mb": round(idle, 1),
+        "server_after_mb": round(after, 1),
+        "goal": f"peak under {GOAL_MB} MB above idle, every answer within {GOAL_SECONDS} s",
+        "peak_mb_above_idle": peak,
+        "slowest_answer_seconds": slowest,
+        "results": rows,
+        "command": "benchmarks/serve_hostile.py " + " ".join(sys.argv[1:]),
+    }
+    lines = [
+        f"predict.py --serve --checkpoint, hostile uploads one at a time, then together: {machine()}",
+        f"{'upload':38s} {'bytes':>9s}  {'status':8s} {'slowest':>7s}  {'its rise':>8s}  {'above idle':>10s}",
+    ]
     for name, row in rows.items():
         statuses = sorted({answer["status"] for answer in row["answers"]})
-        memory_text = (f"{row['rise_mb']:5.0f} MB  {row['peak_mb_above_idle']:7.0f} MB"
-                       if row["peak_mb_above_idle"] is not None
-                       else f"GET /model meanwhile: {row['slowest_get_model_ms']:.0f} ms at most")
-        lines.append(f"{name:38s} {row['bytes']:9d}  {'/'.join(map(str, statuses)):8s} "
-                     f"{max(a['seconds'] for a in row['answers']):6.2f}s  {memory_text}")
-    lines.append(f"peak {peak:.0f} MB above idle ({idle:.0f} MB; goal under {GOAL_MB}); slowest answer {slowest:.2f} s "
-                 f"(goal {GOAL_SECONDS:g} s); resident {after:.0f} MB after it all")
+        memory_text = (
+            f"{row['rise_mb']:5.0f} MB  {row['peak_mb_above_idle']:7.0f} MB"
+            if row["peak_mb_above_idle"] is not None
+            else f"GET /model meanwhile: {row['slowest_get_model_ms']:.0f} ms at most"
+        )
+        lines.append(
+            f"{name:38s} {row['bytes']:9d}  {'/'.join(map(str, statuses)):8s} "
+            f"{max(a['seconds'] for a in row['answers']):6.2f}s  {memory_text}"
+        )
+    lines.append(
+        f"peak {peak:.0f} MB above idle ({idle:.0f} MB; goal under {GOAL_MB}); slowest answer {slowest:.2f} s "
+        f"(goal {GOAL_SECONDS:g} s); resident {after:.0f} MB after it all"
+    )
     lines.append(f"(load average {load_before:.2f} before, {load_after:.2f} after)")
     publish(summary, RESULT, lines, MARK, save=True, update_docs=args.update_docs, doc=DOC)
 

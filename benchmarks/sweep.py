@@ -33,8 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import (RESULTS, code_version, copy_repository, environment, last_train_seconds, machine, publish,
-                    timed)
+from common import RESULTS, code_version, copy_repository, environment, last_train_seconds, machine, publish, timed
 from recipes import README, readme_recipes
 
 RESULT = RESULTS / "sweep.json"
@@ -56,8 +55,9 @@ def set_params(assignments: list[str]) -> list[str]:
 
 def queue_done(project: Path, env: dict[str, str]) -> bool:
     # nice: polling must not take CPU from the experiments it times.
-    status = subprocess.run(["nice", "-n", "19", "dvc", "queue", "status"], cwd=project, env=env,
-                            capture_output=True, text=True).stdout
+    status = subprocess.run(
+        ["nice", "-n", "19", "dvc", "queue", "status"], cwd=project, env=env, capture_output=True, text=True
+    ).stdout
     return not any(word in status for word in ("Queued", "Running"))
 
 
@@ -133,9 +133,11 @@ def report(summary: dict) -> list[str]:
     for name, trees in summary["lone_train_seconds"].items():
         (now, now_seconds), (then, then_seconds) = trees.items()
         ratio = statistics.median(now_seconds) / statistics.median(then_seconds)
-        lines.append(f"lone training, {name}, {now} against {then}: {statistics.median(now_seconds):.2f} s / "
-                     f"{statistics.median(then_seconds):.2f} s = {ratio:.2f}x (target <= 1.0x; medians of "
-                     f"{len(now_seconds)}, taking turns)")
+        lines.append(
+            f"lone training, {name}, {now} against {then}: {statistics.median(now_seconds):.2f} s / "
+            f"{statistics.median(then_seconds):.2f} s = {ratio:.2f}x (target <= 1.0x; medians of "
+            f"{len(now_seconds)}, taking turns)"
+        )
     return lines
 
 
@@ -143,7 +145,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", metavar="COMMIT", help="the commit whose lone training is the 'before'")
     parser.add_argument("--out", type=Path, default=RESULT)
-    parser.add_argument("--report", action="store_true", help="only print (and with --update-docs write) the saved figures")
+    parser.add_argument(
+        "--report", action="store_true", help="only print (and with --update-docs write) the saved figures"
+    )
     parser.add_argument("--update-docs", action="store_true", help="write the figures into docs/performance.md")
     args = parser.parse_args()
     if not args.report and not args.baseline:

@@ -40,16 +40,32 @@ def main() -> None:
         walls.append((time.perf_counter() - wall) * 1000)
         cpus.append((time.thread_time() - cpu) * 1000)
     gpus = len({name.split("_")[1] for name in sample if name.startswith("system/gpu_")})
-    figures = {"median_wall_ms": statistics.median(walls), "max_wall_ms": max(walls),
-               "median_cpu_ms": statistics.median(cpus), "max_cpu_ms": max(cpus)}
-    print(f"sampler start: {start_ms:.2f} ms; one sample of {len(sample)} metrics ({gpus} GPUs): median "
-          f"{figures['median_wall_ms']:.3f} ms wall, {figures['median_cpu_ms']:.3f} ms CPU; at most "
-          f"{figures['max_wall_ms']:.3f} ms wall, {figures['max_cpu_ms']:.3f} ms CPU ({args.samples} samples)")
-    RESULT.write_text(json.dumps({
-        "machine": machine(), "samples": args.samples, "metrics_per_sample": len(sample), "gpus": gpus,
-        "sampler_start_ms": round(start_ms, 3), **{k: round(v, 4) for k, v in figures.items()},
-        "command": f"benchmarks/system_metrics.py --samples {args.samples}",
-    }, indent=2) + "\n")
+    figures = {
+        "median_wall_ms": statistics.median(walls),
+        "max_wall_ms": max(walls),
+        "median_cpu_ms": statistics.median(cpus),
+        "max_cpu_ms": max(cpus),
+    }
+    print(
+        f"sampler start: {start_ms:.2f} ms; one sample of {len(sample)} metrics ({gpus} GPUs): median "
+        f"{figures['median_wall_ms']:.3f} ms wall, {figures['median_cpu_ms']:.3f} ms CPU; at most "
+        f"{figures['max_wall_ms']:.3f} ms wall, {figures['max_cpu_ms']:.3f} ms CPU ({args.samples} samples)"
+    )
+    RESULT.write_text(
+        json.dumps(
+            {
+                "machine": machine(),
+                "samples": args.samples,
+                "metrics_per_sample": len(sample),
+                "gpus": gpus,
+                "sampler_start_ms": round(start_ms, 3),
+                **{k: round(v, 4) for k, v in figures.items()},
+                "command": f"benchmarks/system_metrics.py --samples {args.samples}",
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

@@ -78,10 +78,12 @@ def tutorial_loop(root: Path, epochs: int, seed: int, device: torch.device) -> d
     transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))])
     # On CUDA the tutorial loads with one worker process into pinned memory; on the CPU, in the main process.
     loader_kwargs = {"num_workers": 1, "pin_memory": True} if device.type == "cuda" else {}
-    train_loader = torch.utils.data.DataLoader(datasets.MNIST(root, train=True, transform=transform),
-                                               batch_size=64, shuffle=True, **loader_kwargs)
-    test_loader = torch.utils.data.DataLoader(datasets.MNIST(root, train=False, transform=transform),
-                                              batch_size=1000, **loader_kwargs)
+    train_loader = torch.utils.data.DataLoader(
+        datasets.MNIST(root, train=True, transform=transform), batch_size=64, shuffle=True, **loader_kwargs
+    )
+    test_loader = torch.utils.data.DataLoader(
+        datasets.MNIST(root, train=False, transform=transform), batch_size=1000, **loader_kwargs
+    )
     model = TutorialNet().to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.5)
     train_seconds = test_seconds = 0.0
@@ -110,8 +112,17 @@ def tutorial_loop(root: Path, epochs: int, seed: int, device: torch.device) -> d
     return {"train_seconds": train_seconds, "test_seconds": test_seconds, "accuracies": accuracies}
 
 
-def project_loop(data_dir: Path, epochs: int, seed: int, device: torch.device, on_epoch_end=None,
-                 precision: str = "fp32", compile: bool = False, ranks: Ranks = Ranks(), kernels: str = "auto") -> dict:
+def project_loop(
+    data_dir: Path,
+    epochs: int,
+    seed: int,
+    device: torch.device,
+    on_epoch_end=None,
+    precision: str = "fp32",
+    compile: bool = False,
+    ranks: Ranks = Ranks(),
+    kernels: str = "auto",
+) -> dict:
     """This project's loop through its library, at the same hyperparameters (params.yaml's defaults).
 
     With `ranks` from torchrun, this process is one of several that split every batch, as the
@@ -149,15 +160,28 @@ def project_loop(data_dir: Path, epochs: int, seed: int, device: torch.device, o
         history = train(setup, train_split, test_split, config, compute=compute, on_epoch_end=mark)
     finally:
         training.evaluate_across_ranks = untimed
-    return {"load_seconds": load_seconds, "seconds": marks[-1] - started, "test_seconds": sum(test_seconds),
-            "processes": ranks.world_size, "threads": compute.threads,
-            "accuracies": [r.test_accuracy for r in history],
-            "kernels": setup.kernels_line}
+    return {
+        "load_seconds": load_seconds,
+        "seconds": marks[-1] - started,
+        "test_seconds": sum(test_seconds),
+        "processes": ranks.world_size,
+        "threads": compute.threads,
+        "accuracies": [r.test_accuracy for r in history],
+        "kernels": setup.kernels_line,
+    }
 
 
-def project_loop_in_processes(nproc: int, data_dir: Path, epochs: int, seed: int, device: torch.device,
-                              workdir: Path, precision: str = "fp32", compile: bool = False,
-                              kernels: str = "auto") -> dict:
+def project_loop_in_processes(
+    nproc: int,
+    data_dir: Path,
+    epochs: int,
+    seed: int,
+    device: torch.device,
+    workdir: Path,
+    precision: str = "fp32",
+    compile: bool = False,
+    kernels: str = "auto",
+) -> dict:
     """The project's loop in `nproc` processes under torchrun, as the train stage runs it (1: in this process).
 
     `wall_seconds` is the whole launch, Python start-up and data loading included.
@@ -165,8 +189,22 @@ def project_loop_in_processes(nproc: int, data_dir: Path, epochs: int, seed: int
     if nproc == 1:
         return project_loop(data_dir, epochs, seed, device, precision=precision, compile=compile, kernels=kernels)
     result = workdir / f"worker-{nproc}-{seed}.json"
-    worker = ["--worker", str(result), "--data", str(data_dir), "--epochs", str(epochs), "--seeds", str(seed),
-              "--device", device.type, "--precision", precision, "--kernels", kernels] + ["--compile"] * compile
+    worker = [
+        "--worker",
+        str(result),
+        "--data",
+        str(data_dir),
+        "--epochs",
+        str(epochs),
+        "--seeds",
+        str(seed),
+        "--device",
+        device.type,
+        "--precision",
+        precision,
+        "--kernels",
+        kernels,
+    ] + ["--compile"] * compile
     started = time.perf_counter()
     status = distributed.launch(nproc, __file__, worker)
     if status != 0:
@@ -178,8 +216,16 @@ def worker(args) -> None:
     """One rank of project_loop_in_processes (run by torchrun); rank 0 writes the result."""
     ranks = distributed.current()
     device = distributed.init(ranks, resolve_device(args.device))
-    result = project_loop(args.data, args.epochs, args.seeds[0], device, precision=args.precision,
-                          compile=args.compile, ranks=ranks, kernels=args.kernels)
+    result = project_loop(
+        args.data,
+        args.epochs,
+        args.seeds[0],
+        device,
+        precision=args.precision,
+        compile=args.compile,
+        ranks=ranks,
+        kernels=args.kernels,
+    )
     if ranks.is_main:
         Path(args.worker).write_text(json.dumps(result))
     distributed.shutdown()
@@ -197,12 +243,19 @@ def main() -> None:
     parser.add_argument("--skip-tutorial", action="store_true", help="time only the project's loop")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="the project loop's precision")
     parser.add_argument("--compile", action="store_true", help="torch.compile the project loop's network")
-    parser.add_argument("--kernels", default="auto", choices=("auto", "torch"),
-                        help="the `kernels` param of the project loop (torch: no fused first block)")
+    parser.add_argument(
+        "--kernels",
+        default="auto",
+        choices=("auto", "torch"),
+        help="the `kernels` param of the project loop (torch: no fused first block)",
+    )
     parser.add_argument("--update-docs", action="store_true", help="write the figures into docs/performance.md")
     parser.add_argument("--report", action="store_true", help="measure nothing: the figures of the saved results")
-    parser.add_argument("--nproc", default="auto",
-                        help="the project loop's processes, as the `nproc` param (default auto, as the train stage resolves it)")
+    parser.add_argument(
+        "--nproc",
+        default="auto",
+        help="the project loop's processes, as the `nproc` param (default auto, as the train stage resolves it)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # one rank of a multi-process run: write the result here
     args = parser.parse_args()
     if args.worker:
@@ -219,30 +272,61 @@ def main() -> None:
         root = torchvision_root(args.data, Path(tmp))
         for seed in args.seeds:
             tutorial = None if args.skip_tutorial else tutorial_loop(root, args.epochs, seed, device)
-            ours = project_loop_in_processes(nproc, args.data, args.epochs, seed, device, Path(tmp),
-                                             precision=args.precision, compile=args.compile, kernels=args.kernels)
+            ours = project_loop_in_processes(
+                nproc,
+                args.data,
+                args.epochs,
+                seed,
+                device,
+                Path(tmp),
+                precision=args.precision,
+                compile=args.compile,
+                kernels=args.kernels,
+            )
             # What the processes bring: the same loop in one process, with all the threads.
-            single = project_loop(args.data, args.epochs, seed, device, precision=args.precision,
-                                  compile=args.compile, kernels=args.kernels) if nproc > 1 else None
+            single = (
+                project_loop(
+                    args.data,
+                    args.epochs,
+                    seed,
+                    device,
+                    precision=args.precision,
+                    compile=args.compile,
+                    kernels=args.kernels,
+                )
+                if nproc > 1
+                else None
+            )
             runs.append({"seed": seed, "tutorial": tutorial, "project": ours, "project_single_process": single})
             ours_rate = images / ours["seconds"]  # ours includes its per-epoch test passes
-            print(f"seed {seed}: project {ours_rate:,.0f} images/s (train + test, {nproc} process(es)), "
-                  f"final {ours['accuracies'][-1]:.2%}", flush=True)
+            print(
+                f"seed {seed}: project {ours_rate:,.0f} images/s (train + test, {nproc} process(es)), "
+                f"final {ours['accuracies'][-1]:.2%}",
+                flush=True,
+            )
             if single is not None:
-                print(f"seed {seed}: one process {images / single['seconds']:,.0f} images/s, final {single['accuracies'][-1]:.2%}",
-                      flush=True)
+                print(
+                    f"seed {seed}: one process {images / single['seconds']:,.0f} images/s, final {single['accuracies'][-1]:.2%}",
+                    flush=True,
+                )
             if tutorial is not None:
                 tutorial_rate = images / tutorial["train_seconds"]
-                print(f"seed {seed}: tutorial {tutorial_rate:,.0f} images/s (train only), final {tutorial['accuracies'][-1]:.2%}; "
-                      f"ratio {ours_rate / tutorial_rate:.2f}x", flush=True)
+                print(
+                    f"seed {seed}: tutorial {tutorial_rate:,.0f} images/s (train only), final {tutorial['accuracies'][-1]:.2%}; "
+                    f"ratio {ours_rate / tutorial_rate:.2f}x",
+                    flush=True,
+                )
 
     def mean(values):
         return sum(values) / len(values)
 
     timed_tutorial = not args.skip_tutorial
     tutorial_rate = mean([images / r["tutorial"]["train_seconds"] for r in runs]) if timed_tutorial else None
-    tutorial_total_rate = mean([images / (r["tutorial"]["train_seconds"] + r["tutorial"]["test_seconds"])
-                                for r in runs]) if timed_tutorial else None
+    tutorial_total_rate = (
+        mean([images / (r["tutorial"]["train_seconds"] + r["tutorial"]["test_seconds"]) for r in runs])
+        if timed_tutorial
+        else None
+    )
     project_rate = mean([images / r["project"]["seconds"] for r in runs])
     project_train_rate = mean([images / (r["project"]["seconds"] - r["project"]["test_seconds"]) for r in runs])
     single_rate = mean([images / r["project_single_process"]["seconds"] for r in runs]) if nproc > 1 else None
@@ -263,7 +347,9 @@ def main() -> None:
         "project_training_seconds_mean": round(mean([r["project"]["seconds"] for r in runs]), 2),
         "speedup_training_only": round(project_train_rate / tutorial_rate, 2) if timed_tutorial else None,
         "speedup_vs_tutorial_with_tests": round(project_rate / tutorial_total_rate, 2) if timed_tutorial else None,
-        "tutorial_final_accuracy_mean": mean([r["tutorial"]["accuracies"][-1] for r in runs]) if timed_tutorial else None,
+        "tutorial_final_accuracy_mean": mean([r["tutorial"]["accuracies"][-1] for r in runs])
+        if timed_tutorial
+        else None,
         "project_final_accuracy_mean": mean([r["project"]["accuracies"][-1] for r in runs]),
         "project_threads": runs[0]["project"]["threads"],
         "runs": runs,
@@ -277,30 +363,43 @@ def report(summary: dict) -> list[str]:
     """The benchmark's figures as lines of text (also the block in docs/performance.md)."""
     lines = [f"{summary['machine']}; {summary['device']}; {summary['epochs']} epochs, seeds {summary['seeds']}"]
     if summary["tutorial_images_per_second"] is not None:
-        lines.append(f"tutorial loop:   {summary['tutorial_images_per_second']:,} images/s training "
-                     f"({summary['tutorial_images_per_second_with_tests']:,} with its test passes), "
-                     f"final test accuracy {summary['tutorial_final_accuracy_mean']:.2%}")
+        lines.append(
+            f"tutorial loop:   {summary['tutorial_images_per_second']:,} images/s training "
+            f"({summary['tutorial_images_per_second_with_tests']:,} with its test passes), "
+            f"final test accuracy {summary['tutorial_final_accuracy_mean']:.2%}"
+        )
     processes = summary.get("project_processes", 1)
     seconds = sum(r["project"]["seconds"] for r in summary["runs"]) / len(summary["runs"])
     training_alone = summary.get("project_images_per_second")  # absent from results older than the split timing
-    lines.append("project loop:    "
-                 + (f"{training_alone:,} images/s training ({summary['project_images_per_second_with_tests']:,} with its test passes, "
-                    if training_alone else f"{summary['project_images_per_second_with_tests']:,} images/s training with its test passes (")
-                 + f"{seconds:.1f} s for the {summary['epochs']} epochs{f', {processes} processes' if processes > 1 else ''}), "
-                 f"final test accuracy {summary['project_final_accuracy_mean']:.2%}")
+    lines.append(
+        "project loop:    "
+        + (
+            f"{training_alone:,} images/s training ({summary['project_images_per_second_with_tests']:,} with its test passes, "
+            if training_alone
+            else f"{summary['project_images_per_second_with_tests']:,} images/s training with its test passes ("
+        )
+        + f"{seconds:.1f} s for the {summary['epochs']} epochs{f', {processes} processes' if processes > 1 else ''}), "
+        f"final test accuracy {summary['project_final_accuracy_mean']:.2%}"
+    )
     if summary.get("project_kernels"):
         threads = f", {summary['project_threads']} threads" if summary.get("project_threads") else ""
         lines.append(f"project kernels: {summary['project_kernels']}{threads}")
     if summary.get("project_single_process_images_per_second_with_tests"):
         single = summary["project_single_process_images_per_second_with_tests"]
-        lines.append(f"one process:     {single:,} images/s with its test passes, with all the threads; {processes} processes "
-                     f"are {summary['project_images_per_second_with_tests'] / single:.2f}x that")
+        lines.append(
+            f"one process:     {single:,} images/s with its test passes, with all the threads; {processes} processes "
+            f"are {summary['project_images_per_second_with_tests'] / single:.2f}x that"
+        )
     if summary.get("speedup_training_only") is not None:
-        lines.append(f"speed-up:        {summary['speedup_training_only']:.2f}x the tutorial's training, training alone on both sides; "
-                     f"{summary['speedup_vs_tutorial_with_tests']:.2f}x with test passes on both sides")
+        lines.append(
+            f"speed-up:        {summary['speedup_training_only']:.2f}x the tutorial's training, training alone on both sides; "
+            f"{summary['speedup_vs_tutorial_with_tests']:.2f}x with test passes on both sides"
+        )
     elif summary.get("speedup_vs_tutorial_training_only") is not None:
-        lines.append(f"speed-up:        {summary['speedup_vs_tutorial_training_only']:.2f}x the tutorial's training alone, "
-                     f"{summary['speedup_vs_tutorial_with_tests']:.2f}x with test passes on both sides")
+        lines.append(
+            f"speed-up:        {summary['speedup_vs_tutorial_training_only']:.2f}x the tutorial's training alone, "
+            f"{summary['speedup_vs_tutorial_with_tests']:.2f}x with test passes on both sides"
+        )
     return lines
 
 

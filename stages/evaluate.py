@@ -43,8 +43,9 @@ def main() -> None:
     # The held-out training images the run was trained without, if any: what searches score on.
     validation_split = None
     if trained.validation_images:
-        _, validation_split = load_training(config.data.dir, trained.mean, trained.std, trained.max_train_images,
-                                            trained.validation_images)
+        _, validation_split = load_training(
+            config.data.dir, trained.mean, trained.std, trained.max_train_images, trained.validation_images
+        )
 
     clock.mark("data and model")
     # One pass over the test set serves both the metrics and the list of mistakes.
@@ -54,14 +55,22 @@ def main() -> None:
     validation = None
     if validation_split is not None:
         validation_split = validation_split.to(device)
-        validation = metrics(score(model, validation_split, workers=workers, kernels=own_kernels), validation_split.labels)
-        print(f"evaluate: validation accuracy {validation.accuracy:.2%}, validation loss {validation.loss:.4f} "
-              f"on {len(validation_split)} held-out training images")
-    EvaluationReport(result.accuracy, result.loss, len(test_split), per_class,
-                     val_accuracy=validation.accuracy if validation else None,
-                     val_loss=validation.loss if validation else None,
-                     val_images=len(validation_split) if validation_split is not None else 0,
-                     ).write(config.paths.eval_metrics)
+        validation = metrics(
+            score(model, validation_split, workers=workers, kernels=own_kernels), validation_split.labels
+        )
+        print(
+            f"evaluate: validation accuracy {validation.accuracy:.2%}, validation loss {validation.loss:.4f} "
+            f"on {len(validation_split)} held-out training images"
+        )
+    EvaluationReport(
+        result.accuracy,
+        result.loss,
+        len(test_split),
+        per_class,
+        val_accuracy=validation.accuracy if validation else None,
+        val_loss=validation.loss if validation else None,
+        val_images=len(validation_split) if validation_split is not None else 0,
+    ).write(config.paths.eval_metrics)
     write_confusion(config.paths.confusion, result.confusion_matrix)
     write_mistakes(config.paths.mistakes, mistakes(scores, test_split.labels))
     print(f"evaluate: test accuracy {result.accuracy:.2%}, test loss {result.loss:.4f} on {len(test_split)} images")

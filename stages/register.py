@@ -35,21 +35,35 @@ def main() -> None:
     metrics["stage_seconds/register"] = clock.total()
     lock_text = results.current_lock()
     plots = tuple(Path(config.paths.plots_dir) / name for name in PLOTS)
-    logged = results.log_results(config.tracking.experiment, run_id, metrics=metrics,
-                                   tags=results.evaluation_tags(run.get("model_uri"), eval_run),
-                                   files={"metrics": (config.paths.eval_metrics,), "plots": plots},
-                                   texts={results.LOCK_ARTIFACT: lock_text} if lock_text else None)
+    logged = results.log_results(
+        config.tracking.experiment,
+        run_id,
+        metrics=metrics,
+        tags=results.evaluation_tags(run.get("model_uri"), eval_run),
+        files={"metrics": (config.paths.eval_metrics,), "plots": plots},
+        texts={results.LOCK_ARTIFACT: lock_text} if lock_text else None,
+    )
     if not logged:
-        raise PipelineError(f"MLflow run {run_id} (paths.mlflow_run) is not in the store {store.shown(store.tracking_uri())}; "
-                            "nothing logged; dvc repro -f trains a new run")
+        raise PipelineError(
+            f"MLflow run {run_id} (paths.mlflow_run) is not in the store {store.shown(store.tracking_uri())}; "
+            "nothing logged; dvc repro -f trains a new run"
+        )
     if run.get("model_uri"):
-        promotion = registry.promote_if_best(config.tracking.experiment, run_id, run["model_uri"],
-                                             config.tracking.registered_model)
+        promotion = registry.promote_if_best(
+            config.tracking.experiment, run_id, run["model_uri"], config.tracking.registered_model
+        )
         print(f"register: {promotion.message}")
     # Only what is the same for the same results: no run id or version here (dvc.lock hashes this file).
-    write_json(config.paths.registered, {"evaluation": config.paths.eval_metrics, "test_accuracy": evaluation.test_accuracy,
-                                         "test_images": evaluation.test_images, "model_logged": bool(run.get("model_uri")),
-                                         "registered_model": config.tracking.registered_model})
+    write_json(
+        config.paths.registered,
+        {
+            "evaluation": config.paths.eval_metrics,
+            "test_accuracy": evaluation.test_accuracy,
+            "test_images": evaluation.test_images,
+            "model_logged": bool(run.get("model_uri")),
+            "registered_model": config.tracking.registered_model,
+        },
+    )
     clock.mark("logging and registry")
     clock.report()
 

@@ -28,8 +28,13 @@ def main() -> None:
     paths, data, tracking = config.paths, config.data, config.tracking
 
     # Where it computes: processes (torchrun for nproc > 1), threads (shards on a CPU), deterministic GPU kernels.
-    ranks, device = distributed.start(config.train.nproc, config.train.batch_size, resolve_device(config.train.device),
-                                      __file__, before_launch=lambda: store.connect(tracking.experiment))
+    ranks, device = distributed.start(
+        config.train.nproc,
+        config.train.batch_size,
+        resolve_device(config.train.device),
+        __file__,
+        before_launch=lambda: store.connect(tracking.experiment),
+    )
     main_rank = ranks.is_main
     say = print if main_rank else (lambda *args: None)
     compute = compute_for(config.train, device, ranks)
@@ -51,27 +56,45 @@ def main() -> None:
     say(f"train: {setup.kernels_line}")
 
     # The training, in its one MLflow run: a checkpoint and a batch of metrics after every epoch.
-    log_run = (runs.training_log(experiment_id, config, setup.history, compute.threads, on_gpu=device.type == "cuda")
-               if main_rank else contextlib.nullcontext(runs.QuietLog()))
+    log_run = (
+        runs.training_log(experiment_id, config, setup.history, compute.threads, on_gpu=device.type == "cuda")
+        if main_rank
+        else contextlib.nullcontext(runs.QuietLog())
+    )
     with log_run as log:
         processes = f" in {ranks.world_size} processes" if ranks.distributed else ""
-        say(f"train: {config.train.model} network ({parameter_count(setup.model):,} parameters), {len(train_split)} "
-            f"images, {config.train.epochs} epochs on {device}{processes}; MLflow run {log.run_id}")
+        say(
+            f"train: {config.train.model} network ({parameter_count(setup.model):,} parameters), {len(train_split)} "
+            f"images, {config.train.epochs} epochs on {device}{processes}; MLflow run {log.run_id}"
+        )
         for note in log.notes:
             say(f"train: {note}")
 
         def end_of_epoch(history):  # the checkpoint first: an epoch in MLflow is always one a resume will not redo
-            save_checkpoint(paths.checkpoint, model=setup.model, optimizer=setup.optimizer, generator=setup.generator,
-                            model_config=setup.model_config, config=config.to_dict(), history=history,
-                            schedule=setup.schedule)
+            save_checkpoint(
+                paths.checkpoint,
+                model=setup.model,
+                optimizer=setup.optimizer,
+                generator=setup.generator,
+                model_config=setup.model_config,
+                config=config.to_dict(),
+                history=history,
+                schedule=setup.schedule,
+            )
             log.epoch(history[-1])
 
         clock.mark("model, optimizer and run")
         started = time.perf_counter()
-        history = train(setup, train_split, test_split, config.train, compute=compute,
-                        augmentation=Augmentation(config.augment, blank_value(data.mean, data.std)),
-                        progress=epoch_bars(config.train.epochs) if main_rank else None,
-                        on_epoch_end=end_of_epoch if main_rank else None)
+        history = train(
+            setup,
+            train_split,
+            test_split,
+            config.train,
+            compute=compute,
+            augmentation=Augmentation(config.augment, blank_value(data.mean, data.std)),
+            progress=epoch_bars(config.train.epochs) if main_rank else None,
+            on_epoch_end=end_of_epoch if main_rank else None,
+        )
         train_seconds = time.perf_counter() - started
         clock.mark("training")
         distributed.shutdown()
@@ -86,8 +109,10 @@ def main() -> None:
         print(f"train: checkpoint {paths.checkpoint}, history {paths.history}")
         model_uri = None
         if tracking.log_model:  # raw pixels in, probabilities out; the register stage registers it if it is the best
-            model_uri = runs.log_model(served_copy(setup.model, setup.model_config, data.mean, data.std),
-                                       raw_pixels(test_split.images[:4], data.mean, data.std).numpy())
+            model_uri = runs.log_model(
+                served_copy(setup.model, setup.model_config, data.mean, data.std),
+                raw_pixels(test_split.images[:4], data.mean, data.std).numpy(),
+            )
             print(f"train: logged model {model_uri}")
         clock.mark("model logging")
         log.finish(last.epoch, train_seconds, clock.total(), model_uri)

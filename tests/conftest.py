@@ -57,11 +57,18 @@ def pytest_runtest_setup(item):
 
 def requires_mnist_mirror() -> pytest.MarkDecorator:
     """The four original MNIST files at MNIST_MIRROR (every end-to-end test reads them)."""
-    names = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-             "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+    names = (
+        "train-images-idx3-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+    )
     missing = [n for n in names if not (MNIST_MIRROR / n).is_file()]
-    return prerequisite(not missing, f"the MNIST mirror at {MNIST_MIRROR}",
-                        "put the four original .gz files there, or set MNIST_MIRROR to a folder that has them")
+    return prerequisite(
+        not missing,
+        f"the MNIST mirror at {MNIST_MIRROR}",
+        "put the four original .gz files there, or set MNIST_MIRROR to a folder that has them",
+    )
 
 
 def c_compiler() -> str | None:
@@ -70,8 +77,11 @@ def c_compiler() -> str | None:
 
 
 def requires_c_compiler() -> pytest.MarkDecorator:
-    return prerequisite(c_compiler(), f"a C compiler (`{os.environ.get('CC') or 'cc'}`) for the project's kernels",
-                        "apt-get install gcc (as .ci/run does), or set CC")
+    return prerequisite(
+        c_compiler(),
+        f"a C compiler (`{os.environ.get('CC') or 'cc'}`) for the project's kernels",
+        "apt-get install gcc (as .ci/run does), or set CC",
+    )
 
 
 def write_idx(path: Path, array: np.ndarray, magic: int, compress: bool = True) -> Path:
@@ -93,9 +103,15 @@ def untrained_checkpoint(path: Path) -> Path:
 
     torch.manual_seed(0)
     model = build_model(ModelConfig())
-    save_checkpoint(path, model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01),
-                    generator=torch.Generator(), model_config=ModelConfig(), config=parse_config({"epochs": 1}).to_dict(),
-                    history=[EpochResult(1, 0.5, 0.4, 0.9)])
+    save_checkpoint(
+        path,
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.01),
+        generator=torch.Generator(),
+        model_config=ModelConfig(),
+        config=parse_config({"epochs": 1}).to_dict(),
+        history=[EpochResult(1, 0.5, 0.4, 0.9)],
+    )
     return path
 
 

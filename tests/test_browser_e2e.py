@@ -23,8 +23,11 @@ from servers import listening_addresses, server
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 pytestmark = [pytest.mark.e2e, requires_mnist_mirror()]
-needs_browser = prerequisite(Path(CHROMIUM).exists() and shutil.which("chromium"), f"Debian's Chromium ({CHROMIUM})",
-                             "apt-get install chromium chromium-driver (as .ci/run does)")
+needs_browser = prerequisite(
+    Path(CHROMIUM).exists() and shutil.which("chromium"),
+    f"Debian's Chromium ({CHROMIUM})",
+    "apt-get install chromium chromium-driver (as .ci/run does)",
+)
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +60,9 @@ def test_mlflow_compare_view_shows_both_runs_their_lr_and_accuracy(project):
     experiment_id = runs[0].info.experiment_id
     mlflow_ui = Path(sys.executable).parent / "mlflow"
     # The README's command, on a free port.
-    with server([str(mlflow_ui), "ui", "--backend-store-uri", "sqlite:///mlflow.db"], project, "/health",
-                env=environment()) as port:
+    with server(
+        [str(mlflow_ui), "ui", "--backend-store-uri", "sqlite:///mlflow.db"], project, "/health", env=environment()
+    ) as port:
         assert listening_addresses(port) == {"127.0.0.1"}
         with browser() as page:
             # The address the README gives: the experiment with the model-training view asked for.
@@ -92,8 +96,9 @@ def parallel_coordinates_axes(page) -> tuple[list[str], list[str]]:
     metrics that every run has, and bolds the metrics' axis titles once the plot is drawn.
     """
     titles = ".pcp-plot .parcoords .y-axis .axis-heading .axis-title"
-    page.wait_for_function(f"[...document.querySelectorAll('{titles}')].some(t => t.style.fontWeight === 'bold')",
-                           timeout=60000)
+    page.wait_for_function(
+        f"[...document.querySelectorAll('{titles}')].some(t => t.style.fontWeight === 'bold')", timeout=60000
+    )
     axes = page.eval_on_selector_all(titles, "ts => ts.map(t => [t.textContent, t.style.fontWeight === 'bold'])")
     return [name for name, bold in axes if not bold], [name for name, bold in axes if bold]
 
@@ -123,8 +128,11 @@ def scroll_metrics_to(page, metric: str) -> None:
 
 
 def _inside(inner: dict | None, outer: dict | None) -> bool:
-    return (bool(inner and outer) and outer["y"] <= inner["y"]
-            and inner["y"] + inner["height"] <= outer["y"] + outer["height"])
+    return (
+        bool(inner and outer)
+        and outer["y"] <= inner["y"]
+        and inner["y"] + inner["height"] <= outer["y"] + outer["height"]
+    )
 
 
 VEGA_ASSETS = REPO_ROOT / "tests" / "browser_assets" / "node_modules"
@@ -146,16 +154,20 @@ def _fulfill_with(script: str):
 
 
 @needs_browser
-@prerequisite(VEGA_ASSETS.exists(), f"the Vega scripts ({VEGA_ASSETS.relative_to(REPO_ROOT)})",
-              "npm ci --prefix tests/browser_assets (as .ci/run does)")
+@prerequisite(
+    VEGA_ASSETS.exists(),
+    f"the Vega scripts ({VEGA_ASSETS.relative_to(REPO_ROOT)})",
+    "npm ci --prefix tests/browser_assets (as .ci/run does)",
+)
 def test_dvc_plots_render_curves_confusion_and_mistakes(project):
     run(project, "dvc", "plots", "show")
     index = project / "dvc_plots" / "index.html"
     with browser() as page:
         serve_cdn_scripts_locally(page, index.read_text())
         page.goto(index.as_uri())
-        page.wait_for_function("document.querySelectorAll('.vega-embed svg, .vega-embed canvas').length >= 3",
-                               timeout=60000)
+        page.wait_for_function(
+            "document.querySelectorAll('.vega-embed svg, .vega-embed canvas').length >= 3", timeout=60000
+        )
         page.wait_for_timeout(1000)
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "dvc-plots.png"), full_page=True)
@@ -166,7 +178,9 @@ def test_dvc_plots_render_curves_confusion_and_mistakes(project):
     html = index.read_text()
     assert "Test accuracy after each epoch" in html and "Loss per epoch" in html
     loaded = [Path(src).name for src, width in images if width > 0]  # e.g. workspace_plots_confusion.png
-    assert any(name.endswith("confusion.png") for name in loaded) and any(name.endswith("mistakes.png") for name in loaded)
+    assert any(name.endswith("confusion.png") for name in loaded) and any(
+        name.endswith("mistakes.png") for name in loaded
+    )
 
 
 def test_the_best_run_is_the_registered_champion(project):
@@ -196,13 +210,23 @@ def test_served_champion_answers_invocations_with_real_digits(project):
     pixels, labels = _test_pixels(8)
     mlflow_cli = Path(sys.executable).parent / "mlflow"
     env = environment(MLFLOW_TRACKING_URI=f"sqlite:///{project / 'mlflow.db'}")
-    command = [str(mlflow_cli), "models", "serve", "-m", "models:/mnist-cnn@champion", "--env-manager", "local",
-               "--host", "127.0.0.1"]
+    command = [
+        str(mlflow_cli),
+        "models",
+        "serve",
+        "-m",
+        "models:/mnist-cnn@champion",
+        "--env-manager",
+        "local",
+        "--host",
+        "127.0.0.1",
+    ]
     with server(command, project, "/ping", env=env) as port:
         assert listening_addresses(port) == {"127.0.0.1"}
         body = json.dumps({"inputs": pixels[:, None].astype(np.float32).tolist()}).encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(request, timeout=60) as response:
             probabilities = np.asarray(json.loads(response.read())["predictions"])
     assert probabilities.shape == (8, 10)

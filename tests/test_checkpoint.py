@@ -6,8 +6,16 @@ import torch
 from conftest import requires_c_compiler
 
 from mnist_pipeline import checkpoint as checkpoint_module
-from mnist_pipeline.checkpoint import (CheckpointError, load_checkpoint, model_from_checkpoint, require_complete,
-                                       restore_training, resume_decision, resume_point, save_checkpoint)
+from mnist_pipeline.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    model_from_checkpoint,
+    require_complete,
+    restore_training,
+    resume_decision,
+    resume_point,
+    save_checkpoint,
+)
 from mnist_pipeline.config import TrainConfig, parse_config
 from mnist_pipeline.data import Split
 from mnist_pipeline.model import ModelConfig, build_model
@@ -23,9 +31,15 @@ def _save(path, seed=0, epochs_done=3, params=None):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.5)
     model(torch.zeros(1, 1, 28, 28)).sum().backward()
     optimizer.step()  # so that the optimizer has momentum buffers to save
-    save_checkpoint(path, model=model, optimizer=optimizer, generator=torch.Generator().manual_seed(seed),
-                    model_config=ModelConfig(), config=parse_config(params or {"epochs": 3}).to_dict(),
-                    history=HISTORY[:epochs_done])
+    save_checkpoint(
+        path,
+        model=model,
+        optimizer=optimizer,
+        generator=torch.Generator().manual_seed(seed),
+        model_config=ModelConfig(),
+        config=parse_config(params or {"epochs": 3}).to_dict(),
+        history=HISTORY[:epochs_done],
+    )
     return model
 
 
@@ -109,15 +123,23 @@ def test_an_unfinished_checkpoint_is_not_a_result(tmp_path):
         require_complete(load_checkpoint(tmp_path / "model.pt"), tmp_path / "model.pt")
 
 
-@pytest.mark.parametrize("params, epochs_done, resumes, reason", [
-    ({"epochs": 3}, 2, True, "resuming after epoch 2 of 3 from the unfinished checkpoint"),
-    ({"epochs": 3, "plots": {"dpi": 50}}, 2, True, "resuming after epoch 2"),  # plots cannot change training
-    ({"epochs": 3, "threads": 1}, 2, True, "resuming after epoch 2"),  # nor the rounding order of the rest
-    ({"epochs": 3, "tracking": {"experiment": "other"}}, 2, True, "resuming after epoch 2"),  # nor where it logs
-    ({"epochs": 3}, 3, False, "the checkpoint holds a finished training; training from scratch"),
-    ({"epochs": 3, "lr": 0.05}, 2, False, "params changed since the unfinished checkpoint (lr 0.01 -> 0.05); training from scratch"),
-    ({"epochs": 4}, 2, False, "params changed since the unfinished checkpoint (epochs 3 -> 4)"),
-])
+@pytest.mark.parametrize(
+    "params, epochs_done, resumes, reason",
+    [
+        ({"epochs": 3}, 2, True, "resuming after epoch 2 of 3 from the unfinished checkpoint"),
+        ({"epochs": 3, "plots": {"dpi": 50}}, 2, True, "resuming after epoch 2"),  # plots cannot change training
+        ({"epochs": 3, "threads": 1}, 2, True, "resuming after epoch 2"),  # nor the rounding order of the rest
+        ({"epochs": 3, "tracking": {"experiment": "other"}}, 2, True, "resuming after epoch 2"),  # nor where it logs
+        ({"epochs": 3}, 3, False, "the checkpoint holds a finished training; training from scratch"),
+        (
+            {"epochs": 3, "lr": 0.05},
+            2,
+            False,
+            "params changed since the unfinished checkpoint (lr 0.01 -> 0.05); training from scratch",
+        ),
+        ({"epochs": 4}, 2, False, "params changed since the unfinished checkpoint (epochs 3 -> 4)"),
+    ],
+)
 def test_resume_only_an_unfinished_checkpoint_of_the_same_params(tmp_path, params, epochs_done, resumes, reason):
     _save(tmp_path / "model.pt", epochs_done=epochs_done)
     decision = resume_decision(load_checkpoint(tmp_path / "model.pt"), parse_config(params).to_dict())
@@ -149,9 +171,16 @@ def _interrupted_and_resumed(tmp_path, kernels):
     compute = compute_for(config.train, cpu)  # in shards, torch on one thread: as the train stage trains
 
     def save(setup, history, path):
-        save_checkpoint(path, model=setup.model, optimizer=setup.optimizer, generator=setup.generator,
-                        model_config=setup.model_config, config=config.to_dict(), history=history,
-                        schedule=setup.schedule)
+        save_checkpoint(
+            path,
+            model=setup.model,
+            optimizer=setup.optimizer,
+            generator=setup.generator,
+            model_config=setup.model_config,
+            config=config.to_dict(),
+            history=history,
+            schedule=setup.schedule,
+        )
 
     straight = prepare(config.train, cpu, len(split))
     assert straight.own_kernels == (kernels == "auto")
@@ -205,9 +234,16 @@ def test_the_learning_rate_schedule_resumes_where_it_stopped(tmp_path, schedule_
     for _ in range(7):
         optimizer.step()
         schedule.step()
-    save_checkpoint(tmp_path / "model.pt", model=model, optimizer=optimizer, generator=torch.Generator(),
-                    model_config=model_config, config=parse_config({"epochs": 3}).to_dict(), history=HISTORY[:1],
-                    schedule=schedule)
+    save_checkpoint(
+        tmp_path / "model.pt",
+        model=model,
+        optimizer=optimizer,
+        generator=torch.Generator(),
+        model_config=model_config,
+        config=parse_config({"epochs": 3}).to_dict(),
+        history=HISTORY[:1],
+        schedule=schedule,
+    )
     loaded = load_checkpoint(tmp_path / "model.pt")
     assert isinstance(model_from_checkpoint(loaded), type(model))  # rebuilt as the architecture it was trained as
     fresh = build_model(model_config)

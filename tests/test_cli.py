@@ -8,7 +8,7 @@ import pytest
 from conftest import REPO_ROOT
 
 
-STAGE = '''
+STAGE = """
 import atexit, threading, time
 from mnist_pipeline.cli import run_stage
 
@@ -21,12 +21,13 @@ def main():
     threading.Thread(target=late).start()  # not a daemon: the exit waits for it
 
 run_stage(main)
-'''
+"""
 
 
 def test_a_successful_stage_exits_0_after_its_threads_exit_handlers_and_output(tmp_path):
-    done = subprocess.run([sys.executable, "-c", f"OUT = {str(tmp_path)!r}\n" + STAGE],
-                          env={}, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", f"OUT = {str(tmp_path)!r}\n" + STAGE], env={}, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout == "buffered output"
     assert (tmp_path / "thread").read_text() == "finished"
@@ -34,14 +35,15 @@ def test_a_successful_stage_exits_0_after_its_threads_exit_handlers_and_output(t
 
 
 def test_a_failing_stage_exits_2_with_one_line():
-    stage = ("from mnist_pipeline.cli import run_stage\nfrom mnist_pipeline.errors import PipelineError\n"
-             "def main():\n    raise PipelineError('lr: got -1.0; must be > 0.0')\nrun_stage(main)\n")
-    done = subprocess.run([sys.executable, "-c", stage], env={},
-                          capture_output=True, text=True, timeout=60)
+    stage = (
+        "from mnist_pipeline.cli import run_stage\nfrom mnist_pipeline.errors import PipelineError\n"
+        "def main():\n    raise PipelineError('lr: got -1.0; must be > 0.0')\nrun_stage(main)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", stage], env={}, capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stderr, done.stdout) == (2, "error: lr: got -1.0; must be > 0.0\n", "")
 
 
-POOL_STAGE = '''
+POOL_STAGE = """
 from concurrent.futures import ThreadPoolExecutor
 from mnist_pipeline.cli import run_stage
 
@@ -53,16 +55,15 @@ def main():
     POOL.submit(print, "pool task ran").result()
 
 run_stage(main)
-'''
+"""
 
 
 def test_a_live_thread_pool_does_not_hold_the_exit():
-    done = subprocess.run([sys.executable, "-c", POOL_STAGE], env={},
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", POOL_STAGE], env={}, capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout) == (0, "pool task ran\n"), done.stderr
 
 
-ASYNC_LOGGING_STAGE = '''
+ASYNC_LOGGING_STAGE = """
 import os
 from mnist_pipeline.tracking import results, runs, store
 from mnist_pipeline.cli import run_stage
@@ -77,14 +78,14 @@ def main():
     print(run_id)
 
 run_stage(main)
-'''
+"""
 
 
 def test_a_stage_that_logs_asynchronously_exits_with_every_metric_stored(tmp_path):
-    env = {"MLFLOW_ENABLE_ASYNC_LOGGING": "true", "DVC_ROOT": str(tmp_path),
-           "PATH": os.environ["PATH"]}
-    done = subprocess.run([sys.executable, "-c", ASYNC_LOGGING_STAGE], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    env = {"MLFLOW_ENABLE_ASYNC_LOGGING": "true", "DVC_ROOT": str(tmp_path), "PATH": os.environ["PATH"]}
+    done = subprocess.run(
+        [sys.executable, "-c", ASYNC_LOGGING_STAGE], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     from mlflow.tracking import MlflowClient
 
@@ -101,13 +102,17 @@ ENTRY_SCRIPTS = sorted((REPO_ROOT / "stages").glob("*.py")) + [REPO_ROOT / "pred
 def test_the_quick_exit_is_the_first_exit_handler_registered(script):
     """Exit handlers run last-registered first: registered by the first of the project's imports in every entry
     script, before torch or MLflow exist in the process, the quick exit runs after all of theirs."""
-    imports = [node for node in ast.walk(ast.parse(script.read_text()))
-               if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mnist_pipeline")]
+    imports = [
+        node
+        for node in ast.walk(ast.parse(script.read_text()))
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mnist_pipeline")
+    ]
     assert min(imports, key=lambda node: node.lineno).module == "mnist_pipeline.cli"
-    probe = ("import sys; import mnist_pipeline.cli; "
-             "print(sorted(m for m in ('torch', 'mlflow', 'numpy') if m in sys.modules))")
-    done = subprocess.run([sys.executable, "-c", probe], env={},
-                          capture_output=True, text=True, timeout=60)
+    probe = (
+        "import sys; import mnist_pipeline.cli; "
+        "print(sorted(m for m in ('torch', 'mlflow', 'numpy') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], env={}, capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "[]", done.stderr
 
 

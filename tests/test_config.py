@@ -109,8 +109,10 @@ def test_empty_params_file_gives_defaults(tmp_path):
 def test_more_shards_than_images_in_a_batch_is_refused_with_one_line():
     with pytest.raises(ConfigError) as caught:
         parse_config({"batch_size": 4, "shards": 5})
-    assert str(caught.value) == ("shards: got 5; a batch of 4 images (batch_size) cannot be split into more parts "
-                                 "than it has images, so at most 4")
+    assert str(caught.value) == (
+        "shards: got 5; a batch of 4 images (batch_size) cannot be split into more parts "
+        "than it has images, so at most 4"
+    )
     assert parse_config({"batch_size": 4, "shards": 4}).train.shards == 4
 
 
@@ -120,8 +122,10 @@ def test_validation_images_leave_the_rest_for_training_and_max_train_images_must
     assert parse_config({"data": {"validation_images": 5000, "max_train_images": 2000}}).data.training_images == 2000
     with pytest.raises(ConfigError) as caught:
         parse_config({"data": {"validation_images": 5000, "max_train_images": 58000}})
-    assert str(caught.value) == ("data.max_train_images: got 58000; with data.validation_images 5000 held out, "
-                                 "55000 training images remain, so at most 55000")
+    assert str(caught.value) == (
+        "data.max_train_images: got 58000; with data.validation_images 5000 held out, "
+        "55000 training images remain, so at most 55000"
+    )
 
 
 def test_threads_beyond_this_machines_cores_still_parse():
@@ -148,8 +152,13 @@ RESTORE = "git show HEAD:params.yaml > params.yaml restores the committed one)"
 
 
 def _git(repo, *args) -> subprocess.CompletedProcess:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.invalid"}
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.invalid",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.invalid",
+    }
     return subprocess.run(["git", *args], cwd=repo, env=env, capture_output=True, text=True)
 
 
@@ -160,7 +169,12 @@ def exp_run_repo(tmp_path, monkeypatch):
     params.write_text(COMMITTED)
     past = time.time_ns() - 100 * 10**9  # older than the index: git trusts the file's size and time
     os.utime(params, ns=(past, past))
-    for args in (("init", "-q"), ("config", "core.trustctime", "false"), ("add", "params.yaml"), ("commit", "-qm", "c")):
+    for args in (
+        ("init", "-q"),
+        ("config", "core.trustctime", "false"),
+        ("add", "params.yaml"),
+        ("commit", "-qm", "c"),
+    ):
         assert _git(tmp_path, *args).returncode == 0
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DVC_EXP_NAME", "bad-lr")
@@ -177,8 +191,9 @@ def _stage_error(capsys) -> str:
 
 def test_a_bad_value_from_exp_run_says_how_to_restore_params(exp_run_repo, capsys):
     exp_run_repo.write_text(WRITTEN)
-    assert _stage_error(capsys) == ("error: lr: got -1.0; must be > 0.0 and <= 10.0 (dvc exp run -S wrote this "
-                                    f"into params.yaml; {RESTORE}\n")
+    assert _stage_error(capsys) == (
+        f"error: lr: got -1.0; must be > 0.0 and <= 10.0 (dvc exp run -S wrote this into params.yaml; {RESTORE}\n"
+    )
     subprocess.run("git show HEAD:params.yaml > params.yaml", shell=True, check=True)
     assert exp_run_repo.read_text() == COMMITTED
 
@@ -190,9 +205,11 @@ def test_a_stale_git_index_is_named_and_the_restore_still_works(exp_run_repo, ca
     assert _git(exp_run_repo.parent, "status", "--porcelain").stdout == ""  # the symptom
     _git(exp_run_repo.parent, "checkout", "params.yaml")
     assert exp_run_repo.read_text() == WRITTEN  # ... and checkout does nothing
-    assert _stage_error(capsys) == ("error: lr: got -1.0; must be > 0.0 and <= 10.0 (dvc exp run -S wrote this "
-                                    "into params.yaml, though git's index is stale and git status does not show it; "
-                                    f"{RESTORE}\n")
+    assert _stage_error(capsys) == (
+        "error: lr: got -1.0; must be > 0.0 and <= 10.0 (dvc exp run -S wrote this "
+        "into params.yaml, though git's index is stale and git status does not show it; "
+        f"{RESTORE}\n"
+    )
     subprocess.run("git show HEAD:params.yaml > params.yaml", shell=True, check=True)
     assert exp_run_repo.read_text() == COMMITTED
 
@@ -211,5 +228,6 @@ def test_no_restore_hint_where_restoring_would_not_apply(exp_run_repo, capsys, m
 
 def test_a_deleted_params_file_gets_no_restore_hint(exp_run_repo, capsys):
     exp_run_repo.unlink()
-    assert _stage_error(capsys) == ("error: params.yaml: not found; run from the repository root, "
-                                    "where params.yaml lives\n")
+    assert _stage_error(capsys) == (
+        "error: params.yaml: not found; run from the repository root, where params.yaml lives\n"
+    )

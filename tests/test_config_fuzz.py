@@ -13,13 +13,20 @@ KNOWN_KEYS = [f.name for f in dataclasses.fields(TrainConfig)] + list(SECTIONS)
 SECTION_KEYS = sorted({f.name for section in SECTIONS.values() for f in dataclasses.fields(section)})
 
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12),
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
 )
-values = st.recursive(scalars, lambda inner: st.one_of(
-    st.lists(inner, max_size=3),
-    st.dictionaries(st.one_of(st.sampled_from(SECTION_KEYS), st.text(max_size=8)), inner, max_size=4),
-), max_leaves=8)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.dictionaries(st.one_of(st.sampled_from(SECTION_KEYS), st.text(max_size=8)), inner, max_size=4),
+    ),
+    max_leaves=8,
+)
 params = st.dictionaries(st.one_of(st.sampled_from(KNOWN_KEYS), st.text(max_size=8)), values, max_size=6)
 
 
@@ -67,7 +74,7 @@ def test_any_mapping_loads_or_raises_config_error(raw):
 def test_any_section_loads_or_raises_config_error(raw):
     config = _loads_or_raises_config_error(raw)
     if config is not None:
-        (name, values), = raw.items()
+        ((name, values),) = raw.items()
         assert {key: getattr(getattr(config, name), key) for key in values} == values
 
 

@@ -17,7 +17,9 @@ def test_present():
 """
 
 
-@pytest.mark.parametrize("value, expected", [("true", True), ("1", True), ("True", True), ("", False), ("false", False)])
+@pytest.mark.parametrize(
+    "value, expected", [("true", True), ("1", True), ("True", True), ("", False), ("false", False)]
+)
 def test_on_ci_reads_the_ci_variable(monkeypatch, value, expected):
     monkeypatch.setenv("CI", value)
     assert conftest.on_ci() is expected
@@ -32,7 +34,9 @@ def test_a_missing_prerequisite_skips_locally_with_the_reason(monkeypatch):
 
 def test_a_missing_prerequisite_fails_under_ci_in_one_line(monkeypatch):
     monkeypatch.setenv("CI", "true")
-    with pytest.raises(pytest.fail.Exception, match=r"^missing the thing: install the thing \(CI=true: CI runs every test\)$"):
+    with pytest.raises(
+        pytest.fail.Exception, match=r"^missing the thing: install the thing \(CI=true: CI runs every test\)$"
+    ):
         conftest.require(False, "the thing", "install the thing")
     conftest.require(True, "the thing", "install the thing")
 
@@ -50,8 +54,12 @@ def test_the_mark_fails_a_ci_run_and_says_what_is_missing(pytester, monkeypatch)
     pytester.makepyfile(SUITE)
     result = pytester.runpytest("-ra", plugins=[conftest])
     result.assert_outcomes(passed=1, errors=1)
-    result.stdout.fnmatch_lines(["ERROR test_the_mark_fails_a_ci_run_and_says_what_is_missing.py::test_marked - "
-                                 "Failed: missing the thing: install the thing (CI=true: CI runs every test)"])
+    result.stdout.fnmatch_lines(
+        [
+            "ERROR test_the_mark_fails_a_ci_run_and_says_what_is_missing.py::test_marked - "
+            "Failed: missing the thing: install the thing (CI=true: CI runs every test)"
+        ]
+    )
     assert result.ret != 0
 
 

@@ -76,8 +76,13 @@ def test_each_block_a_benchmark_rewrites_has_its_two_markers():
     import sweep
 
     assert common.DOCS.name == "performance.md"
-    for mark in (train_speed.SPEED_MARK, train_speed.GPU_SPEED_MARK, recipes.RESULTS_MARK, "<!-- overhead-results -->",
-                 sweep.MARK):
+    for mark in (
+        train_speed.SPEED_MARK,
+        train_speed.GPU_SPEED_MARK,
+        recipes.RESULTS_MARK,
+        "<!-- overhead-results -->",
+        sweep.MARK,
+    ):
         assert performance.count(mark) == 2, mark
     readme = README.read_text()
     assert readme.count(recipes.RECIPES_MARK) == 2  # the recipes people run stay in the README

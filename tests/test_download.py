@@ -102,9 +102,14 @@ def test_no_network_and_no_mirror_is_one_line_naming_the_way_out(tmp_path, monke
     silent.bind(("127.0.0.1", 0))
     silent.listen()  # accepts connections, never answers: only the timeout ends the wait
     monkeypatch.setattr(download, "DOWNLOAD_TIMEOUT_S", 0.5)
-    monkeypatch.setattr(download, "OFFICIAL_MIRRORS", (
-        f"http://127.0.0.1:{refusing.getsockname()[1]}/", f"http://127.0.0.1:{silent.getsockname()[1]}/",
-    ))
+    monkeypatch.setattr(
+        download,
+        "OFFICIAL_MIRRORS",
+        (
+            f"http://127.0.0.1:{refusing.getsockname()[1]}/",
+            f"http://127.0.0.1:{silent.getsockname()[1]}/",
+        ),
+    )
     monkeypatch.delenv("MNIST_MIRROR", raising=False)
     try:
         with pytest.raises(DataError) as caught:
@@ -120,15 +125,16 @@ def test_no_network_and_no_mirror_is_one_line_naming_the_way_out(tmp_path, monke
     assert not list((tmp_path / "out").iterdir())  # nothing half-downloaded left behind
 
 
-
 @requires_mnist_mirror()
 def test_the_download_stage_imports_neither_torch_nor_numpy_nor_mlflow(tmp_path):
     """Checking MD5 sums needs none of them; importing them would cost the stage seconds."""
     (tmp_path / "params.yaml").write_text("data:\n  dir: mnist\n")
     # The package first, as in a stage: its quick exit is the first exit handler, so the probe's runs before it.
-    probe = ("import atexit, runpy, sys, mnist_pipeline.cli; "
-             "atexit.register(lambda: print('loaded:', sorted(m for m in ('torch', 'numpy', 'mlflow') if m in sys.modules))); "
-             f"runpy.run_path({str(REPO_ROOT / 'stages' / 'download.py')!r}, run_name='__main__')")
+    probe = (
+        "import atexit, runpy, sys, mnist_pipeline.cli; "
+        "atexit.register(lambda: print('loaded:', sorted(m for m in ('torch', 'numpy', 'mlflow') if m in sys.modules))); "
+        f"runpy.run_path({str(REPO_ROOT / 'stages' / 'download.py')!r}, run_name='__main__')"
+    )
     env = {**os.environ, "MNIST_MIRROR": str(MNIST_MIRROR)}
     done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

@@ -16,8 +16,13 @@ from mnist_pipeline.config import SECTIONS, TrainConfig
 SRC = REPO_ROOT / "src"
 PACKAGE = SRC / "mnist_pipeline"
 STAGES = ("download", "train", "evaluate", "plot", "register")
-UPSTREAM = {"download": (), "train": ("download",), "evaluate": ("download", "train"), "plot": ("train", "evaluate"),
-            "register": ("train", "evaluate", "plot")}
+UPSTREAM = {
+    "download": (),
+    "train": ("download",),
+    "evaluate": ("download", "train"),
+    "plot": ("train", "evaluate"),
+    "register": ("train", "evaluate", "plot"),
+}
 
 
 def module_file(dotted: str):
@@ -85,9 +90,13 @@ RERUNS_BY_PARAM = {
     "data.dir": ALL,  # a new folder is a new download, and everything after it
     "plots.cmap": None,  # a string: see PARAM_CASES
     # Where each file goes: the stage that writes it and every stage that reads it rerun.
-    "paths.checkpoint": TRAINING, "paths.train_metrics": TRAINING, "paths.history": TRAINING,
+    "paths.checkpoint": TRAINING,
+    "paths.train_metrics": TRAINING,
+    "paths.history": TRAINING,
     "paths.mlflow_run": TRAINING,  # written by train, read by register
-    "paths.eval_metrics": EVALUATING, "paths.confusion": EVALUATING, "paths.mistakes": EVALUATING,
+    "paths.eval_metrics": EVALUATING,
+    "paths.confusion": EVALUATING,
+    "paths.mistakes": EVALUATING,
     "paths.eval_run": EVALUATING,  # written by evaluate, read by register
     "paths.plots_dir": PLOTTING,
     "paths.registered": ["register"],  # its record of what it logged
@@ -119,8 +128,11 @@ def _param_cases():
             if expected is None:
                 continue
             # Another value than the test project's (the dataclass default, or SMALL's where it sets one).
-            current = SMALL.get(field.name, field.default) if section == "train" else \
-                SMALL.get(section, {}).get(field.name, field.default)
+            current = (
+                SMALL.get(field.name, field.default)
+                if section == "train"
+                else SMALL.get(section, {}).get(field.name, field.default)
+            )
             value = _changed_value(field, current)
             cases.append(({field.name: value} if section == "train" else {section: {field.name: value}}, expected))
     return cases
@@ -128,35 +140,57 @@ def _param_cases():
 
 PARAM_CASES = _param_cases() + [({"plots": {"cmap": "viridis"}}, PLOTTING)]
 CODE_CASES = {
-    "src/mnist_pipeline/config.py": ALL, "src/mnist_pipeline/errors.py": ALL, "src/mnist_pipeline/cli.py": ALL,
-    "src/mnist_pipeline/download.py": ALL, "src/mnist_pipeline/timing.py": ALL, "stages/download.py": ALL,
+    "src/mnist_pipeline/config.py": ALL,
+    "src/mnist_pipeline/errors.py": ALL,
+    "src/mnist_pipeline/cli.py": ALL,
+    "src/mnist_pipeline/download.py": ALL,
+    "src/mnist_pipeline/timing.py": ALL,
+    "stages/download.py": ALL,
     "src/mnist_pipeline/data.py": TRAINING,
-    "src/mnist_pipeline/model.py": TRAINING, "src/mnist_pipeline/training.py": TRAINING,
-    "src/mnist_pipeline/checkpoint.py": TRAINING, "src/mnist_pipeline/evaluation.py": TRAINING,
-    "src/mnist_pipeline/compute/device.py": TRAINING, "src/mnist_pipeline/compute/distributed.py": TRAINING, "src/mnist_pipeline/seed.py": TRAINING,
-    "src/mnist_pipeline/compute/threads.py": TRAINING, "src/mnist_pipeline/compute/shards.py": TRAINING,
-    "src/mnist_pipeline/progress.py": TRAINING, "src/mnist_pipeline/files.py": TRAINING,
-    "src/mnist_pipeline/reports.py": TRAINING, "src/mnist_pipeline/tracking/store.py": TRAINING,
-    "src/mnist_pipeline/tracking/runs.py": TRAINING, "src/mnist_pipeline/tracking/inputs.py": TRAINING,
+    "src/mnist_pipeline/model.py": TRAINING,
+    "src/mnist_pipeline/training.py": TRAINING,
+    "src/mnist_pipeline/checkpoint.py": TRAINING,
+    "src/mnist_pipeline/evaluation.py": TRAINING,
+    "src/mnist_pipeline/compute/device.py": TRAINING,
+    "src/mnist_pipeline/compute/distributed.py": TRAINING,
+    "src/mnist_pipeline/seed.py": TRAINING,
+    "src/mnist_pipeline/compute/threads.py": TRAINING,
+    "src/mnist_pipeline/compute/shards.py": TRAINING,
+    "src/mnist_pipeline/progress.py": TRAINING,
+    "src/mnist_pipeline/files.py": TRAINING,
+    "src/mnist_pipeline/reports.py": TRAINING,
+    "src/mnist_pipeline/tracking/store.py": TRAINING,
+    "src/mnist_pipeline/tracking/runs.py": TRAINING,
+    "src/mnist_pipeline/tracking/inputs.py": TRAINING,
     "src/mnist_pipeline/tracking/system_metrics.py": TRAINING,
-    "stages/train.py": TRAINING, "stages/evaluate.py": ["evaluate", "plot", "register"],
-    "src/mnist_pipeline/records.py": TRAINING, "src/mnist_pipeline/compute/kernels.py": TRAINING,
+    "stages/train.py": TRAINING,
+    "stages/evaluate.py": ["evaluate", "plot", "register"],
+    "src/mnist_pipeline/records.py": TRAINING,
+    "src/mnist_pipeline/compute/kernels.py": TRAINING,
     "src/mnist_pipeline/tracking/lineage.py": TRAINING,
     "src/mnist_pipeline/compute/csrc/reference_net.c": TRAINING,
-    "src/mnist_pipeline/plots.py": PLOTTING, "stages/plot.py": PLOTTING,
+    "src/mnist_pipeline/plots.py": PLOTTING,
+    "stages/plot.py": PLOTTING,
     # The register stage's own code reruns it alone: editing the registry never retrains the model.
-    "src/mnist_pipeline/tracking/registry.py": ["register"], "src/mnist_pipeline/tracking/results.py": ["register"],
+    "src/mnist_pipeline/tracking/registry.py": ["register"],
+    "src/mnist_pipeline/tracking/results.py": ["register"],
     "stages/register.py": ["register"],
-    "src/mnist_pipeline/serving/command.py": [], "predict.py": [],  # the predict command: no stage runs it
+    "src/mnist_pipeline/serving/command.py": [],
+    "predict.py": [],  # the predict command: no stage runs it
     "src/mnist_pipeline/serving/framing.py": [],  # predict's framing
     "src/mnist_pipeline/serving/classifier.py": [],  # predict's and serve's model
     # search.py: a search runs the pipeline through `dvc exp run`; no stage imports it.
-    "src/mnist_pipeline/search/trials.py": [], "src/mnist_pipeline/search/space.py": [],
-    "src/mnist_pipeline/search/summary.py": [], "search.py": [], "search.yaml": [],
+    "src/mnist_pipeline/search/trials.py": [],
+    "src/mnist_pipeline/search/space.py": [],
+    "src/mnist_pipeline/search/summary.py": [],
+    "search.py": [],
+    "search.yaml": [],
     "src/mnist_pipeline/serving/server.py": [],  # predict.py --serve: the page and POST /predict
     # Each package's __init__.py runs before any module of it: every stage runs the top one.
-    "src/mnist_pipeline/__init__.py": ALL, "src/mnist_pipeline/compute/__init__.py": TRAINING,
-    "src/mnist_pipeline/tracking/__init__.py": TRAINING, "src/mnist_pipeline/serving/__init__.py": [],
+    "src/mnist_pipeline/__init__.py": ALL,
+    "src/mnist_pipeline/compute/__init__.py": TRAINING,
+    "src/mnist_pipeline/tracking/__init__.py": TRAINING,
+    "src/mnist_pipeline/serving/__init__.py": [],
     "src/mnist_pipeline/search/__init__.py": [],
 }
 

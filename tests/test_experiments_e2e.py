@@ -18,8 +18,20 @@ import pytest
 import yaml
 
 from conftest import REPO_ROOT, requires_mnist_mirror
-from dvc_project import (all_runs, check_lineage, copy_project, environment, lock_outs, mlflow_client, results, run,
-                         run_results, shown_run_ids, stages_run, update_params)
+from dvc_project import (
+    all_runs,
+    check_lineage,
+    copy_project,
+    environment,
+    lock_outs,
+    mlflow_client,
+    results,
+    run,
+    run_results,
+    shown_run_ids,
+    stages_run,
+    update_params,
+)
 from mnist_pipeline.checkpoint import load_checkpoint
 from mnist_pipeline.compute.threads import available_cores
 
@@ -60,11 +72,26 @@ def test_killed_training_resumes_the_same_run_and_ends_bit_identical(prepared_pr
     # (batch norm statistics, Adam moments, the schedule, both random generators), at ~2 s an epoch, slow
     # enough to be killed mid-run.
     # Nothing about threads pinned: the shards fix the bits, whatever the threads (mnist_pipeline.compute.shards).
-    update_params(project, {"epochs": 4, "model": "wide", "optimizer": "adamw", "schedule": "onecycle",
-                            "augment": {"shift": 1.0}, "data": {"max_train_images": 6000}})
+    update_params(
+        project,
+        {
+            "epochs": 4,
+            "model": "wide",
+            "optimizer": "adamw",
+            "schedule": "onecycle",
+            "augment": {"shift": 1.0},
+            "data": {"max_train_images": 6000},
+        },
+    )
     runs_before = len(all_runs(project))
-    repro = subprocess.Popen(["dvc", "repro"], cwd=project, env=environment(), start_new_session=True,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    repro = subprocess.Popen(
+        ["dvc", "repro"],
+        cwd=project,
+        env=environment(),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     killed_run = _wait_for_epoch(project, runs_before, 2, repro)
     os.killpg(repro.pid, signal.SIGKILL)
     repro.wait()
@@ -83,8 +110,9 @@ def test_killed_training_resumes_the_same_run_and_ends_bit_identical(prepared_pr
     finished = mlflow_client(project).get_run(killed_run)
     assert finished.info.status == "FINISHED"
     # Each start's thread count, a tag: `auto` (one per shard up to the cores) first, then 1 from the resume on.
-    assert finished.data.tags["train.threads"] == (f"{min(2, available_cores())} from epoch 1, "
-                                                   f"1 from epoch {partial['epoch'] + 1}")
+    assert finished.data.tags["train.threads"] == (
+        f"{min(2, available_cores())} from epoch 1, 1 from epoch {partial['epoch'] + 1}"
+    )
     steps = [m.step for m in mlflow_client(project).get_metric_history(killed_run, "test_accuracy")]
     assert sorted(steps) == [1, 2, 3, 4]  # every epoch logged exactly once
     resumed_results = {name: (project / name).read_text() for name in RESULT_FILES}
@@ -124,7 +152,10 @@ def test_the_same_params_give_the_same_bits_beside_busy_processes_and_at_any_thr
     assert stages_run(run(project, "dvc", "repro").stdout) == ["register"]
     assert results(project) == first
     (new_run,) = [r for r in all_runs(project) if r.info.run_id not in runs_before]
-    assert new_run.data.metrics["eval_accuracy"] == json.loads((project / "metrics" / "eval.json").read_text())["test_accuracy"]
+    assert (
+        new_run.data.metrics["eval_accuracy"]
+        == json.loads((project / "metrics" / "eval.json").read_text())["test_accuracy"]
+    )
 
 
 def _queue_done(project: Path) -> bool:
@@ -151,7 +182,7 @@ def test_a_queued_sweep_is_one_named_mlflow_run_per_experiment_in_the_repo_store
     shown = json.loads(run(project, "dvc", "exp", "show", "--json").stdout)
     experiments, commits = {}, {}
     for revision in shown:
-        for experiment in (revision.get("experiments") or []):
+        for experiment in revision.get("experiments") or []:
             for rev in experiment["revs"]:
                 params = rev["data"]["params"]["params.yaml"]["data"]
                 metrics = rev["data"]["metrics"]["metrics/eval.json"]["data"]
@@ -174,10 +205,22 @@ def test_a_queued_sweep_is_one_named_mlflow_run_per_experiment_in_the_repo_store
         # Lineage, from the queue worker's temporary copy: its dvc.lock and params.yaml are the experiment's commit's.
         assert run_ids[name] == mlflow_run.info.run_id
         assert mlflow_run.data.tags["reproduce.command"] == f"dvc exp apply {name}"
-        check_lineage(project, mlflow_run.info.run_id, run(project, "git", "show", f"{commits[name]}:dvc.lock").stdout,
-                      run(project, "git", "show", f"{commits[name]}:params.yaml").stdout)
-    table = run(project, "dvc", "exp", "show", "--no-pager", "--drop", "Created|data.*|paths.*|plots.*|tracking.*",
-                env=environment(COLUMNS="220"))
+        check_lineage(
+            project,
+            mlflow_run.info.run_id,
+            run(project, "git", "show", f"{commits[name]}:dvc.lock").stdout,
+            run(project, "git", "show", f"{commits[name]}:params.yaml").stdout,
+        )
+    table = run(
+        project,
+        "dvc",
+        "exp",
+        "show",
+        "--no-pager",
+        "--drop",
+        "Created|data.*|paths.*|plots.*|tracking.*",
+        env=environment(COLUMNS="220"),
+    )
     print("\n" + table.stdout)
     print({name: by_name[name].data.params["lr"] for name in sorted(queued)})
 
@@ -191,14 +234,27 @@ def test_a_queued_sweep_is_one_named_mlflow_run_per_experiment_in_the_repo_store
     alone = run(project, "dvc", "exp", "run", "--temp", "-n", "alone", "-f", "--downstream", "train", "-S", "lr=0.05")
     assert stages_run(alone.stdout) == ["train", "evaluate", "plot", "register"]
     shown = json.loads(run(project, "dvc", "exp", "show", "--json").stdout)
-    alone_commit = next(rev["rev"] for revision in shown for experiment in (revision.get("experiments") or [])
-                        for rev in experiment["revs"] if rev.get("name") == "alone")
-    for path in ("metrics/train.json", "metrics/history.csv", "metrics/eval.json", "metrics/confusion.csv",
-                 "metrics/mistakes.csv"):
-        assert (run(project, "git", "show", f"{alone_commit}:{path}").stdout
-                == run(project, "git", "show", f"{commits[name]}:{path}").stdout), path
-    assert (lock_outs(run(project, "git", "show", f"{alone_commit}:dvc.lock").stdout)
-            == lock_outs(run(project, "git", "show", f"{commits[name]}:dvc.lock").stdout))  # the checkpoint's and plots' too
+    alone_commit = next(
+        rev["rev"]
+        for revision in shown
+        for experiment in (revision.get("experiments") or [])
+        for rev in experiment["revs"]
+        if rev.get("name") == "alone"
+    )
+    for path in (
+        "metrics/train.json",
+        "metrics/history.csv",
+        "metrics/eval.json",
+        "metrics/confusion.csv",
+        "metrics/mistakes.csv",
+    ):
+        assert (
+            run(project, "git", "show", f"{alone_commit}:{path}").stdout
+            == run(project, "git", "show", f"{commits[name]}:{path}").stdout
+        ), path
+    assert lock_outs(run(project, "git", "show", f"{alone_commit}:dvc.lock").stdout) == lock_outs(
+        run(project, "git", "show", f"{commits[name]}:dvc.lock").stdout
+    )  # the checkpoint's and plots' too
     alone_run = json.loads(run(project, "git", "show", f"{alone_commit}:metrics/mlflow_run.json").stdout)["run_id"]
     assert alone_run != by_name[name].info.run_id
     assert run_results(project, alone_run) == run_results(project, by_name[name].info.run_id)
@@ -272,9 +328,13 @@ def test_each_recipe_runs_through_dvc_exp_run_starts_fresh_and_logs_the_values_i
         assert mlflow_run.data.metrics["eval_accuracy"] > 0.5  # it learned, even from 2000 images in one epoch
 
         shown = json.loads(run(project, "dvc", "exp", "show", "--json").stdout)
-        params = next(rev["data"]["params"]["params.yaml"]["data"] for revision in shown
-                      for experiment in (revision.get("experiments") or []) for rev in experiment["revs"]
-                      if rev["name"] == name)
+        params = next(
+            rev["data"]["params"]["params.yaml"]["data"]
+            for revision in shown
+            for experiment in (revision.get("experiments") or [])
+            for rev in experiment["revs"]
+            if rev["name"] == name
+        )
         for key, value in recipe.items():
             section, _, leaf = key.rpartition(".")
             assert (params[section][leaf] if section else params[key]) == value, (name, key)

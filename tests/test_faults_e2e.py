@@ -23,8 +23,15 @@ from dvc_project import all_runs, copy_project, environment, run, stages_run, up
 
 pytestmark = [pytest.mark.e2e, requires_mnist_mirror()]
 
-OUTPUTS = ("models/model.pt", "metrics/train.json", "metrics/history.csv", "metrics/eval.json",
-           "metrics/confusion.csv", "metrics/mlflow_run.json", "plots/accuracy.png")
+OUTPUTS = (
+    "models/model.pt",
+    "metrics/train.json",
+    "metrics/history.csv",
+    "metrics/eval.json",
+    "metrics/confusion.csv",
+    "metrics/mlflow_run.json",
+    "plots/accuracy.png",
+)
 
 
 def snapshot(project: Path) -> dict[str, str]:
@@ -50,9 +57,11 @@ def test_exp_run_with_a_bad_param_fails_with_one_line_and_keeps_every_output(pro
     # DVC wrote lr: -1 into params.yaml and leaves it there; the line says how to get the committed file back
     # (git's index may be left stale by DVC, which the line then says too).
     restore = "git show HEAD:params.yaml > params.yaml"
-    lines = [f"error: lr: got -1.0; must be > 0.0 and <= 10.0 (dvc exp run -S wrote this into params.yaml{stale}; "
-             f"{restore} restores the committed one)\n"
-             for stale in ("", ", though git's index is stale and git status does not show it")]
+    lines = [
+        f"error: lr: got -1.0; must be > 0.0 and <= 10.0 (dvc exp run -S wrote this into params.yaml{stale}; "
+        f"{restore} restores the committed one)\n"
+        for stale in ("", ", though git's index is stale and git status does not show it")
+    ]
     assert any(line in failed.stderr for line in lines), failed.stderr
     assert "epoch 1/" not in failed.stderr + failed.stdout  # stopped before any training
     assert snapshot(project) == before
@@ -74,8 +83,10 @@ def test_a_dead_tracking_server_fails_before_training_and_keeps_every_output(pro
     port = dead_port()
     failed = run(project, "dvc", "repro", check=False, env=environment(MLFLOW_TRACKING_URI=f"http://127.0.0.1:{port}"))
     assert failed.returncode != 0
-    assert (f"error: MLflow store http://127.0.0.1:{port}: unreachable (Connection refused); "
-            "start it, or fix or unset MLFLOW_TRACKING_URI\n") in failed.stderr
+    assert (
+        f"error: MLflow store http://127.0.0.1:{port}: unreachable (Connection refused); "
+        "start it, or fix or unset MLFLOW_TRACKING_URI\n"
+    ) in failed.stderr
     assert "epoch 1/" not in failed.stderr + failed.stdout
     assert snapshot(project) == before
     run(project, "git", "checkout", "params.yaml")
@@ -89,8 +100,10 @@ def test_a_damaged_store_fails_before_training_with_one_line_and_keeps_every_out
     update_params(project, {"lr": 0.02})
     failed = run(project, "dvc", "repro", check=False)
     assert failed.returncode != 0
-    assert (f"error: MLflow store sqlite:///{project.resolve() / 'mlflow.db'}: database disk image is malformed; "
-            "move it aside or restore a backup\n") in failed.stderr
+    assert (
+        f"error: MLflow store sqlite:///{project.resolve() / 'mlflow.db'}: database disk image is malformed; "
+        "move it aside or restore a backup\n"
+    ) in failed.stderr
     assert "Traceback" not in failed.stderr
     assert "epoch 1/" not in failed.stderr + failed.stdout
     assert snapshot(project) == before
@@ -114,8 +127,14 @@ def _wait_for_first_epoch(project: Path, runs_before: int, process: subprocess.P
 def test_killed_training_leaves_dvc_and_mlflow_consistent_and_the_next_repro_works(project):
     before, runs_before = snapshot(project), len(all_runs(project))
     update_params(project, {"epochs": 4, "data": {"max_train_images": 12000}})
-    repro = subprocess.Popen(["dvc", "repro"], cwd=project, env=environment(), start_new_session=True,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    repro = subprocess.Popen(
+        ["dvc", "repro"],
+        cwd=project,
+        env=environment(),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     killed_run = _wait_for_first_epoch(project, runs_before, repro)
     os.killpg(repro.pid, signal.SIGKILL)  # as a power cut would: no handler runs
     repro.wait()
@@ -124,16 +143,19 @@ def test_killed_training_leaves_dvc_and_mlflow_consistent_and_the_next_repro_wor
     # whole epoch, marked unfinished so that nothing takes it for a result (it is there to resume), and the
     # run id beside it names the killed run, which the resume continues.
     kept = ("models/model.pt", "metrics/mlflow_run.json")
-    assert {k: v for k, v in snapshot(project).items() if k not in kept} == \
-        {k: v for k, v in before.items() if k not in kept}
+    assert {k: v for k, v in snapshot(project).items() if k not in kept} == {
+        k: v for k, v in before.items() if k not in kept
+    }
     assert json.loads((project / "metrics" / "mlflow_run.json").read_text())["run_id"] == killed_run
     partial = load_checkpoint(project / "models" / "model.pt")
     assert 1 <= partial["epoch"] < 4 and not partial["complete"]
     assert not list((project / "models").glob(".model.pt.*"))  # no half-written checkpoint
     refused = run(project, "dvc", "repro", "--single-item", "evaluate", check=False)
     assert refused.returncode != 0
-    assert f"models/model.pt: training stopped after epoch {partial['epoch']} of 4; run dvc repro to finish it" \
+    assert (
+        f"models/model.pt: training stopped after epoch {partial['epoch']} of 4; run dvc repro to finish it"
         in refused.stderr
+    )
     status = run(project, "dvc", "status").stdout
     assert "train:" in status and "up to date" not in status  # DVC knows the results are stale
 
@@ -158,8 +180,10 @@ def test_a_damaged_mirror_is_refused_and_nothing_bad_enters_the_cache(project, t
 
     failed = run(project, "dvc", "repro", "-f", "download", check=False, env=environment(MNIST_MIRROR=str(damaged)))
     assert failed.returncode != 0
-    assert (f"error: {name}: MD5 mismatch (expected 9fb629c4189551a2d022fa330f9573f3, got {bad_md5}); "
-            f"the source {damaged} has a damaged or wrong file\n") in failed.stderr
+    assert (
+        f"error: {name}: MD5 mismatch (expected 9fb629c4189551a2d022fa330f9573f3, got {bad_md5}); "
+        f"the source {damaged} has a damaged or wrong file\n"
+    ) in failed.stderr
     assert not (project / "data" / "mnist" / name).exists()
     cached = {p.parent.name + p.name for p in (project / ".dvc" / "cache").rglob("*") if p.is_file()}
     assert bad_md5 not in cached

@@ -34,8 +34,9 @@ def test_a_fresh_clones_repro_gives_the_committed_bytes_and_the_tutorials_accura
     # Every output hash dvc.lock records (the checkpoint, the metrics, the data and the PNGs) is the committed one,
     # and git sees nothing else changed: dvc.lock and metrics/ are byte for byte what the repository holds.
     assert lock_outs((project / "dvc.lock").read_text()) == lock_outs(committed_lock)
-    status = subprocess.run(["git", "status", "--porcelain"], cwd=project, capture_output=True, text=True,
-                            check=True).stdout.splitlines()
+    status = subprocess.run(
+        ["git", "status", "--porcelain"], cwd=project, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
     assert [line for line in status if line[3:] != RUN_ID_FILE] == []
 
     # And it is the tutorial's training: its accuracy table within noise, epoch by epoch.

@@ -2,8 +2,17 @@ import pytest
 import torch
 
 from mnist_pipeline.config import ARCHITECTURES as CONFIG_ARCHITECTURES
-from mnist_pipeline.model import (ARCHITECTURES, CompactCNN, DigitClassifier, ModelConfig, ReferenceCNN, WideCNN,
-                                  build_model, feature_size, parameter_count)
+from mnist_pipeline.model import (
+    ARCHITECTURES,
+    CompactCNN,
+    DigitClassifier,
+    ModelConfig,
+    ReferenceCNN,
+    WideCNN,
+    build_model,
+    feature_size,
+    parameter_count,
+)
 
 
 def test_feature_size_of_the_reference_is_320():

@@ -15,8 +15,18 @@ import sys
 import pytest
 
 from conftest import c_compiler, require, requires_mnist_mirror
-from dvc_project import (all_runs, check_lineage, copy_project, environment, mlflow_client, predicts_like_evaluate, run,
-                         shown_run_ids, stages_run, update_params)
+from dvc_project import (
+    all_runs,
+    check_lineage,
+    copy_project,
+    environment,
+    mlflow_client,
+    predicts_like_evaluate,
+    run,
+    shown_run_ids,
+    stages_run,
+    update_params,
+)
 from mnist_pipeline.compute.threads import available_cores
 
 pytestmark = [pytest.mark.e2e, requires_mnist_mirror()]
@@ -31,8 +41,10 @@ def project(prepared_project, tmp_path_factory):
 def stage_threads(output: str, stage: str) -> tuple[int, int]:
     """The thread count a stage printed and the cores it names."""
     if stage == "train":
-        pattern = (r"^train: 2 shards per batch on (\d+) threads? \(threads: auto, 2 shards, (\d+) cores?\); "
-                   r"the results depend on shards, never on threads$")
+        pattern = (
+            r"^train: 2 shards per batch on (\d+) threads? \(threads: auto, 2 shards, (\d+) cores?\); "
+            r"the results depend on shards, never on threads$"
+        )
     else:
         pattern = rf"^{stage}: (\d+) threads? \(threads: auto, (\d+) cores?\); the results do not depend on them$"
     line = re.search(pattern, output, re.MULTILINE)
@@ -73,9 +85,11 @@ def test_the_evaluate_stage_runs_without_mlflow(prepared_project, tmp_path):
     """The plot stage reports the evaluation to MLflow: importing MLflow in evaluate would double its time."""
     project = copy_project(prepared_project, tmp_path / "project")
     # The package first, as in a stage: its quick exit is the first exit handler, so the probe's runs before it.
-    probe = ("import atexit, runpy, sys, mnist_pipeline.cli; "
-             "atexit.register(lambda: print('mlflow loaded:', 'mlflow' in sys.modules)); "
-             "runpy.run_path('stages/evaluate.py', run_name='__main__')")
+    probe = (
+        "import atexit, runpy, sys, mnist_pipeline.cli; "
+        "atexit.register(lambda: print('mlflow loaded:', 'mlflow' in sys.modules)); "
+        "runpy.run_path('stages/evaluate.py', run_name='__main__')"
+    )
     done = run(project, sys.executable, "-c", probe, env=environment())
     assert "evaluate: test accuracy" in done.stdout and "mlflow loaded: False" in done.stdout
     assert set(json.loads((project / "metrics" / "eval_run.json").read_text())) == {"threads", "seconds"}
@@ -101,7 +115,12 @@ def test_first_repro_made_one_mlflow_run_with_params_metrics_plots_and_model(pro
     assert json.loads((project / "metrics" / "mlflow_run.json").read_text())["run_id"] == mlflow_run.info.run_id
     assert mlflow_run.info.status == "FINISHED"
     params = mlflow_run.data.params
-    assert (params["lr"], params["epochs"], params["data.max_train_images"], params["plots.dpi"]) == ("0.01", "2", "2000", "100")
+    assert (params["lr"], params["epochs"], params["data.max_train_images"], params["plots.dpi"]) == (
+        "0.01",
+        "2",
+        "2000",
+        "100",
+    )
     head = run(project, "git", "rev-parse", "HEAD").stdout.strip()
     assert mlflow_run.data.tags["mlflow.source.git.commit"] == head
 

@@ -22,8 +22,11 @@ pytestmark = [pytest.mark.e2e, requires_mnist_mirror()]
 
 def cached_outputs(project: Path) -> dict[str, str]:
     """MD5 of every output DVC caches (the data, the checkpoint, the PNGs): what travels through the remote."""
-    files = [*sorted((project / "data" / "mnist").glob("*.gz")), project / "models" / "model.pt",
-             *sorted((project / "plots").glob("*.png"))]
+    files = [
+        *sorted((project / "data" / "mnist").glob("*.gz")),
+        project / "models" / "model.pt",
+        *sorted((project / "plots").glob("*.png")),
+    ]
     return {str(f.relative_to(project)): hashlib.md5(f.read_bytes()).hexdigest() for f in files}
 
 
@@ -50,8 +53,15 @@ def team(prepared_project, tmp_path_factory):
     run(a, "git", "commit", "-qm", "first run; the team's DVC remote")
     push = run(a, "dvc", "push")
     run(a, "git", "push", "-q", "origin", "HEAD:main")
-    return {"root": root, "origin": origin, "remote": remote, "a": a, "push": push,
-            "a_outputs": cached_outputs(a), "b": root / "b"}
+    return {
+        "root": root,
+        "origin": origin,
+        "remote": remote,
+        "a": a,
+        "push": push,
+        "a_outputs": cached_outputs(a),
+        "b": root / "b",
+    }
 
 
 def test_push_uploads_every_cached_output_to_the_committed_default_remote(team):

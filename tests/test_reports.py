@@ -1,7 +1,6 @@
 import json
 
-from mnist_pipeline.reports import (read_confusion, read_history, read_json, write_confusion, write_history,
-                                    write_json)
+from mnist_pipeline.reports import read_confusion, read_history, read_json, write_confusion, write_history, write_json
 from mnist_pipeline.records import EpochResult
 
 

@@ -4,9 +4,19 @@ from packaging.requirements import Requirement
 
 from conftest import REPO_ROOT
 
-MACOS = {"platform_system": "Darwin", "sys_platform": "darwin", "platform_machine": "arm64", "os_name": "posix",
-         "python_version": "3.11", "python_full_version": "3.11.7", "implementation_name": "cpython",
-         "platform_python_implementation": "CPython", "platform_release": "", "platform_version": "", "extra": ""}
+MACOS = {
+    "platform_system": "Darwin",
+    "sys_platform": "darwin",
+    "platform_machine": "arm64",
+    "os_name": "posix",
+    "python_version": "3.11",
+    "python_full_version": "3.11.7",
+    "implementation_name": "cpython",
+    "platform_python_implementation": "CPython",
+    "platform_release": "",
+    "platform_version": "",
+    "extra": "",
+}
 
 
 def _pins() -> list[Requirement]:
@@ -25,5 +35,6 @@ def test_cuda_and_triton_wheels_are_pinned_for_linux_only():
 def test_on_macos_the_lock_keeps_everything_else():
     kept = {p.name for p in _pins() if p.marker is None or p.marker.evaluate(MACOS)}
     assert {"torch", "torchvision", "dvc", "mlflow", "nvidia-ml-py"} <= kept
-    assert not any(name.startswith(("cuda-", "triton")) or (name.startswith("nvidia-") and name != "nvidia-ml-py")
-                   for name in kept)
+    assert not any(
+        name.startswith(("cuda-", "triton")) or (name.startswith("nvidia-") and name != "nvidia-ml-py") for name in kept
+    )

@@ -25,8 +25,11 @@ REPRO: dict[Path, object] = {}
 def postgres():
     """A throwaway PostgreSQL cluster with an empty `mlflow` database; always stopped."""
     bin_dir = postgres_bin()
-    require(bin_dir, "a PostgreSQL server (/usr/lib/postgresql/*/bin/initdb)",
-            "apt-get install postgresql (as .ci/run does)")
+    require(
+        bin_dir,
+        "a PostgreSQL server (/usr/lib/postgresql/*/bin/initdb)",
+        "apt-get install postgresql (as .ci/run does)",
+    )
     with postgres_cluster(bin_dir) as databases:
         yield databases["mlflow"]
 
@@ -79,10 +82,14 @@ def test_repro_logs_one_finished_run_to_the_server_and_nothing_locally(project, 
     plots = {a.path for a in client.list_artifacts(run_id, "plots")}
     assert plots == {"plots/accuracy.png", "plots/loss.png", "plots/confusion.png", "plots/mistakes.png"}
     print(f"\nserver run {run_id} status {mlflow_run.info.status}")
-    print(f"params lr={params['lr']} epochs={params['epochs']} data.max_train_images={params['data.max_train_images']}"
-          f" data.max_test_images={params['data.max_test_images']}")
+    print(
+        f"params lr={params['lr']} epochs={params['epochs']} data.max_train_images={params['data.max_train_images']}"
+        f" data.max_test_images={params['data.max_test_images']}"
+    )
     print("test_accuracy history " + ", ".join(f"step {m.step}: {m.value:.4f}" for m in history))
-    print(f"eval_accuracy {mlflow_run.data.metrics['eval_accuracy']:.4f} (metrics/eval.json {evaluation['test_accuracy']:.4f})")
+    print(
+        f"eval_accuracy {mlflow_run.data.metrics['eval_accuracy']:.4f} (metrics/eval.json {evaluation['test_accuracy']:.4f})"
+    )
 
     # The run is in PostgreSQL, and the files in the server's artifact folder.
     import psycopg
@@ -108,5 +115,7 @@ def test_champion_model_loads_through_the_server_and_predicts_like_the_evaluate_
     finally:
         mlflow.set_tracking_uri(None)  # no server URI left behind for other tests (it also sets the env var)
     accuracy = predicts_like_evaluate(model, project)
-    print(f"models:/mnist-cnn@champion is version {champion.version} of run {run_id}: "
-          f"{accuracy:.4f} on the 10000 test images")
+    print(
+        f"models:/mnist-cnn@champion is version {champion.version} of run {run_id}: "
+        f"{accuracy:.4f} on the 10000 test images"
+    )

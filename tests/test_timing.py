@@ -17,10 +17,11 @@ def test_phases_split_the_time_since_the_process_started_and_repeat_names_add_up
 
 def test_the_first_phase_holds_what_the_process_did_before_the_clock_existed():
     """Interpreter start-up and imports count: a process that waits 0.5 s before timing shows them."""
-    probe = ("import time; time.sleep(0.5); from mnist_pipeline.timing import StageClock; "
-             "clock = StageClock('probe'); clock.mark('before'); print(clock.phases['before'])")
-    done = subprocess.run([sys.executable, "-c", probe], env={},
-                          capture_output=True, text=True, check=True)
+    probe = (
+        "import time; time.sleep(0.5); from mnist_pipeline.timing import StageClock; "
+        "clock = StageClock('probe'); clock.mark('before'); print(clock.phases['before'])"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], env={}, capture_output=True, text=True, check=True)
     assert 0.5 <= float(done.stdout) < 30
 
 

@@ -8,8 +8,18 @@ from mnist_pipeline.data import Split
 from mnist_pipeline.compute.device import place_model
 from mnist_pipeline.model import ModelConfig, build_model
 from mnist_pipeline.records import EpochResult
-from mnist_pipeline.training import (Augmentation, Setup, Steps, augment_batch, draw_augmentation, make_optimizer,
-                                     make_schedule, prepare, train, train_one_epoch)
+from mnist_pipeline.training import (
+    Augmentation,
+    Setup,
+    Steps,
+    augment_batch,
+    draw_augmentation,
+    make_optimizer,
+    make_schedule,
+    prepare,
+    train,
+    train_one_epoch,
+)
 
 
 def _toy_split(n=96, seed=0):
@@ -82,8 +92,10 @@ def test_train_one_epoch_returns_the_mean_batch_loss_and_reports_progress():
     loss = train_one_epoch(setup, split, config, Steps.of(setup, config), progress=Recorder())
     model.eval()  # the reference CNN has no dropout or batch norm, so train and eval modes agree
     order = torch.randperm(40, generator=torch.Generator().manual_seed(0))
-    batch_losses = [torch.nn.functional.cross_entropy(model(split.images[order[i:i + 16]]), split.labels[order[i:i + 16]])
-                    for i in (0, 16, 32)]
+    batch_losses = [
+        torch.nn.functional.cross_entropy(model(split.images[order[i : i + 16]]), split.labels[order[i : i + 16]])
+        for i in (0, 16, 32)
+    ]
     assert loss == pytest.approx(sum(b.item() for b in batch_losses) / 3, rel=1e-5)
     assert sum(steps for steps, _ in reports) == 3  # every batch counted once
     assert reports[-1][1] == pytest.approx(loss, rel=1e-5)
@@ -114,8 +126,13 @@ def test_on_epoch_end_sees_the_history_so_far():
     seen = []
     config = TrainConfig(batch_size=32, epochs=2)
     split = _toy_split(n=64)
-    train(prepare(config, torch.device("cpu"), len(split)), split, split, config,
-          on_epoch_end=lambda history: seen.append([r.epoch for r in history]))
+    train(
+        prepare(config, torch.device("cpu"), len(split)),
+        split,
+        split,
+        config,
+        on_epoch_end=lambda history: seen.append([r.epoch for r in history]),
+    )
     assert seen == [[1], [1, 2]]
 
 
@@ -129,8 +146,9 @@ def test_training_continues_after_the_given_history():
     assert [r.epoch for r in history] == [1, 2, 3] and history[:2] == done
 
 
-@pytest.mark.parametrize("name, optimizer_class", [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam),
-                                                    ("adamw", torch.optim.AdamW)])
+@pytest.mark.parametrize(
+    "name, optimizer_class", [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)]
+)
 def test_each_optimizer_builds_and_takes_a_step(name, optimizer_class):
     model = build_model(ModelConfig(architecture="compact"))
     config = TrainConfig(optimizer=name, lr=0.01, momentum=0.9, weight_decay=0.05)
@@ -172,7 +190,7 @@ def test_onecycle_warms_up_to_lr_then_anneals_as_the_readme_says():
     assert max(rates) == pytest.approx(0.1)
     assert peak == pytest.approx(0.25 * len(rates), abs=1)
     assert rates[0] == pytest.approx(0.1 / 25) and rates[-1] == pytest.approx(0.1 / 25 / 1e4)
-    assert all(a <= b for a, b in zip(rates[:peak], rates[1:peak + 1]))
+    assert all(a <= b for a, b in zip(rates[:peak], rates[1 : peak + 1]))
 
 
 def test_cosine_decays_from_lr_towards_zero():
@@ -215,8 +233,13 @@ def test_augmentation_keeps_labels_shapes_and_draws_from_the_seed():
     assert moved.shape == split.images.shape and not torch.allclose(moved, split.images)
     # Training with augmentation consumes the same labels and still learns the toy task.
     train_config = TrainConfig(lr=0.05, batch_size=16, epochs=4, seed=0)
-    history = train(prepare(train_config, torch.device("cpu"), len(split)), split, split, train_config,
-                    augmentation=Augmentation(config))
+    history = train(
+        prepare(train_config, torch.device("cpu"), len(split)),
+        split,
+        split,
+        train_config,
+        augmentation=Augmentation(config),
+    )
     assert history[-1].test_accuracy > 0.5
 
 

@@ -35,8 +35,12 @@ from common import RESULTS, code_version, copy_repository, environment, machine,
 
 RESULT = RESULTS / "bits_check.json"
 BUSY = [sys.executable, "-c", "while True: pass"]
-LOWEST = {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41", "MKL_CBWR": "COMPATIBLE",
-          "MNIST_PIPELINE_KERNEL_TARGET": "x86-64"}
+LOWEST = {
+    "ATEN_CPU_CAPABILITY": "default",
+    "ONEDNN_MAX_CPU_ISA": "SSE41",
+    "MKL_CBWR": "COMPATIBLE",
+    "MNIST_PIPELINE_KERNEL_TARGET": "x86-64",
+}
 RUN_ID_FILE = "metrics/mlflow_run.json"  # the one file a run may change: the id of its MLflow run
 
 
@@ -48,24 +52,31 @@ def outs(lock_text: str) -> dict[str, str]:
 
 def changed_files(project: Path) -> list[str]:
     """What `git status` shows as changed, but the run id."""
-    status = subprocess.run(["git", "status", "--porcelain"], cwd=project, capture_output=True, text=True,
-                            check=True).stdout
+    status = subprocess.run(
+        ["git", "status", "--porcelain"], cwd=project, capture_output=True, text=True, check=True
+    ).stdout
     return sorted(line[3:] for line in status.splitlines() if line[3:] != RUN_ID_FILE)
 
 
 def set_threads(project: Path, threads) -> None:
     params = project / "params.yaml"
     text = params.read_text()
-    params.write_text(text.replace("threads: auto ", f"threads: {threads} ", 1) if threads != "auto"
-                      else text.replace("threads: 1 ", "threads: auto ", 1))
+    params.write_text(
+        text.replace("threads: auto ", f"threads: {threads} ", 1)
+        if threads != "auto"
+        else text.replace("threads: 1 ", "threads: auto ", 1)
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=RESULT)
     args = parser.parse_args()
-    committed = outs(Path("dvc.lock").read_text() if Path("dvc.lock").exists()
-                     else (Path(__file__).parents[1] / "dvc.lock").read_text())
+    committed = outs(
+        Path("dvc.lock").read_text()
+        if Path("dvc.lock").exists()
+        else (Path(__file__).parents[1] / "dvc.lock").read_text()
+    )
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         project = copy_repository(Path(tmp) / "repo")
@@ -91,14 +102,32 @@ def main() -> None:
             differ = sorted(path for path in committed if got.get(path) != committed[path])
             changed = changed_files(project)
             same = not differ and not changed
-            results.append({"variant": name, "environment": extra, "threads": threads, "busy": busy,
-                            "seconds": round(seconds, 1), "same_bytes_as_committed": same,
-                            "outputs_that_differ": differ, "files_git_shows_changed": changed, "outs": got})
-            print(f"{'SAME' if same else 'DIFFERENT'} {name}: {len(committed) - len(differ)} of {len(committed)} "
-                  f"output hashes as committed, git shows {changed or 'nothing'} changed but the run id "
-                  f"({seconds:.0f} s)", flush=True)
-    summary = {"machine": machine(), "code": code_version(), "committed_outs": committed, "runs": results,
-               "all_same": all(r["same_bytes_as_committed"] for r in results)}
+            results.append(
+                {
+                    "variant": name,
+                    "environment": extra,
+                    "threads": threads,
+                    "busy": busy,
+                    "seconds": round(seconds, 1),
+                    "same_bytes_as_committed": same,
+                    "outputs_that_differ": differ,
+                    "files_git_shows_changed": changed,
+                    "outs": got,
+                }
+            )
+            print(
+                f"{'SAME' if same else 'DIFFERENT'} {name}: {len(committed) - len(differ)} of {len(committed)} "
+                f"output hashes as committed, git shows {changed or 'nothing'} changed but the run id "
+                f"({seconds:.0f} s)",
+                flush=True,
+            )
+    summary = {
+        "machine": machine(),
+        "code": code_version(),
+        "committed_outs": committed,
+        "runs": results,
+        "all_same": all(r["same_bytes_as_committed"] for r in results),
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"{'every run gave' if summary['all_same'] else 'NOT every run gave'} the committed bytes; wrote {args.out}")

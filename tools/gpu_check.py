@@ -49,15 +49,21 @@ def same_loss_on_gpu_and_cpu(split) -> bool:
     cpu_loss.backward()
     gpu_loss = F.cross_entropy(gpu_model(images.to(DEVICE)), labels.to(DEVICE))
     gpu_loss.backward()
-    grad_gap = max((a.grad - b.grad.cpu()).abs().max().item() for a, b in zip(cpu_model.parameters(), gpu_model.parameters()))
-    return check("same loss (within 1e-4) and gradients (within 1e-3) as the CPU",
-                 abs(cpu_loss.item() - gpu_loss.item()) < 1e-4 and grad_gap < 1e-3,
-                 f"loss {cpu_loss.item():.6f} vs {gpu_loss.item():.6f}, largest gradient gap {grad_gap:.2e}")
+    grad_gap = max(
+        (a.grad - b.grad.cpu()).abs().max().item() for a, b in zip(cpu_model.parameters(), gpu_model.parameters())
+    )
+    return check(
+        "same loss (within 1e-4) and gradients (within 1e-3) as the CPU",
+        abs(cpu_loss.item() - gpu_loss.item()) < 1e-4 and grad_gap < 1e-3,
+        f"loss {cpu_loss.item():.6f} vs {gpu_loss.item():.6f}, largest gradient gap {grad_gap:.2e}",
+    )
 
 
 def one_run(train_split, test_split, **overrides):
     augment = overrides.pop("augment", AugmentConfig())
-    config = TrainConfig(**{"epochs": 1, "seed": 1, **{k: float(v) if k in FLOATS else v for k, v in overrides.items()}})
+    config = TrainConfig(
+        **{"epochs": 1, "seed": 1, **{k: float(v) if k in FLOATS else v for k, v in overrides.items()}}
+    )
     setup = prepare(config, DEVICE, len(train_split))
     sync()
     started = time.perf_counter()
@@ -91,19 +97,27 @@ def main() -> int:
     def accuracy_check(name: str, kind: str, history, seconds: float, note: str = "") -> bool:
         floor = FLOORS[kind][dry_run]
         accuracy = history[-1].test_accuracy
-        return check(f"{name}: test accuracy >= {floor:.1%}", accuracy >= floor, f"{accuracy:.2%} in {seconds:.2f} s{note}")
+        return check(
+            f"{name}: test accuracy >= {floor:.1%}", accuracy >= floor, f"{accuracy:.2%} in {seconds:.2f} s{note}"
+        )
 
     history, seconds, _ = one_run(train_split, test_split)
-    results.append(accuracy_check("reference, 1 epoch fp32", "reference", history, seconds,
-                                  " (first run: includes cuDNN warm-up)"))
+    results.append(
+        accuracy_check("reference, 1 epoch fp32", "reference", history, seconds, " (first run: includes cuDNN warm-up)")
+    )
     history, seconds, _ = one_run(train_split, test_split, precision="bf16")
     results.append(accuracy_check("reference, 1 epoch bf16", "reference", history, seconds))
     configure_determinism(True, torch.device("cuda"))
     first, _, model_a = one_run(train_split, test_split)
     second, _, model_b = one_run(train_split, test_split)
     same = all(torch.equal(a, b) for a, b in zip(model_a.state_dict().values(), model_b.state_dict().values()))
-    results.append(check("deterministic: two runs bit-identical", same and first == second,
-                         f"{first[-1].test_accuracy:.4%} vs {second[-1].test_accuracy:.4%}"))
+    results.append(
+        check(
+            "deterministic: two runs bit-identical",
+            same and first == second,
+            f"{first[-1].test_accuracy:.4%} vs {second[-1].test_accuracy:.4%}",
+        )
+    )
     torch.use_deterministic_algorithms(False)
     torch.backends.cudnn.benchmark = True
     fast = recipe_params(readme_recipes((REPO_ROOT / "README.md").read_text())["fast"])  # the README's fast recipe
@@ -114,8 +128,11 @@ def main() -> int:
         fast_seconds.append(seconds)
         results.append(accuracy_check(f"fast recipe, seed {seed}", "fast", history, seconds))
     # A measurement, not a check: the goal is for an H100 and is not reached yet, so a check would fail every run.
-    print(f"TIME fast recipe: {min(fast_seconds):.2f}-{max(fast_seconds):.2f} s of training per seed on {where} "
-          f"(goal: <= {FAST_GOAL_SECONDS:g} s on an H100)", flush=True)
+    print(
+        f"TIME fast recipe: {min(fast_seconds):.2f}-{max(fast_seconds):.2f} s of training per seed on {where} "
+        f"(goal: <= {FAST_GOAL_SECONDS:g} s on an H100)",
+        flush=True,
+    )
     history, seconds, _ = one_run(train_split, test_split, **fast, augment=AugmentConfig(shift=2, rotate=10))
     results.append(accuracy_check(f"augmentation on the {DEVICE.type.upper()}", "augment", history, seconds))
     if dry_run:

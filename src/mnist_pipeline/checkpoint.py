@@ -23,9 +23,17 @@ class CheckpointError(PipelineError):
     """A checkpoint is missing, unreadable or not one of ours."""
 
 
-def save_checkpoint(path: str | Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    generator: torch.Generator, model_config: ModelConfig, config: dict[str, Any],
-                    history: list[EpochResult], schedule: Optional[LRScheduler] = None) -> None:
+def save_checkpoint(
+    path: str | Path,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    model_config: ModelConfig,
+    config: dict[str, Any],
+    history: list[EpochResult],
+    schedule: Optional[LRScheduler] = None,
+) -> None:
     """Write everything that resumes or rebuilds the run to `path`, atomically.
 
     Weights, optimizer and learning-rate schedule state, the epochs done so far with their metrics, the
@@ -113,8 +121,11 @@ def resume_decision(checkpoint: Optional[dict[str, Any]], config: dict[str, Any]
         return False, "the checkpoint holds a finished training; training from scratch"
     before = flatten(training_config(checkpoint["config"]))
     now = flatten(training_config(config))
-    changed = [f"{key} {before.get(key)} -> {now.get(key)}" for key in sorted(set(before) | set(now))
-               if before.get(key) != now.get(key)]
+    changed = [
+        f"{key} {before.get(key)} -> {now.get(key)}"
+        for key in sorted(set(before) | set(now))
+        if before.get(key) != now.get(key)
+    ]
     if changed:
         return False, f"params changed since the unfinished checkpoint ({', '.join(changed)}); training from scratch"
     return True, f"resuming after epoch {checkpoint['epoch']} of {config['epochs']} from the unfinished checkpoint"
@@ -144,8 +155,13 @@ def resume_point(path: str | Path, config: dict[str, Any]) -> ResumePoint:
     return ResumePoint(previous if resume else None, (*lines, reason))
 
 
-def restore_training(checkpoint: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
-                     generator: torch.Generator, schedule: Optional[LRScheduler] = None) -> list[EpochResult]:
+def restore_training(
+    checkpoint: dict[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    schedule: Optional[LRScheduler] = None,
+) -> list[EpochResult]:
     """Put weights, optimizer, schedule and random states back as they were after the last epoch; return its history."""
     model.load_state_dict(checkpoint["model_state"])
     optimizer.load_state_dict(checkpoint["optimizer_state"])

@@ -157,7 +157,13 @@ class Config:
 
 
 # Sections of params.yaml besides the top-level training knobs.
-SECTIONS = {"augment": AugmentConfig, "data": DataConfig, "paths": PathsConfig, "plots": PlotsConfig, "tracking": TrackingConfig}
+SECTIONS = {
+    "augment": AugmentConfig,
+    "data": DataConfig,
+    "paths": PathsConfig,
+    "plots": PlotsConfig,
+    "tracking": TrackingConfig,
+}
 
 
 def _show_key(key: Any) -> str:
@@ -210,7 +216,9 @@ def _check_value(key: str, value: Any, f: dataclasses.Field, hints: dict) -> Any
     too_high = high is not None and value > high
     if too_low or too_high:
         lower = f"> {low}" if spec.get("low_open") else f">= {low}"
-        bounds = " and ".join(b for b in (lower if low is not None else "", f"<= {high}" if high is not None else "") if b)
+        bounds = " and ".join(
+            b for b in (lower if low is not None else "", f"<= {high}" if high is not None else "") if b
+        )
         raise ConfigError(f"{key}: got {value!r}; must be {bounds}")
     return value
 
@@ -241,17 +249,20 @@ def parse_config(raw: Any) -> Config:
         raise ConfigError(f"{_show_key(unknown[0])}: unknown key; allowed at the top level: {allowed}")
     train = _build(TrainConfig, {k: v for k, v in raw.items() if k in top_level}, "")
     if train.shards > train.batch_size:
-        raise ConfigError(f"shards: got {train.shards}; a batch of {train.batch_size} images (batch_size) "
-                          f"cannot be split into more parts than it has images, so at most {train.batch_size}")
+        raise ConfigError(
+            f"shards: got {train.shards}; a batch of {train.batch_size} images (batch_size) "
+            f"cannot be split into more parts than it has images, so at most {train.batch_size}"
+        )
     sections = {
-        name: _build(cls, raw[name] if raw.get(name) is not None else {}, name + ".")
-        for name, cls in SECTIONS.items()
+        name: _build(cls, raw[name] if raw.get(name) is not None else {}, name + ".") for name, cls in SECTIONS.items()
     }
     data = sections["data"]
     remaining = TRAINING_SPLIT_IMAGES - data.validation_images
     if data.validation_images and data.max_train_images is not None and data.max_train_images > remaining:
-        raise ConfigError(f"data.max_train_images: got {data.max_train_images}; with data.validation_images "
-                          f"{data.validation_images} held out, {remaining} training images remain, so at most {remaining}")
+        raise ConfigError(
+            f"data.max_train_images: got {data.max_train_images}; with data.validation_images "
+            f"{data.validation_images} held out, {remaining} training images remain, so at most {remaining}"
+        )
     return Config(train=train, **sections)
 
 

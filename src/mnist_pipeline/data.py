@@ -81,8 +81,9 @@ def load_split(data_dir: str | Path, train: bool, mean: float, std: float, limit
     return Split(normalize(pixels, mean, std), torch.from_numpy(labels.astype(np.int64)))
 
 
-def load_training(data_dir: str | Path, mean: float, std: float, limit: int | None = None,
-                  validation: int = 0) -> tuple[Split, Split | None]:
+def load_training(
+    data_dir: str | Path, mean: float, std: float, limit: int | None = None, validation: int = 0
+) -> tuple[Split, Split | None]:
     """The training split as (images to train on, held-out validation images or None).
 
     The validation images are the split's last `validation`; training takes the first `limit` of the

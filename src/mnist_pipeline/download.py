@@ -37,7 +37,6 @@ DOWNLOAD_TIMEOUT_S = 15  # per connection and read: a silent server fails in sec
 DOWNLOAD_ATTEMPTS = 2  # per mirror and file
 
 
-
 def md5sum(path: Path) -> str:
     """MD5 hex digest of a file, read in chunks."""
     digest = hashlib.md5()

@@ -52,8 +52,13 @@ def confusion_matrix(labels: torch.Tensor, predictions: torch.Tensor, num_classe
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE,
-            precision: str = "fp32", workers: Optional[Workers] = None) -> torch.Tensor:
+def predict(
+    model: nn.Module,
+    images: torch.Tensor,
+    batch_size: int = EVAL_BATCH_SIZE,
+    precision: str = "fp32",
+    workers: Optional[Workers] = None,
+) -> torch.Tensor:
     """Logits (N, classes), in fp32, for images already on the model's device, in batches.
 
     With `workers`, the batches run side by side, each on one thread: the same bits on any number of threads.
@@ -79,8 +84,15 @@ def scores_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> Scores:
 
 
 @torch.no_grad()
-def score(model: nn.Module, split: Split, *, batch_size: int = EVAL_BATCH_SIZE, precision: str = "fp32",
-          workers: Optional[Workers] = None, kernels: Optional[ReferenceKernels] = None) -> Scores:
+def score(
+    model: nn.Module,
+    split: Split,
+    *,
+    batch_size: int = EVAL_BATCH_SIZE,
+    precision: str = "fp32",
+    workers: Optional[Workers] = None,
+    kernels: Optional[ReferenceKernels] = None,
+) -> Scores:
     """Every image of `split` (on the model's device) scored by `model`, in fixed chunks.
 
     With `kernels` (the reference network on a CPU, mnist_pipeline.compute.kernels) the project's kernels score it:
@@ -89,7 +101,9 @@ def score(model: nn.Module, split: Split, *, batch_size: int = EVAL_BATCH_SIZE, 
     if kernels is None:
         return scores_from_logits(predict(model, split.images, batch_size, precision, workers), split.labels)
     workers = workers or Workers(1)
-    chunks = in_chunks(len(split), batch_size, workers, lambda part: kernels.score(split.images[part], split.labels[part]))
+    chunks = in_chunks(
+        len(split), batch_size, workers, lambda part: kernels.score(split.images[part], split.labels[part])
+    )
     return Scores(*(torch.cat(columns) for columns in zip(*chunks)))
 
 
@@ -105,9 +119,15 @@ def metrics(scores: Scores, labels: torch.Tensor, num_classes: int = 10) -> Eval
     return EvalResult(accuracy=correct / len(labels), loss=loss / len(labels), confusion_matrix=matrix.cpu().tolist())
 
 
-def evaluate(model: nn.Module, split: Split, num_classes: int = 10, batch_size: int = EVAL_BATCH_SIZE,
-             precision: str = "fp32", workers: Optional[Workers] = None,
-             kernels: Optional[ReferenceKernels] = None) -> EvalResult:
+def evaluate(
+    model: nn.Module,
+    split: Split,
+    num_classes: int = 10,
+    batch_size: int = EVAL_BATCH_SIZE,
+    precision: str = "fp32",
+    workers: Optional[Workers] = None,
+    kernels: Optional[ReferenceKernels] = None,
+) -> EvalResult:
     """Accuracy, mean loss and confusion matrix of `model` on `split` (on the model's device)."""
     scores = score(model, split, batch_size=batch_size, precision=precision, workers=workers, kernels=kernels)
     return metrics(scores, split.labels, num_classes)

@@ -115,12 +115,14 @@ class CompactCNN(nn.Module):
         for stage, (c_in, c_out) in enumerate(zip(channels, channels[1:])):
             stride = 2 if stage == 0 and self.strided_stem else 1
             pool = stage < len(widths) - 1 and stride == 1  # every stage halves the image but the last
-            self.stages.append(nn.Sequential(
-                nn.Conv2d(c_in, c_out, kernel_size=3, stride=stride, bias=False),
-                *([nn.MaxPool2d(2)] if pool else []),
-                nn.BatchNorm2d(c_out),
-                nn.ReLU(inplace=True),
-            ))
+            self.stages.append(
+                nn.Sequential(
+                    nn.Conv2d(c_in, c_out, kernel_size=3, stride=stride, bias=False),
+                    *([nn.MaxPool2d(2)] if pool else []),
+                    nn.BatchNorm2d(c_out),
+                    nn.ReLU(inplace=True),
+                )
+            )
             side = (side - 3) // stride + 1
             side = side // 2 if pool else side
         self.fc = nn.Linear(widths[-1] * side * side, config.num_classes)

@@ -60,8 +60,13 @@ def confusion_figure(confusion_matrix: list[list[int]], config: PlotsConfig) -> 
             # Light text on dark cells so every count stays readable.
             color = "white" if count > peak / 2 else "black"
             ax.text(predicted, actual, str(count), ha="center", va="center", fontsize=7, color=color)
-    ax.set(xlabel="predicted digit", ylabel="true digit", title="Confusion matrix (test set)",
-           xticks=list(classes), yticks=list(classes))
+    ax.set(
+        xlabel="predicted digit",
+        ylabel="true digit",
+        title="Confusion matrix (test set)",
+        xticks=list(classes),
+        yticks=list(classes),
+    )
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
     return fig
@@ -90,11 +95,18 @@ def mistakes_figure(images, mistakes: list[Mistake], config: PlotsConfig) -> Fig
     for place, mistake in enumerate(shown):
         top, left = (place // columns) * pitch_y + MISTAKE_GAP[0], (place % columns) * pitch_x
         mosaic[top : top + MISTAKE_TILE, left : left + MISTAKE_TILE] = images[mistake.index]
-        ax.text(left + MISTAKE_TILE / 2, top - 2, f"{mistake.actual}→{mistake.predicted} {mistake.confidence:.0%}",
-                ha="center", va="bottom", fontsize=8)
+        ax.text(
+            left + MISTAKE_TILE / 2,
+            top - 2,
+            f"{mistake.actual}→{mistake.predicted} {mistake.confidence:.0%}",
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
     ax.imshow(mosaic, cmap="gray_r", interpolation="nearest")
-    fig.suptitle(f"{len(mistakes)} misclassified test digits (true→predicted, confidence); most confident first",
-                 fontsize=9)
+    fig.suptitle(
+        f"{len(mistakes)} misclassified test digits (true→predicted, confidence); most confident first", fontsize=9
+    )
     fig.tight_layout()
     return fig
 

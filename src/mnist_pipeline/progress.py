@@ -47,8 +47,11 @@ class EpochLine:
     def close(self, result: EpochResult) -> None:
         """Print the epoch's line, flushed: a log followed as it grows (`dvc queue logs -f`) shows the epoch now."""
         seconds = time.perf_counter() - self._started
-        print(f"{self._label}: {self._done}/{self._steps} batches in {seconds:.1f} s, loss={result.train_loss:.4f}, "
-              f"test_acc={result.test_accuracy:.4f}", flush=True)
+        print(
+            f"{self._label}: {self._done}/{self._steps} batches in {seconds:.1f} s, loss={result.train_loss:.4f}, "
+            f"test_acc={result.test_accuracy:.4f}",
+            flush=True,
+        )
 
 
 def epoch_bars(epochs: int, terminal: Optional[bool] = None):

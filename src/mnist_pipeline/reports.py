@@ -93,8 +93,10 @@ def write_mistakes(path: str | Path, mistakes: Iterable[Mistake]) -> None:
 def read_mistakes(path: str | Path) -> list[Mistake]:
     """The rows `write_mistakes` wrote."""
     with Path(path).open(newline="", encoding="utf-8") as f:
-        return [Mistake(int(r["index"]), int(r["actual"]), int(r["predicted"]), float(r["confidence"]))
-                for r in csv.DictReader(f)]
+        return [
+            Mistake(int(r["index"]), int(r["actual"]), int(r["predicted"]), float(r["confidence"]))
+            for r in csv.DictReader(f)
+        ]
 
 
 @dataclass(frozen=True)
@@ -117,9 +119,14 @@ class EvaluationReport:
     def read(cls, path: str | Path) -> "EvaluationReport":
         data = read_json(path)
         optional = {key: None if data.get(key) is None else float(data[key]) for key in ("val_accuracy", "val_loss")}
-        return cls(float(data["test_accuracy"]), float(data["test_loss"]), int(data["test_images"]),
-                   {str(k): float(v) for k, v in data["per_class_accuracy"].items()},
-                   val_images=int(data.get("val_images", 0)), **optional)
+        return cls(
+            float(data["test_accuracy"]),
+            float(data["test_loss"]),
+            int(data["test_images"]),
+            {str(k): float(v) for k, v in data["per_class_accuracy"].items()},
+            val_images=int(data.get("val_images", 0)),
+            **optional,
+        )
 
 
 @dataclass(frozen=True)

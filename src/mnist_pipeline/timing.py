@@ -67,7 +67,10 @@ class StageClock:
         path = os.environ.get(TIMINGS_ENV)
         if not path:
             return
-        record = {"stage": self.stage, "total": round(self.total(), 3),
-                  "phases": {name: round(seconds, 3) for name, seconds in self.phases.items()}}
+        record = {
+            "stage": self.stage,
+            "total": round(self.total(), 3),
+            "phases": {name: round(seconds, 3) for name, seconds in self.phases.items()},
+        }
         with open(path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")

@@ -57,16 +57,18 @@ def make_optimizer(model: nn.Module, config: TrainConfig, own_kernels: bool = Fa
     if own_kernels:
         if config.optimizer == "sgd":
             return KernelSGD(params, lr=lr, momentum=config.momentum, weight_decay=decay)
-        return KernelAdam(params, lr=lr, betas=(config.momentum, 0.999), weight_decay=decay,
-                          decoupled=config.optimizer == "adamw")
+        return KernelAdam(
+            params, lr=lr, betas=(config.momentum, 0.999), weight_decay=decay, decoupled=config.optimizer == "adamw"
+        )
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=config.momentum, weight_decay=decay, fused=True)
     optimizer_class = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
     return optimizer_class(params, lr=lr, betas=(config.momentum, 0.999), weight_decay=decay, fused=True)
 
 
-def make_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig,
-                  steps: int) -> Optional[torch.optim.lr_scheduler.LRScheduler]:
+def make_schedule(
+    optimizer: torch.optim.Optimizer, config: TrainConfig, steps: int
+) -> Optional[torch.optim.lr_scheduler.LRScheduler]:
     """The learning rate per step: one-cycle or cosine decay with `lr` as the peak; None for constant (the reference).
 
     One-cycle warms up from lr/25 over the first 25% of the steps and anneals to lr/(25 * 1e4);
@@ -75,10 +77,13 @@ def make_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig,
     """
     total = config.epochs * steps
     if config.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total, pct_start=0.25,
-                                                   cycle_momentum=False)
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=config.lr, total_steps=total, pct_start=0.25, cycle_momentum=False
+        )
     if config.schedule == "cosine":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+        )
     return None
 
 
@@ -91,16 +96,21 @@ def augment_batch(images: torch.Tensor, angles: torch.Tensor, shifts: torch.Tens
     n, _, height, width = images.shape
     cos, sin = torch.cos(angles), torch.sin(angles)
     # affine_grid works in [-1, 1] coordinates: a shift of one pixel is 2 / size.
-    theta = torch.stack([
-        torch.stack([cos, -sin, -shifts[:, 0] * 2 / width], dim=1),
-        torch.stack([sin, cos, -shifts[:, 1] * 2 / height], dim=1),
-    ], dim=1)  # (N, 2, 3)
+    theta = torch.stack(
+        [
+            torch.stack([cos, -sin, -shifts[:, 0] * 2 / width], dim=1),
+            torch.stack([sin, cos, -shifts[:, 1] * 2 / height], dim=1),
+        ],
+        dim=1,
+    )  # (N, 2, 3)
     grid = F.affine_grid(theta, [n, 1, height, width], align_corners=False)
     moved = F.grid_sample(images - background, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return moved + background
 
 
-def draw_augmentation(count: int, config: AugmentConfig, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def draw_augmentation(
+    count: int, config: AugmentConfig, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Uniform angles (radians) and shifts (pixels) for `count` images, from the seeded shuffle generator."""
     angles = (torch.rand(count, generator=generator) * 2 - 1) * math.radians(config.rotate)
     shifts = (torch.rand(count, 2, generator=generator) * 2 - 1) * config.shift
@@ -137,8 +147,14 @@ def compute_for(config: TrainConfig, device: torch.device, ranks: Ranks = Ranks(
 
     Sharded, torch itself runs on one thread and the workers run the shards side by side.
     """
-    choice = threads.for_training(config.threads, config.shards, threads.available_cores(), device=device.type,
-                                  processes=ranks.world_size, compiled=config.compile)
+    choice = threads.for_training(
+        config.threads,
+        config.shards,
+        threads.available_cores(),
+        device=device.type,
+        processes=ranks.world_size,
+        compiled=config.compile,
+    )
     use_threads(1 if choice.sharded else choice.threads)
     return Compute(ranks, Workers(choice.threads) if choice.sharded else None, choice.threads, choice.line)
 
@@ -158,8 +174,14 @@ class Setup:
     history: list[EpochResult] = field(default_factory=list)
 
 
-def prepare(config: TrainConfig, device: torch.device, train_images: int, *, processes: int = 1,
-            checkpoint: Optional[dict[str, Any]] = None) -> Setup:
+def prepare(
+    config: TrainConfig,
+    device: torch.device,
+    train_images: int,
+    *,
+    processes: int = 1,
+    checkpoint: Optional[dict[str, Any]] = None,
+) -> Setup:
     """A training of `config` on `train_images` images, seeded; continued from `checkpoint` (a resume) when given.
 
     The kernels are planned once, here: the optimizer and the loop must agree on them.
@@ -207,8 +229,15 @@ class Steps:
         return cls(forward, compute, sharded, own)
 
 
-def train_one_epoch(setup: Setup, split: Split, config: TrainConfig, steps: Steps, *,
-                    augmentation: Augmentation = Augmentation(), progress: Optional[EpochProgress] = None) -> float:
+def train_one_epoch(
+    setup: Setup,
+    split: Split,
+    config: TrainConfig,
+    steps: Steps,
+    *,
+    augmentation: Augmentation = Augmentation(),
+    progress: Optional[EpochProgress] = None,
+) -> float:
     """One shuffled pass over `split` (already on the model's device); returns the mean batch loss.
 
     With `steps.sharded` (and its workers), each batch's gradient is the ordered sum of its shards'
@@ -236,8 +265,11 @@ def train_one_epoch(setup: Setup, split: Split, config: TrainConfig, steps: Step
     step_count = steps_per_epoch(len(split), batch_size)
     # Dropout in shards draws from a generator per shard, seeded per step from the run's seed (drawn only
     # for a network with dropout, so that the others' shuffles stay as they were).
-    dropout_seeds = (torch.randint(0, 2**62, (step_count, sharded.shards), generator=generator).tolist()
-                     if sharded is not None and sharded.draws_dropout else None)
+    dropout_seeds = (
+        torch.randint(0, 2**62, (step_count, sharded.shards), generator=generator).tolist()
+        if sharded is not None and sharded.draws_dropout
+        else None
+    )
 
     def images_of(index: torch.Tensor) -> torch.Tensor:
         images = split.images[index]
@@ -247,23 +279,27 @@ def train_one_epoch(setup: Setup, split: Split, config: TrainConfig, steps: Step
 
     def part_loss(part_forward: Callable[[torch.Tensor], torch.Tensor], part: torch.Tensor) -> torch.Tensor:
         with precision_context(precision, device):  # autocast is per thread: entered in the one computing the part
-            return F.cross_entropy(part_forward(images_of(part)), split.labels[part], reduction="sum",
-                                   label_smoothing=label_smoothing)
+            return F.cross_entropy(
+                part_forward(images_of(part)), split.labels[part], reduction="sum", label_smoothing=label_smoothing
+            )
 
     loss_sum = torch.zeros((), device=device)
     for step in range(step_count):
         index = shard(order[step * batch_size : (step + 1) * batch_size], ranks)
         if own is not None:
-            loss = sharded.gradients(workers, index, lambda _, part: own.gradients(
-                images_of(part), split.labels[part], label_smoothing))
+            loss = sharded.gradients(
+                workers, index, lambda _, part: own.gradients(images_of(part), split.labels[part], label_smoothing)
+            )
         elif sharded is not None:
-            loss = sharded.gradients(workers, index, sharded.autograd_part(
-                part_loss, dropout_seeds[step] if dropout_seeds else None))
+            loss = sharded.gradients(
+                workers, index, sharded.autograd_part(part_loss, dropout_seeds[step] if dropout_seeds else None)
+            )
         else:
             optimizer.zero_grad(set_to_none=True)
             with precision_context(precision, device):
-                loss = F.cross_entropy(steps.forward(images_of(index)), split.labels[index],
-                                       label_smoothing=label_smoothing)
+                loss = F.cross_entropy(
+                    steps.forward(images_of(index)), split.labels[index], label_smoothing=label_smoothing
+                )
             loss.backward()
         optimizer.step()
         if schedule is not None:
@@ -275,21 +311,35 @@ def train_one_epoch(setup: Setup, split: Split, config: TrainConfig, steps: Step
     return mean_across_ranks(loss_sum / step_count, ranks).item()
 
 
-def evaluate_across_ranks(model: nn.Module, split: Split, precision: str = "fp32", steps: Optional[Steps] = None
-                          ) -> EvalResult:
+def evaluate_across_ranks(
+    model: nn.Module, split: Split, precision: str = "fp32", steps: Optional[Steps] = None
+) -> EvalResult:
     """The per-epoch test; under several processes each rank predicts its share and all get the whole result."""
     ranks = steps.compute.ranks if steps is not None else Ranks()
     if not ranks.distributed:
-        return evaluate(model, split, precision=precision, workers=steps.compute.workers if steps else None,
-                        kernels=steps.own if steps else None)
+        return evaluate(
+            model,
+            split,
+            precision=precision,
+            workers=steps.compute.workers if steps else None,
+            kernels=steps.own if steps else None,
+        )
     mine = shard(torch.arange(len(split), device=split.images.device), ranks)
     logits = gather_shards(predict(model, split.images[mine], precision=precision), ranks, len(split))
     return metrics_from_logits(logits, split.labels)
 
 
-def train(setup: Setup, train_split: Split, test_split: Split, config: TrainConfig, *, compute: Compute = Compute(),
-          augmentation: Augmentation = Augmentation(), progress: Optional[ProgressFactory] = None,
-          on_epoch_end: Optional[Callable[[list[EpochResult]], None]] = None) -> list[EpochResult]:
+def train(
+    setup: Setup,
+    train_split: Split,
+    test_split: Split,
+    config: TrainConfig,
+    *,
+    compute: Compute = Compute(),
+    augmentation: Augmentation = Augmentation(),
+    progress: Optional[ProgressFactory] = None,
+    on_epoch_end: Optional[Callable[[list[EpochResult]], None]] = None,
+) -> list[EpochResult]:
     """Train from the setup's history up to config.epochs, testing after every epoch as the reference does.
 
     Returns the whole history; `on_epoch_end` gets the history so far after each epoch (the train stage

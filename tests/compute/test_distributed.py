@@ -36,9 +36,12 @@ def test_a_single_process_is_not_wrapped_and_needs_no_collective():
     assert distributed.mean_across_ranks(value, Ranks()) is value
 
 
-@pytest.mark.parametrize("nproc, batch_size, message", [
-    (4, 2, "nproc: 4 processes cannot share batch_size 2; use a batch_size of at least 4, or fewer processes"),
-])
+@pytest.mark.parametrize(
+    "nproc, batch_size, message",
+    [
+        (4, 2, "nproc: 4 processes cannot share batch_size 2; use a batch_size of at least 4, or fewer processes"),
+    ],
+)
 def test_impossible_process_counts_are_refused_in_one_line(nproc, batch_size, message):
     with pytest.raises(PipelineError) as caught:
         distributed.check_nproc(nproc, batch_size, torch.device("cpu"))

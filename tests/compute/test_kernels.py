@@ -147,13 +147,16 @@ def _own_optimizer(name, params, **settings):
 
 
 @needs_compiler
-@pytest.mark.parametrize("name, settings", [
-    ("sgd", {"lr": 0.05, "momentum": 0.5}),
-    ("sgd", {"lr": 0.05, "momentum": 0.0, "weight_decay": 0.01}),
-    ("sgd", {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.01}),
-    ("adam", {"lr": 0.01, "betas": (0.9, 0.999), "weight_decay": 0.01}),
-    ("adamw", {"lr": 0.01, "betas": (0.8, 0.999), "weight_decay": 0.05}),
-])
+@pytest.mark.parametrize(
+    "name, settings",
+    [
+        ("sgd", {"lr": 0.05, "momentum": 0.5}),
+        ("sgd", {"lr": 0.05, "momentum": 0.0, "weight_decay": 0.01}),
+        ("sgd", {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.01}),
+        ("adam", {"lr": 0.01, "betas": (0.9, 0.999), "weight_decay": 0.01}),
+        ("adamw", {"lr": 0.01, "betas": (0.8, 0.999), "weight_decay": 0.05}),
+    ],
+)
 def test_the_optimizers_update_as_torchs_do(name, settings):
     start = torch.randn(500, generator=torch.Generator().manual_seed(3))
     mine, theirs = torch.nn.Parameter(start.clone()), torch.nn.Parameter(start.clone())
@@ -196,8 +199,13 @@ def _training_bits(threads: int) -> str:
     config = TrainConfig(epochs=2, batch_size=64, lr=0.05, shards=2)
     setup = prepare(config, CPU, len(labels))
     assert setup.own_kernels, setup.kernels_line
-    history = train(setup, Split(images, labels), Split(images[:100], labels[:100]), config,
-                    compute=Compute(workers=Workers(threads)))
+    history = train(
+        setup,
+        Split(images, labels),
+        Split(images[:100], labels[:100]),
+        config,
+        compute=Compute(workers=Workers(threads)),
+    )
     digest = hashlib.sha256(torch.cat([p.detach().flatten() for p in setup.model.parameters()]).numpy().tobytes())
     digest.update(json.dumps([(r.train_loss, r.test_loss, r.test_accuracy) for r in history]).encode())
     return digest.hexdigest()
@@ -237,7 +245,7 @@ def _targets_this_cpu_runs() -> list[str]:
 
 CHILD = f"""
 import sys
-sys.path[:0] = [{str(Path(__file__).parent)!r}, {str(REPO_ROOT / 'tests')!r}]  # this module, and its conftest
+sys.path[:0] = [{str(Path(__file__).parent)!r}, {str(REPO_ROOT / "tests")!r}]  # this module, and its conftest
 from test_kernels import _training_bits
 print(_training_bits(2))
 """
@@ -266,7 +274,10 @@ def test_every_instruction_set_gives_the_same_bits(tmp_path):
     [
         ({"kernels": "torch"}, "kernels: torch"),
         ({"model": build_model(ModelConfig(architecture="compact"))}, "the network is not the reference one"),
-        ({"model": build_model(ModelConfig(conv1_channels=12, conv2_channels=20))}, "the network is not the reference one"),
+        (
+            {"model": build_model(ModelConfig(conv1_channels=12, conv2_channels=20))},
+            "the network is not the reference one",
+        ),
         ({"device": torch.device("cuda")}, "the device is cuda"),
         ({"precision": "bf16"}, "precision is bf16"),
         ({"compile": True}, "compile is on"),
@@ -289,7 +300,9 @@ def test_plan_takes_the_kernels_for_the_reference_on_a_cpu():
 
 def test_a_missing_compiler_is_a_reason_not_a_crash(tmp_path, monkeypatch):
     monkeypatch.setenv("CC", "no-such-compiler-here")
-    with pytest.raises(kernels.KernelBuildError, match="no-such-compiler-here. is not on PATH; install gcc, or set kernels: torch"):
+    with pytest.raises(
+        kernels.KernelBuildError, match="no-such-compiler-here. is not on PATH; install gcc, or set kernels: torch"
+    ):
         kernels.build(directory=tmp_path)
     assert list(tmp_path.iterdir()) == []
 
@@ -299,7 +312,9 @@ def test_a_failing_build_names_the_file_and_leaves_nothing_behind(tmp_path):
     broken = tmp_path / "broken.c"
     broken.write_text("this is not C\n")
     out = tmp_path / "cache"
-    with pytest.raises(kernels.KernelBuildError, match=r"^broken.c: `cc` failed \(.*\); set kernels: torch to skip it$"):
+    with pytest.raises(
+        kernels.KernelBuildError, match=r"^broken.c: `cc` failed \(.*\); set kernels: torch to skip it$"
+    ):
         kernels.build(source=broken, directory=out, compiler="cc")
     assert list(out.iterdir()) == []
 
@@ -327,8 +342,10 @@ def test_plan_falls_back_to_torch_when_the_kernels_cannot_be_built(unloaded_kern
     monkeypatch.setenv("CC", "no-such-compiler-here")
     plan = kernels.plan("auto", build_model(ModelConfig()), CPU)
     assert not plan.used
-    assert plan.line == ("torch's kernels (kernels: auto, but no C compiler: `no-such-compiler-here` is not on PATH; "
-                         "install gcc, or set kernels: torch)")
+    assert plan.line == (
+        "torch's kernels (kernels: auto, but no C compiler: `no-such-compiler-here` is not on PATH; "
+        "install gcc, or set kernels: torch)"
+    )
 
 
 @needs_compiler

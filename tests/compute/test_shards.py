@@ -25,16 +25,18 @@ def _split(n: int, seed: int) -> Split:
 TRAIN, TEST = _split(300, 0), _split(130, 1)
 
 
-def _train(threads: int, architecture: str = "reference", augment: AugmentConfig = AugmentConfig(),
-           **settings) -> tuple[list, dict[str, torch.Tensor]]:
+def _train(
+    threads: int, architecture: str = "reference", augment: AugmentConfig = AugmentConfig(), **settings
+) -> tuple[list, dict[str, torch.Tensor]]:
     """Two epochs on `threads` threads, torch itself on one (as the train stage runs); the history and the state."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         config = TrainConfig(epochs=2, model=architecture, batch_size=64, **{"kernels": "torch", **settings})
         setup = prepare(config, torch.device("cpu"), len(TRAIN))
-        history = train(setup, TRAIN, TEST, config, compute=Compute(workers=Workers(threads)),
-                        augmentation=Augmentation(augment))
+        history = train(
+            setup, TRAIN, TEST, config, compute=Compute(workers=Workers(threads)), augmentation=Augmentation(augment)
+        )
     finally:
         torch.set_num_threads(before)
     return history, {k: v.clone() for k, v in setup.model.state_dict().items()}
@@ -44,15 +46,19 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("architecture, settings, augment", [
-    ("reference", {}, AugmentConfig()),
-    # batch norm (running statistics merged over the shards), Adam, one-cycle, label smoothing
-    ("compact", {"optimizer": "adamw", "schedule": "onecycle", "label_smoothing": 0.1}, AugmentConfig()),
-    # dropout (a generator per shard) and augmentation drawn from the seed
-    ("wide", {"optimizer": "adam"}, AugmentConfig(shift=2.0, rotate=10.0)),
-    ("reference", {"precision": "bf16"}, AugmentConfig()),  # autocast, entered in each thread
-    ("reference", {"shards": 3}, AugmentConfig()),  # 64 images as 22 + 21 + 21; the last batch (44) as 15 + 15 + 14
-], ids=["reference", "compact-batchnorm", "wide-dropout-augment", "bf16", "three-uneven-shards"])
+@pytest.mark.parametrize(
+    "architecture, settings, augment",
+    [
+        ("reference", {}, AugmentConfig()),
+        # batch norm (running statistics merged over the shards), Adam, one-cycle, label smoothing
+        ("compact", {"optimizer": "adamw", "schedule": "onecycle", "label_smoothing": 0.1}, AugmentConfig()),
+        # dropout (a generator per shard) and augmentation drawn from the seed
+        ("wide", {"optimizer": "adam"}, AugmentConfig(shift=2.0, rotate=10.0)),
+        ("reference", {"precision": "bf16"}, AugmentConfig()),  # autocast, entered in each thread
+        ("reference", {"shards": 3}, AugmentConfig()),  # 64 images as 22 + 21 + 21; the last batch (44) as 15 + 15 + 14
+    ],
+    ids=["reference", "compact-batchnorm", "wide-dropout-augment", "bf16", "three-uneven-shards"],
+)
 def test_one_two_and_three_threads_give_the_same_bits(architecture, settings, augment):
     one = _train(1, architecture, augment, **settings)
     for threads in (2, 3):
@@ -62,8 +68,9 @@ def test_one_two_and_three_threads_give_the_same_bits(architecture, settings, au
 
 
 @requires_c_compiler()
-@pytest.mark.parametrize("settings", [{}, {"optimizer": "adamw", "schedule": "cosine", "label_smoothing": 0.1},
-                                      {"shards": 3}])
+@pytest.mark.parametrize(
+    "settings", [{}, {"optimizer": "adamw", "schedule": "cosine", "label_smoothing": 0.1}, {"shards": 3}]
+)
 def test_the_project_kernels_in_shards_give_the_same_bits_on_any_thread_count(settings):
     one = _train(1, kernels="auto", **settings)
     for threads in (2, 3):

@@ -54,8 +54,10 @@ def test_the_choice_does_not_read_the_load():
 def test_a_cpu_training_computes_in_shards_and_says_what_the_bits_depend_on():
     plan = for_training("auto", 2, 2)
     assert (plan.threads, plan.sharded) == (2, True)
-    assert plan.line == ("train: 2 shards per batch on 2 threads (threads: auto, 2 shards, 2 cores); "
-                         "the results depend on shards, never on threads")
+    assert plan.line == (
+        "train: 2 shards per batch on 2 threads (threads: auto, 2 shards, 2 cores); "
+        "the results depend on shards, never on threads"
+    )
 
 
 def test_where_shards_do_not_apply_the_line_says_so():
@@ -63,8 +65,10 @@ def test_where_shards_do_not_apply_the_line_says_so():
     assert (gpu.threads, gpu.sharded) == (16, False) and "shards apply on a CPU only" in gpu.line
     ranks = for_training("auto", 2, 2, processes=2)
     assert (ranks.threads, ranks.sharded) == (1, False)
-    assert ranks.line == ("train: 1 thread in each of 2 processes (nproc: 2); the results depend on nproc, "
-                          "and shards apply to one process only")
+    assert ranks.line == (
+        "train: 1 thread in each of 2 processes (nproc: 2); the results depend on nproc, "
+        "and shards apply to one process only"
+    )
     compiled = for_training("auto", 2, 2, compiled=True)
     assert (compiled.threads, compiled.sharded) == (1, True) and "one after another" in compiled.line
 

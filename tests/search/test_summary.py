@@ -57,6 +57,8 @@ def test_the_summary_holds_the_best_trial_and_two_pictures(local_store):
     assert logged.info.status == "FINISHED" and logged.data.tags["search.best_trial"] == "st-1"
     assert logged.data.metrics["best_val_accuracy"] == 0.9 and logged.data.metrics["best_test_accuracy"] == 0.89
     assert logged.data.metrics["trials_finished"] == 3 and "best.lr" in logged.data.params
-    assert {a.path for a in client.list_artifacts(run_id, "search")} == {"search/optimization_history.png",
-                                                                         "search/param_importances.png"}
+    assert {a.path for a in client.list_artifacts(run_id, "search")} == {
+        "search/optimization_history.png",
+        "search/param_importances.png",
+    }
     mlflow.end_run()

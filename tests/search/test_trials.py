@@ -13,25 +13,49 @@ import pytest
 from conftest import require
 from mnist_pipeline.tracking import store
 from mnist_pipeline.config import parse_config
-from mnist_pipeline.search.trials import (DEFAULT_VALIDATION_IMAGES, SearchError, SearchOptions, _yaml_value, assignments,
-                                   best_lines, existing_names, experiment_ref, open_storage, push_experiment,
-                                   run_search, sampler, trial_name)
+from mnist_pipeline.search.trials import (
+    DEFAULT_VALIDATION_IMAGES,
+    SearchError,
+    SearchOptions,
+    _yaml_value,
+    assignments,
+    best_lines,
+    existing_names,
+    experiment_ref,
+    open_storage,
+    push_experiment,
+    run_search,
+    sampler,
+    trial_name,
+)
 from mnist_pipeline.search.space import parse_space
 from servers import postgres_bin, postgres_cluster
 
 
 def test_each_trial_holds_out_validation_images_unless_the_user_chose_how_many():
-    assert assignments({"epochs": 1}, {"lr": 0.1}) == {"data.validation_images": DEFAULT_VALIDATION_IMAGES,
-                                                        "epochs": 1, "lr": 0.1}
+    assert assignments({"epochs": 1}, {"lr": 0.1}) == {
+        "data.validation_images": DEFAULT_VALIDATION_IMAGES,
+        "epochs": 1,
+        "lr": 0.1,
+    }
     assert assignments({"data.validation_images": 1000}, {})["data.validation_images"] == 1000
-    with pytest.raises(SearchError, match=r"^data.validation_images: a search scores trials on held-out training "
-                                          r"images, never on the test set"):
+    with pytest.raises(
+        SearchError,
+        match=r"^data.validation_images: a search scores trials on held-out training "
+        r"images, never on the test set",
+    ):
         assignments({"data.validation_images": 0}, {})
 
 
 def test_values_reach_dvc_as_yaml():
-    assert [_yaml_value(v) for v in (None, True, False, 3, 0.1, "compact")] == ["null", "true", "false", "3", "0.1",
-                                                                                "compact"]
+    assert [_yaml_value(v) for v in (None, True, False, 3, 0.1, "compact")] == [
+        "null",
+        "true",
+        "false",
+        "3",
+        "0.1",
+        "compact",
+    ]
     assert trial_name("study", 7) == "study-7"
 
 
@@ -65,8 +89,23 @@ def test_the_report_names_the_best_trial_by_validation_and_how_to_bring_it_back(
 
 def test_experiments_are_found_by_name_among_dvc_s_refs(tmp_path):
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
-    subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q",
-                    "--allow-empty", "-m", "base"], check=True)
+    subprocess.run(
+        [
+            "git",
+            "-C",
+            str(tmp_path),
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            "base",
+        ],
+        check=True,
+    )
     for name in ("s-0", "s-12", "other-1", "s-x"):
         subprocess.run(["git", "-C", str(tmp_path), "update-ref", f"refs/exps/ab/cdef/{name}", "HEAD"], check=True)
     assert experiment_ref(tmp_path, "s-12") == "refs/exps/ab/cdef/s-12" and experiment_ref(tmp_path, "s-3") is None
@@ -77,8 +116,23 @@ def _repository(folder: Path) -> Path:
     """A git repository with one commit, as a clone of the project is to `dvc exp run`."""
     folder.mkdir()
     subprocess.run(["git", "init", "-q", str(folder)], check=True)
-    subprocess.run(["git", "-C", str(folder), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q",
-                    "--allow-empty", "-m", "base"], check=True)
+    subprocess.run(
+        [
+            "git",
+            "-C",
+            str(folder),
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            "base",
+        ],
+        check=True,
+    )
     return folder
 
 
@@ -103,14 +157,19 @@ def _path_with(folder: Path, *tools: str, **scripts: str) -> str:
 
 
 def _search(study: str, storage: str, **options) -> SearchOptions:
-    return SearchOptions(study=study, trials=1, space=parse_space({"lr": {"low": 0.01, "high": 0.1}}), storage=storage,
-                         **options)
+    return SearchOptions(
+        study=study, trials=1, space=parse_space({"lr": {"low": 0.01, "high": 0.1}}), storage=storage, **options
+    )
 
 
-@pytest.mark.parametrize("tools, message", [
-    (["git"], "dvc: not found on PATH; activate the project's venv (source .venv/bin/activate) or put dvc on PATH"),
-    (["dvc"], "git: not found on PATH; install git (trials are DVC experiments, kept in git)"),
-], ids=["no-dvc", "no-git"])
+@pytest.mark.parametrize(
+    "tools, message",
+    [
+        (["git"], "dvc: not found on PATH; activate the project's venv (source .venv/bin/activate) or put dvc on PATH"),
+        (["dvc"], "git: not found on PATH; install git (trials are DVC experiments, kept in git)"),
+    ],
+    ids=["no-dvc", "no-git"],
+)
 def test_without_dvc_or_git_the_search_stops_before_it_creates_anything(local_store, monkeypatch, tools, message):
     """No study, no Optuna trial, no MLflow store or run: `.venv/bin/python search.py` without the venv on PATH."""
     root = _repository(local_store / "clone")
@@ -155,8 +214,10 @@ def test_a_storage_that_fails_during_the_study_is_one_line_and_leaves_no_run_run
     monkeypatch.setenv("PATH", _path_with(local_store / "bin", "git", dvc=f"echo garbage > {storage}; exit 1"))
     with pytest.raises(SearchError) as caught:
         run_search(_search("s", f"sqlite:///{storage}"), root, parse_config({}))
-    assert str(caught.value) == (f"study storage sqlite:///{storage}: cannot be used ((sqlite3.DatabaseError) file is "
-                                 "not a database); start the database, or fix --storage")
+    assert str(caught.value) == (
+        f"study storage sqlite:///{storage}: cannot be used ((sqlite3.DatabaseError) file is "
+        "not a database); start the database, or fix --storage"
+    )
     client, experiment_id = store.connect("mnist-cnn")
     assert [(r.info.run_name, r.info.status) for r in client.search_runs([experiment_id])] == [("s (search)", "FAILED")]
 
@@ -170,9 +231,14 @@ def test_a_remote_that_looks_like_an_option_is_never_read_as_one(tmp_path, venv_
     assert str(caught.value).startswith("trial s-0: dvc exp push --help failed (") and "\n" not in str(caught.value)
 
 
-@pytest.mark.parametrize("url", ["postgresql://alice:s3cretPW@127.0.0.1:9/none",
-                                 "postgresql+psycopg://alice:s3cretPW@127.0.0.1:9/none",
-                                 "postgresql//alice:s3cretPW@127.0.0.1:9/none"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://alice:s3cretPW@127.0.0.1:9/none",
+        "postgresql+psycopg://alice:s3cretPW@127.0.0.1:9/none",
+        "postgresql//alice:s3cretPW@127.0.0.1:9/none",
+    ],
+)
 def test_a_password_in_the_storage_url_is_never_shown(url):
     with pytest.raises(SearchError) as caught:
         open_storage(url, heartbeat=5)
@@ -183,7 +249,11 @@ def test_a_password_in_the_storage_url_is_never_shown(url):
 def test_the_storage_password_can_come_from_the_environment(tmp_path, monkeypatch):
     """The README's team setup keeps the password off the command line: libpq reads PGPASSWORD (or ~/.pgpass)."""
     bin_dir = postgres_bin()
-    require(bin_dir, "a PostgreSQL server (/usr/lib/postgresql/*/bin/initdb)", "apt-get install postgresql (as .ci/run does)")
+    require(
+        bin_dir,
+        "a PostgreSQL server (/usr/lib/postgresql/*/bin/initdb)",
+        "apt-get install postgresql (as .ci/run does)",
+    )
     monkeypatch.setenv("PGPASSFILE", str(tmp_path / "no-pgpass"))  # none of the user's own passwords
     monkeypatch.delenv("PGPASSWORD", raising=False)
     with postgres_cluster(bin_dir, ("optuna",), password="s3cretPW") as databases:

@@ -28,7 +28,9 @@ pytestmark = [pytest.mark.e2e, requires_mnist_mirror()]
 QUICK = ["-S", "epochs=1", "-S", "data.max_train_images=1000", "-S", "data.validation_images=1000"]
 
 
-def search(project: Path, *args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
+def search(
+    project: Path, *args: str, env: dict[str, str] | None = None, check: bool = True
+) -> subprocess.CompletedProcess:
     return run(project, sys.executable, "search.py", *args, env=env, check=check)
 
 
@@ -45,8 +47,10 @@ def shown_experiments(project: Path, env: dict[str, str] | None = None) -> dict[
     for revision in json.loads(run(project, "dvc", "exp", "show", "--json", env=env).stdout):
         for experiment in revision.get("experiments") or []:
             for rev in experiment["revs"]:
-                found[rev["name"]] = {"params": rev["data"]["params"]["params.yaml"]["data"],
-                                      "eval": rev["data"]["metrics"]["metrics/eval.json"]["data"]}
+                found[rev["name"]] = {
+                    "params": rev["data"]["params"]["params.yaml"]["data"],
+                    "eval": rev["data"]["metrics"]["metrics/eval.json"]["data"],
+                }
     return found
 
 
@@ -58,8 +62,9 @@ def trial_runs(client, study: str):
     return trials, summaries
 
 
-def test_one_worker_runs_each_trial_as_an_experiment_and_a_run_and_picks_the_best_by_validation(prepared_project,
-                                                                                               tmp_path):
+def test_one_worker_runs_each_trial_as_an_experiment_and_a_run_and_picks_the_best_by_validation(
+    prepared_project, tmp_path
+):
     project = committed(copy_project(prepared_project, tmp_path / "one"))
     done = search(project, "--study", "one", "--trials", "3", "--seed", "1", *QUICK)
     shown = shown_experiments(project)
@@ -93,16 +98,29 @@ def test_one_worker_runs_each_trial_as_an_experiment_and_a_run_and_picks_the_bes
     assert json.loads((project / "metrics" / "eval.json").read_text()) == shown[best]["eval"]
 
 
-@pytest.mark.parametrize("space, args, message", [
-    ("lr: {low: 0.01, high: 0.1}\nlrr: [1]\n", [],
-     "error: search.yaml: lrr: not a param of params.yaml (dotted, as dvc exp run -S takes it: lr, "
-     "data.max_train_images, ...)"),
-    ("lr: {low: 0.1, high: 0.01}\n", [], "error: search.yaml: lr: an empty range (low 0.1 is not below high 0.01)"),
-    ("lr: {low: 0.01, high: 0.1}\n", ["--storage", "postgresql://nobody@127.0.0.1:9/none"],
-     "error: study storage postgresql://nobody@127.0.0.1:9/none: cannot be used ("),
-    ("lr: {low: 0.01, high: 0.1}\n", ["-S", "data.validation_images=0"],
-     "error: data.validation_images: a search scores trials on held-out training images, never on the test set"),
-], ids=["unknown-param", "empty-range", "unreachable-storage", "no-validation"])
+@pytest.mark.parametrize(
+    "space, args, message",
+    [
+        (
+            "lr: {low: 0.01, high: 0.1}\nlrr: [1]\n",
+            [],
+            "error: search.yaml: lrr: not a param of params.yaml (dotted, as dvc exp run -S takes it: lr, "
+            "data.max_train_images, ...)",
+        ),
+        ("lr: {low: 0.1, high: 0.01}\n", [], "error: search.yaml: lr: an empty range (low 0.1 is not below high 0.01)"),
+        (
+            "lr: {low: 0.01, high: 0.1}\n",
+            ["--storage", "postgresql://nobody@127.0.0.1:9/none"],
+            "error: study storage postgresql://nobody@127.0.0.1:9/none: cannot be used (",
+        ),
+        (
+            "lr: {low: 0.01, high: 0.1}\n",
+            ["-S", "data.validation_images=0"],
+            "error: data.validation_images: a search scores trials on held-out training images, never on the test set",
+        ),
+    ],
+    ids=["unknown-param", "empty-range", "unreachable-storage", "no-validation"],
+)
 def test_bad_input_is_one_line_before_any_training(prepared_project, tmp_path, space, args, message):
     project = committed(copy_project(prepared_project, tmp_path / "bad"))
     (project / "search.yaml").write_text(space)
@@ -116,16 +134,31 @@ def test_bad_input_is_one_line_before_any_training(prepared_project, tmp_path, s
     assert len(client.search_runs([experiment_id])) == runs_before
 
 
-@pytest.mark.parametrize("tools, args, lines", [
-    (["git"], [], ["error: dvc: not found on PATH; activate the project's venv (source .venv/bin/activate) or put dvc "
-                   "on PATH"]),
-    (["git", "dvc"], ["--storage", "postgresql://alice:s3cretPW@127.0.0.1:9/none"],
-     ["warning: --storage holds a password, which ps and your shell's history keep; put it in ~/.pgpass or PGPASSWORD "
-      "instead (docs/search.md)",
-      "error: study storage postgresql://alice:***@127.0.0.1:9/none: cannot be used ((psycopg.OperationalError) "
-      "connection failed: connection to server at \"127.0.0.1\", port 9 failed: Connection refused); start the "
-      "database, or fix --storage"]),
-], ids=["without-the-venv-on-path", "a-password-on-the-command-line"])
+@pytest.mark.parametrize(
+    "tools, args, lines",
+    [
+        (
+            ["git"],
+            [],
+            [
+                "error: dvc: not found on PATH; activate the project's venv (source .venv/bin/activate) or put dvc "
+                "on PATH"
+            ],
+        ),
+        (
+            ["git", "dvc"],
+            ["--storage", "postgresql://alice:s3cretPW@127.0.0.1:9/none"],
+            [
+                "warning: --storage holds a password, which ps and your shell's history keep; put it in ~/.pgpass or PGPASSWORD "
+                "instead (docs/search.md)",
+                "error: study storage postgresql://alice:***@127.0.0.1:9/none: cannot be used ((psycopg.OperationalError) "
+                'connection failed: connection to server at "127.0.0.1", port 9 failed: Connection refused); start the '
+                "database, or fix --storage",
+            ],
+        ),
+    ],
+    ids=["without-the-venv-on-path", "a-password-on-the-command-line"],
+)
 def test_a_careless_command_line_is_one_line_and_creates_nothing(tmp_path, tools, args, lines):
     """`.venv/bin/python search.py` without the venv on PATH (as the README runs pytest), and a password typed
     into --storage: one line each (the password masked), exit status 2, no study, no MLflow store or run."""
@@ -134,8 +167,17 @@ def test_a_careless_command_line_is_one_line_and_creates_nothing(tmp_path, tools
     tools_folder.mkdir()
     for tool in tools:
         (tools_folder / tool).symlink_to(shutil.which(tool, path=environment()["PATH"]))
-    done = search(project, "--study", "careless", "--trials", "1", *QUICK, *args,
-                  env=environment(PATH=str(tools_folder)), check=False)
+    done = search(
+        project,
+        "--study",
+        "careless",
+        "--trials",
+        "1",
+        *QUICK,
+        *args,
+        env=environment(PATH=str(tools_folder)),
+        check=False,
+    )
     assert (done.returncode, done.stderr.splitlines()) == (2, lines), done.stderr
     assert "s3cretPW" not in done.stdout + done.stderr
     assert not (project / "search.db").exists() and not (project / "mlflow.db").exists()
@@ -147,8 +189,14 @@ def test_a_killed_worker_s_trial_runs_again_elsewhere_and_its_run_ends_killed(pr
     project = committed(copy_project(prepared_project, tmp_path / "killed"))
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     args = ["--study", "k", "--trials", "1", "--heartbeat", "2", "--storage", storage, *QUICK, "-S", "epochs=3"]
-    worker = subprocess.Popen([sys.executable, "search.py", *args], cwd=project, env=environment(),
-                              start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = subprocess.Popen(
+        [sys.executable, "search.py", *args],
+        cwd=project,
+        env=environment(),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     client = mlflow_client(project)
     deadline = time.monotonic() + 300
     while not [r for r in trial_runs(client, "k")[0] if r.info.status == "RUNNING"]:
@@ -174,9 +222,15 @@ def test_two_workers_in_two_clones_share_one_study_and_a_third_clone_sees_every_
     """Two "machines" (separate clones) share nothing but PostgreSQL (the study and the MLflow server's store),
     a bare git remote and a folder DVC remote; every trial runs exactly once, and a third clone pulls them all."""
     bin_dir = postgres_bin()
-    require(bin_dir, "a PostgreSQL server (/usr/lib/postgresql/*/bin/initdb)", "apt-get install postgresql (as .ci/run does)")
-    with postgres_cluster(bin_dir, ("mlflow", "optuna")) as databases, \
-            mlflow_server(databases["mlflow"], tmp_path, environment()) as tracking_uri:
+    require(
+        bin_dir,
+        "a PostgreSQL server (/usr/lib/postgresql/*/bin/initdb)",
+        "apt-get install postgresql (as .ci/run does)",
+    )
+    with (
+        postgres_cluster(bin_dir, ("mlflow", "optuna")) as databases,
+        mlflow_server(databases["mlflow"], tmp_path, environment()) as tracking_uri,
+    ):
         origin, remote, seed = tmp_path / "origin.git", tmp_path / "dvc-remote", tmp_path / "seed"
         run(tmp_path, "git", "init", "-q", "--bare", "--initial-branch=main", str(origin))
         copy_project(prepared_project, seed)
@@ -189,8 +243,17 @@ def test_two_workers_in_two_clones_share_one_study_and_a_third_clone_sees_every_
             run(tmp_path, "git", "clone", "-q", str(origin), str(clone))
         env = environment(MLFLOW_TRACKING_URI=tracking_uri)
         args = ["--study", "shared", "--trials", "2", "--storage", databases["optuna"], "--push", "origin", *QUICK]
-        workers = [subprocess.Popen([sys.executable, "search.py", *args], cwd=clone, env=env, text=True,
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for clone in clones[:2]]
+        workers = [
+            subprocess.Popen(
+                [sys.executable, "search.py", *args],
+                cwd=clone,
+                env=env,
+                text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+            for clone in clones[:2]
+        ]
         outputs = [worker.communicate(timeout=900)[0] for worker in workers]
         assert [worker.returncode for worker in workers] == [0, 0], outputs
 

@@ -27,6 +27,7 @@ def test_checkpoint_probabilities_take_read_only_pixels_quietly(tmp_path):
 
 # MLflow models that could run their author's code when loaded: each must be refused, with nothing of it run.
 
+
 class PlantedPickle:
     """Writes a file when it is unpickled or loaded: the code a model's author could run on every server."""
 
@@ -62,8 +63,10 @@ def test_a_python_model_is_refused_before_any_of_its_code_runs(local_store, tmp_
     """The issue's probe: a pickled PythonModel whose load_context wrote a file, run by every serving machine."""
     planted = tmp_path / "planted"
     model_uri = logged_planted_model("exp-planted", planted)
-    assert refusal_of(model_uri) == (f"{model_uri}: refused, not a model this project logs (flavors python_function; "
-                                     "the project logs python_function and pytorch); nothing of it was loaded")
+    assert refusal_of(model_uri) == (
+        f"{model_uri}: refused, not a model this project logs (flavors python_function; "
+        "the project logs python_function and pytorch); nothing of it was loaded"
+    )
     assert not planted.exists()
 
 
@@ -76,11 +79,14 @@ def test_a_pickled_torch_model_is_refused(local_store, tmp_path):
 
     _, experiment_id = store.connect("exp-pickled")
     with mlflow.start_run(experiment_id=experiment_id):
-        model_uri = mlflow.pytorch.log_model(torch.nn.Flatten(), name="model", serialization_format="pickle",
-                                             pip_requirements=[]).model_uri
-    assert refusal_of(model_uri) == (f"{model_uri}: refused, not a model this project logs (its data is model.pth, "
-                                     "pickle_module_info.txt, not torch.export's model.pt2 alone); "
-                                     "nothing of it was loaded")
+        model_uri = mlflow.pytorch.log_model(
+            torch.nn.Flatten(), name="model", serialization_format="pickle", pip_requirements=[]
+        ).model_uri
+    assert refusal_of(model_uri) == (
+        f"{model_uri}: refused, not a model this project logs (its data is model.pth, "
+        "pickle_module_info.txt, not torch.export's model.pt2 alone); "
+        "nothing of it was loaded"
+    )
 
 
 def test_a_pt2_archive_carrying_a_pickle_is_refused_before_torch_reads_it(local_store, tmp_path):
@@ -96,13 +102,17 @@ def test_a_pt2_archive_carrying_a_pickle_is_refused_before_torch_reads_it(local_
     with zipfile.ZipFile(original) as source, zipfile.ZipFile(archive, "w") as rewritten:
         for record in source.infolist():
             payload = source.read(record)
-            rewritten.writestr(record, pickle.dumps(PlantedPickle(planted)) if record.filename.endswith("sample_inputs/model.pt")
-                               else payload)
+            rewritten.writestr(
+                record,
+                pickle.dumps(PlantedPickle(planted)) if record.filename.endswith("sample_inputs/model.pt") else payload,
+            )
     original.unlink()
     with mlflow.start_run(experiment_id=mlflow.get_experiment_by_name("exp-pt2").experiment_id) as run:
         mlflow.log_artifacts(str(folder), "model")
     refused = refusal_of(f"runs:/{run.info.run_id}/model")
-    assert refused.startswith(f"runs:/{run.info.run_id}/model: refused, not a model this project logs (its pt2 archive "
-                              "carries a pickle: Deserializing model using pickle is disallowed, but record "
-                              "'model/data/sample_inputs/model.pt'")
+    assert refused.startswith(
+        f"runs:/{run.info.run_id}/model: refused, not a model this project logs (its pt2 archive "
+        "carries a pickle: Deserializing model using pickle is disallowed, but record "
+        "'model/data/sample_inputs/model.pt'"
+    )
     assert not planted.exists()

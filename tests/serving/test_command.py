@@ -37,10 +37,12 @@ def test_predict_with_a_checkpoint_imports_no_mlflow(tmp_path):
     digit[4:24, 12:16] = 255
     Image.fromarray(digit).save(tmp_path / "one.png")
     # The package first, as in a stage: its quick exit is the first exit handler, so the probe's runs before it.
-    probe = ("import atexit, runpy, sys, mnist_pipeline.cli; "
-             "atexit.register(lambda: print('mlflow loaded:', 'mlflow' in sys.modules)); "
-             f"sys.argv = ['predict.py', '--checkpoint', {str(tmp_path / 'model.pt')!r}, {str(tmp_path / 'one.png')!r}]; "
-             f"runpy.run_path({str(REPO_ROOT / 'predict.py')!r}, run_name='__main__')")
+    probe = (
+        "import atexit, runpy, sys, mnist_pipeline.cli; "
+        "atexit.register(lambda: print('mlflow loaded:', 'mlflow' in sys.modules)); "
+        f"sys.argv = ['predict.py', '--checkpoint', {str(tmp_path / 'model.pt')!r}, {str(tmp_path / 'one.png')!r}]; "
+        f"runpy.run_path({str(REPO_ROOT / 'predict.py')!r}, run_name='__main__')"
+    )
     done = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert f"{tmp_path / 'one.png'}: " in done.stdout and "mlflow loaded: False" in done.stdout
@@ -56,9 +58,13 @@ def test_a_broken_file_is_one_line_and_exit_status_2_without_a_traceback(tmp_pat
 
     broken = tmp_path / "broken.png"
     broken.write_bytes(with_chunk_length(encoded(digit(), "PNG"), b"IDAT", 0))
-    done = subprocess.run([sys.executable, str(REPO_ROOT / "predict.py"), "--checkpoint", str(tmp_path / "missing.pt"),
-                           str(broken)], capture_output=True, text=True, timeout=120,
-                          env={"PYTHONPATH": str(REPO_ROOT / "src"), "PATH": str(Path(sys.executable).parent)})
+    done = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "predict.py"), "--checkpoint", str(tmp_path / "missing.pt"), str(broken)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": str(REPO_ROOT / "src"), "PATH": str(Path(sys.executable).parent)},
+    )
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.startswith(f"error: {broken}: not a readable image (broken PNG file (chunk b'")
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr

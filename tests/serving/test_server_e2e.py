@@ -32,12 +32,28 @@ from servers import listening_addresses, post_image, server
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 SCREENSHOT = REPO_ROOT / "docs" / "serve.png"  # the README's picture, written when UPDATE_SCREENSHOTS=1
-FAST_RECIPE = ["nproc=1", "model=compact", "optimizer=adamw", "lr=0.02", "momentum=0.9", "batch_size=256",
-               "schedule=onecycle", "epochs=2", "label_smoothing=0.1", "data.max_train_images=null"]
+FAST_RECIPE = [
+    "nproc=1",
+    "model=compact",
+    "optimizer=adamw",
+    "lr=0.02",
+    "momentum=0.9",
+    "batch_size=256",
+    "schedule=onecycle",
+    "epochs=2",
+    "label_smoothing=0.1",
+    "data.max_train_images=null",
+]
 MLFLOW_UI = "http://127.0.0.1:5000"
-pytestmark = [pytest.mark.e2e, requires_mnist_mirror(),
-              prerequisite(Path(CHROMIUM).exists() and shutil.which("chromium"), f"Debian's Chromium ({CHROMIUM})",
-                           "apt-get install chromium chromium-driver (as .ci/run does)")]
+pytestmark = [
+    pytest.mark.e2e,
+    requires_mnist_mirror(),
+    prerequisite(
+        Path(CHROMIUM).exists() and shutil.which("chromium"),
+        f"Debian's Chromium ({CHROMIUM})",
+        "apt-get install chromium chromium-driver (as .ci/run does)",
+    ),
+]
 
 
 @pytest.fixture(scope="module")
@@ -103,14 +119,17 @@ def draw(page, strokes: list[list[tuple[int, int]]]) -> dict:
 def drop(page, data: bytes, name: str, mime: str) -> dict:
     """Drop a file on the page's drop zone, as a file manager does; the answer to its request."""
     with page.expect_response("**/predict") as response:
-        page.evaluate("""([encoded, name, mime]) => {
+        page.evaluate(
+            """([encoded, name, mime]) => {
             const bytes = Uint8Array.from(atob(encoded), c => c.charCodeAt(0));
             const transfer = new DataTransfer();
             transfer.items.add(new File([bytes], name, {type: mime}));
             const zone = document.getElementById('drop');
             for (const type of ['dragenter', 'dragover', 'drop'])
                 zone.dispatchEvent(new DragEvent(type, {dataTransfer: transfer, bubbles: true, cancelable: true}));
-        }""", [base64.b64encode(data).decode(), name, mime])
+        }""",
+            [base64.b64encode(data).decode(), name, mime],
+        )
     return shown(page, response.value, name)
 
 
@@ -122,8 +141,9 @@ def shown(page, response, name: str) -> dict:
     if response.status == 200:
         expect(page.locator("#digit")).to_have_text(str(answer["digit"]))
         expect(page.locator("#source")).to_have_text(re.compile(rf"^\d+\.\d% for {re.escape(name)}$"))
-        expect(page.locator("#model")).to_contain_text(f"version {answer['model'].get('version')}"
-                                                        if answer["model"]["kind"] == "registered" else "checkpoint")
+        expect(page.locator("#model")).to_contain_text(
+            f"version {answer['model'].get('version')}" if answer["model"]["kind"] == "registered" else "checkpoint"
+        )
     else:
         expect(page.locator("#message")).to_have_text(answer["error"])
     return answer
@@ -131,8 +151,9 @@ def shown(page, response, name: str) -> dict:
 
 def seen_pixels(page) -> np.ndarray:
     """The 28x28 image the page shows as what the model saw."""
-    rgba = page.evaluate("() => Array.from(document.getElementById('seen').getContext('2d')"
-                         ".getImageData(0, 0, 28, 28).data)")
+    rgba = page.evaluate(
+        "() => Array.from(document.getElementById('seen').getContext('2d').getImageData(0, 0, 28, 28).data)"
+    )
     return np.array(rgba, dtype=np.uint8).reshape(28, 28, 4)[..., 0]
 
 
@@ -152,7 +173,9 @@ def encoded(image: Image.Image, format: str, **options) -> bytes:
 def photo_of(digit: np.ndarray) -> bytes:
     """A 3000x2000 JPEG of a digit written dark on light paper, off-centre, with sensor noise: a phone photo."""
     rows, cols = np.flatnonzero(digit.any(axis=1)), np.flatnonzero(digit.any(axis=0))
-    ink = Image.fromarray(digit[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]).resize((700, 1100), Image.Resampling.BICUBIC)
+    ink = Image.fromarray(digit[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]).resize(
+        (700, 1100), Image.Resampling.BICUBIC
+    )
     paper = np.full((2000, 3000), 215.0)
     paper[500:1600, 1700:2400] -= np.asarray(ink, dtype=np.float64) * 0.75
     paper += np.random.default_rng(0).normal(0, 4, paper.shape)
@@ -202,8 +225,11 @@ def test_a_dropped_mnist_digit_and_a_large_photo_are_answered_with_what_the_mode
 
 def test_a_text_file_an_empty_file_and_a_20_mb_file_each_get_one_message(champion_server, tmp_path):
     port, _ = champion_server
-    files = {"notes.txt": b"milk, eggs, flour\n", "empty.png": b"",
-             "huge.jpg": np.random.default_rng(0).integers(0, 256, 20 * 2 ** 20, dtype=np.uint8).tobytes()}
+    files = {
+        "notes.txt": b"milk, eggs, flour\n",
+        "empty.png": b"",
+        "huge.jpg": np.random.default_rng(0).integers(0, 256, 20 * 2**20, dtype=np.uint8).tobytes(),
+    }
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
     api = {name: post_image(port, data, name) for name, data in files.items()}
@@ -234,7 +260,9 @@ def test_when_the_alias_moves_the_next_answer_names_the_new_version(project, cha
                 time.sleep(0.5)
             version_1 = client.get_model_version("mnist-cnn", "1")
             assert answer["model"]["run_id"] == version_1.run_id
-            assert f"mnist-cnn version 1 (alias champion), run {version_1.run_id}" in page.locator("#model").inner_text()
+            assert (
+                f"mnist-cnn version 1 (alias champion), run {version_1.run_id}" in page.locator("#model").inner_text()
+            )
         finally:
             client.set_registered_model_alias("mnist-cnn", "champion", "2")
     assert "serve: mnist-cnn@champion moved to version 1; answering with it" in log.read_text()
@@ -262,4 +290,3 @@ def copy_project_code(project: Path, destination: Path) -> Path:
     """The project's files without its MLflow store (what a clone has before any `dvc repro`)."""
     shutil.copytree(project, destination, ignore=shutil.ignore_patterns("mlflow.db", "mlartifacts", ".dvc", ".git"))
     return destination
-

@@ -38,7 +38,9 @@ def environment(**overrides: str) -> dict[str, str]:
     return env
 
 
-def run(project: Path, *args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run(
+    project: Path, *args: str, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """Run a command in the project as a user would, and fail with its output if it fails."""
     done = subprocess.run(args, cwd=project, env=env or environment(), capture_output=True, text=True, timeout=900)
     if check and done.returncode != 0:
@@ -65,8 +67,13 @@ def update_params(project: Path, changes: dict) -> None:
 def make_project(destination: Path, params: dict | None = SMALL) -> Path:
     """A git repository holding this repository's files as a fresh clone would (ignored files left out), with
     `params` over params.yaml (the test slice; None: the repository's own, as committed)."""
-    tracked = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                             cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    tracked = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     for name in filter(None, tracked.stdout.split("\0")):
         source = REPO_ROOT / name
         if source.is_file():
@@ -115,12 +122,18 @@ def _relocate_store(store: Path, old: str, new: str) -> None:
         for table in tables:
             for _, column, kind, *_ in db.execute(f'PRAGMA table_info("{table}")').fetchall():
                 if any(word in kind.upper() for word in ("CHAR", "TEXT", "CLOB")):
-                    db.execute(f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) '
-                               f'WHERE instr("{column}", ?) > 0', (old, new, old))
-        leftovers = [table for table in tables for _, column, kind, *_ in
-                     db.execute(f'PRAGMA table_info("{table}")').fetchall()
-                     if db.execute(f'SELECT count(*) FROM "{table}" WHERE instr(CAST("{column}" AS TEXT), ?) > 0',
-                                   (old,)).fetchone()[0]]
+                    db.execute(
+                        f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) WHERE instr("{column}", ?) > 0',
+                        (old, new, old),
+                    )
+        leftovers = [
+            table
+            for table in tables
+            for _, column, kind, *_ in db.execute(f'PRAGMA table_info("{table}")').fetchall()
+            if db.execute(
+                f'SELECT count(*) FROM "{table}" WHERE instr(CAST("{column}" AS TEXT), ?) > 0', (old,)
+            ).fetchone()[0]
+        ]
     assert not leftovers, f"{store} still names {old} in {leftovers}"
 
 
@@ -167,8 +180,10 @@ def check_lineage(project: Path, run_id: str, lock_text: str, params_text: str) 
     lock = yaml.safe_load(lock_text)
     md5 = next(out["md5"] for out in lock["stages"]["download"]["outs"] if out["path"] == "data/mnist")
     params = yaml.safe_load(params_text)
-    inputs = {next(t.value for t in i.tags if t.key == "mlflow.data.context"): i.dataset
-              for i in mlflow_run.inputs.dataset_inputs}
+    inputs = {
+        next(t.value for t in i.tags if t.key == "mlflow.data.context"): i.dataset
+        for i in mlflow_run.inputs.dataset_inputs
+    }
     assert set(inputs) == {"training", "test"}
     assert {context: dataset.digest for context, dataset in inputs.items()} == {"training": md5, "test": md5}
     assert inputs["training"].name == f"mnist-training[:{params['data']['max_train_images']}]"
@@ -184,8 +199,9 @@ def check_lineage(project: Path, run_id: str, lock_text: str, params_text: str) 
     assert [m.step for m in client.get_metric_history(run_id, "system/cpu_utilization_percentage")] == epochs
     assert all(metrics[f"stage_seconds/{stage}"] > 0 for stage in ("train", "evaluate", "register"))
     tags = mlflow_run.data.tags
-    (logged_model,) = [m for m in client.search_logged_models([mlflow_run.info.experiment_id])
-                       if m.source_run_id == run_id]
+    (logged_model,) = [
+        m for m in client.search_logged_models([mlflow_run.info.experiment_id]) if m.source_run_id == run_id
+    ]
     assert tags["evaluate.model_id"] == logged_model.model_id
     assert tags["reproduce.command"] in tags["mlflow.note.content"]
 
@@ -194,7 +210,8 @@ def check_lineage(project: Path, run_id: str, lock_text: str, params_text: str) 
         # Logged by the last stage before DVC wrote that stage's own entry: every other entry is the repro's.
         logged = yaml.safe_load((reproduce / "dvc.lock").read_text())
         assert {k: v for k, v in logged["stages"].items() if k != "register"} == {
-            k: v for k, v in lock["stages"].items() if k != "register"}
+            k: v for k, v in lock["stages"].items() if k != "register"
+        }
         assert (reproduce / "params.yaml").read_text() == params_text
 
 
@@ -212,8 +229,13 @@ def shown_run_ids(project: Path) -> dict[str, str]:
     return found
 
 
-RESULT_METRICS = ("metrics/train.json", "metrics/history.csv", "metrics/eval.json", "metrics/confusion.csv",
-                  "metrics/mistakes.csv")
+RESULT_METRICS = (
+    "metrics/train.json",
+    "metrics/history.csv",
+    "metrics/eval.json",
+    "metrics/confusion.csv",
+    "metrics/mistakes.csv",
+)
 # What a run logs that is not a result: how long it took, what the machine was doing (thread counts are tags).
 _NOT_RESULTS = ("train_seconds", "stage_seconds/", "system/")
 

@@ -24,11 +24,29 @@ FONT_FOLDER = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
 
 # The fonts with the ten lining digits. Left out: DejaVu's Display faces and STIXNonUni/STIXSiz (no digits),
 # cmex10 and cmsy10 (symbols at the digits' code points), cmmi10 (old-style figures: 3, 4, 5, 7, 9 descend).
-FONTS = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSans-BoldOblique.ttf",
-         "DejaVuSansMono.ttf", "DejaVuSansMono-Bold.ttf", "DejaVuSansMono-Oblique.ttf", "DejaVuSansMono-BoldOblique.ttf",
-         "DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf", "DejaVuSerif-Italic.ttf", "DejaVuSerif-BoldItalic.ttf",
-         "STIXGeneral.ttf", "STIXGeneralBol.ttf", "STIXGeneralItalic.ttf", "STIXGeneralBolIta.ttf",
-         "cmr10.ttf", "cmb10.ttf", "cmss10.ttf", "cmti10.ttf", "cmtt10.ttf")
+FONTS = (
+    "DejaVuSans.ttf",
+    "DejaVuSans-Bold.ttf",
+    "DejaVuSans-Oblique.ttf",
+    "DejaVuSans-BoldOblique.ttf",
+    "DejaVuSansMono.ttf",
+    "DejaVuSansMono-Bold.ttf",
+    "DejaVuSansMono-Oblique.ttf",
+    "DejaVuSansMono-BoldOblique.ttf",
+    "DejaVuSerif.ttf",
+    "DejaVuSerif-Bold.ttf",
+    "DejaVuSerif-Italic.ttf",
+    "DejaVuSerif-BoldItalic.ttf",
+    "STIXGeneral.ttf",
+    "STIXGeneralBol.ttf",
+    "STIXGeneralItalic.ttf",
+    "STIXGeneralBolIta.ttf",
+    "cmr10.ttf",
+    "cmb10.ttf",
+    "cmss10.ttf",
+    "cmti10.ttf",
+    "cmtt10.ttf",
+)
 GLYPH_HEIGHT = 160  # pixels: the glyph is rendered this tall (4x finer for the weight change), then placed
 SUPERSAMPLING = 4
 DESIGNED_SHARE = 0.4  # at the font's own weight; the rest thinned or thickened
@@ -80,10 +98,11 @@ def render_glyph(font_file: str, digit: int, stroke: float | None = None) -> tup
         height = np.flatnonzero(mask.any(axis=1)).size
         mask = _reweighted(mask, (stroke - designed) * height / 2)
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    mask = mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    mask = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     glyph = Image.fromarray(mask.astype(np.uint8) * 255)
-    small = glyph.resize((max(1, round(glyph.width / SUPERSAMPLING)), max(1, round(glyph.height / SUPERSAMPLING))),
-                         Image.Resampling.BOX)  # anti-aliased, as a font renderer draws edges
+    small = glyph.resize(
+        (max(1, round(glyph.width / SUPERSAMPLING)), max(1, round(glyph.height / SUPERSAMPLING))), Image.Resampling.BOX
+    )  # anti-aliased, as a font renderer draws edges
     return np.asarray(small), designed, stroke_fraction(mask)
 
 
@@ -116,8 +135,9 @@ def _reweighted(mask: np.ndarray, shift: float) -> np.ndarray:
     return moved(low) if low > 0 else mask
 
 
-def write_font_digits(directory: str | Path, seed: int, count: int, max_side: int | None = None,
-                      fonts: tuple[str, ...] = FONTS) -> list[FontDigit]:
+def write_font_digits(
+    directory: str | Path, seed: int, count: int, max_side: int | None = None, fonts: tuple[str, ...] = FONTS
+) -> list[FontDigit]:
     """Write `count` printed digits into `directory`, each on a canvas as people bring them; same seed, same files."""
     rng = np.random.default_rng(seed)
     directory = Path(directory)

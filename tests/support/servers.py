@@ -34,8 +34,9 @@ def listening_addresses(port: int) -> set[str]:
 
 
 @contextmanager
-def server(command: list[str], cwd: Path, ready_path: str, env: dict[str, str] | None = None,
-           output: Path | None = None):
+def server(
+    command: list[str], cwd: Path, ready_path: str, env: dict[str, str] | None = None, output: Path | None = None
+):
     """Start a server on a free 127.0.0.1 port, wait until `ready_path` answers, and always stop it.
 
     What it prints goes to `output` (stdout and stderr together) when given, else nowhere.
@@ -43,8 +44,14 @@ def server(command: list[str], cwd: Path, ready_path: str, env: dict[str, str] |
     port = free_port()
     log = open(output, "wb") if output else subprocess.DEVNULL
     try:
-        process = subprocess.Popen([*command, "--port", str(port)], cwd=cwd, env=env,
-                                   stdout=log, stderr=subprocess.STDOUT if output else log, start_new_session=True)
+        process = subprocess.Popen(
+            [*command, "--port", str(port)],
+            cwd=cwd,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT if output else log,
+            start_new_session=True,
+        )
     finally:
         if output:
             log.close()  # the child holds its own copy
@@ -102,17 +109,49 @@ def postgres_cluster(bin_dir: Path, databases: tuple[str, ...] = ("mlflow",), pa
                 shutil.chown(home / "password", "postgres", "postgres")
             auth = ["--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={home / 'password'}"]
         # No fsync: a cluster that lives for one test module.
-        run(*owner, str(bin_dir / "initdb"), "-D", str(data), "-U", "mlflow", *auth,
-            "-E", "UTF8", "--locale=C", "--no-sync")
-        options = (f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={home} "
-                   "-c fsync=off -c full_page_writes=off")
-        run(*owner, str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(home / "postgres.log"),
-            "-o", options, "-w", "start")
+        run(
+            *owner,
+            str(bin_dir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            "mlflow",
+            *auth,
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        )
+        options = (
+            f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={home} "
+            "-c fsync=off -c full_page_writes=off"
+        )
+        run(
+            *owner,
+            str(bin_dir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(home / "postgres.log"),
+            "-o",
+            options,
+            "-w",
+            "start",
+        )
         try:
             client_env = {**os.environ, "PGPASSWORD": password} if password else None
             for database in databases:
-                run(str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow", database,
-                    env=client_env)
+                run(
+                    str(bin_dir / "createdb"),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(port),
+                    "-U",
+                    "mlflow",
+                    database,
+                    env=client_env,
+                )
             yield {database: f"postgresql://mlflow@127.0.0.1:{port}/{database}" for database in databases}
         finally:
             run(*owner, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop", check=False)
@@ -123,15 +162,26 @@ def postgres_cluster(bin_dir: Path, databases: tuple[str, ...] = ("mlflow",), pa
 @contextmanager
 def mlflow_server(backend_store: str, folder: Path, env: dict[str, str]):
     """`mlflow server` as the README starts it, on `backend_store`, serving artifacts from a folder; yields its URL."""
-    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", backend_store,
-               "--artifacts-destination", str(folder / "artifacts"), "--serve-artifacts", "--host", "127.0.0.1",
-               "--workers", "1"]  # one worker is plenty for the tests' clients, and starts faster on 2 cores
+    command = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "server",
+        "--backend-store-uri",
+        backend_store,
+        "--artifacts-destination",
+        str(folder / "artifacts"),
+        "--serve-artifacts",
+        "--host",
+        "127.0.0.1",
+        "--workers",
+        "1",
+    ]  # one worker is plenty for the tests' clients, and starts faster on 2 cores
     with server(command, folder, "/health", env=env) as port:
         yield f"http://127.0.0.1:{port}"
 
 
-def post_image(port: int, data: bytes, name: str = "digit.png", field: str = "image",
-               chunked: bool = False) -> tuple[int, dict]:
+def post_image(
+    port: int, data: bytes, name: str = "digit.png", field: str = "image", chunked: bool = False
+) -> tuple[int, dict]:
     """POST `data` as a multipart form field to 127.0.0.1:`port`/predict; (status, JSON answer).
 
     http.client, as a browser, keeps the connection open: a server that answers before it has read
@@ -143,14 +193,25 @@ def post_image(port: int, data: bytes, name: str = "digit.png", field: str = "im
     import uuid
 
     boundary = uuid.uuid4().hex
-    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{name}"\r\n'
-            f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{name}"\r\n'
+            f"Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     try:
         headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
         if chunked:  # no Content-Length: the server has to count what arrives
-            connection.request("POST", "/predict", body=iter([body[i:i + 65536] for i in range(0, len(body), 65536)]),
-                               headers=headers, encode_chunked=True)
+            connection.request(
+                "POST",
+                "/predict",
+                body=iter([body[i : i + 65536] for i in range(0, len(body), 65536)]),
+                headers=headers,
+                encode_chunked=True,
+            )
         else:
             connection.request("POST", "/predict", body=body, headers=headers)
         response = connection.getresponse()
@@ -159,17 +220,28 @@ def post_image(port: int, data: bytes, name: str = "digit.png", field: str = "im
         connection.close()
 
 
-async def asgi_request(app, method: str, path: str, body: bytes = b"",
-                       headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+async def asgi_request(
+    app, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
     """One request to an ASGI app in this event loop, without a server: (status, headers, body).
 
     An error the app raises after answering (Starlette's 500 does) is dropped: the answer is what a client sees.
     """
     headers = {"host": "127.0.0.1:8000", **{k.lower(): v for k, v in (headers or {}).items()}}
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
-             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
-             "headers": [(key.encode(), value.encode()) for key, value in headers.items()],
-             "client": ("127.0.0.1", 40000), "server": ("127.0.0.1", 8000)}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(key.encode(), value.encode()) for key, value in headers.items()],
+        "client": ("127.0.0.1", 40000),
+        "server": ("127.0.0.1", 8000),
+    }
     incoming = [{"type": "http.request", "body": body, "more_body": False}]
     sent: list[dict] = []
 
@@ -186,11 +258,23 @@ async def asgi_request(app, method: str, path: str, body: bytes = b"",
             raise
     start = next(message for message in sent if message["type"] == "http.response.start")
     answer_headers = {key.decode(): value.decode() for key, value in start["headers"]}
-    return start["status"], answer_headers, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return (
+        start["status"],
+        answer_headers,
+        b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"),
+    )
 
 
-def multipart(data: bytes, name: str = "digit.png", field: str = "image", boundary: str = "b0undary") -> tuple[bytes, str]:
+def multipart(
+    data: bytes, name: str = "digit.png", field: str = "image", boundary: str = "b0undary"
+) -> tuple[bytes, str]:
     """A multipart/form-data body with one file field, and its Content-Type."""
-    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{name}"\r\n'
-            f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{name}"\r\n'
+            f"Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     return body, f"multipart/form-data; boundary={boundary}"

@@ -9,7 +9,7 @@ def digits_and_labels(count=30):
     digits = np.zeros((count, 28, 28), dtype=np.uint8)
     for digit in digits:
         top, left = rng.integers(4, 8, 2)
-        digit[top:top + 20, left + 8:left + 12] = 255  # a light "1", placed as MNIST places digits
+        digit[top : top + 20, left + 8 : left + 12] = 255  # a light "1", placed as MNIST places digits
     return digits, np.arange(count) % 10
 
 

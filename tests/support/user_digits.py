@@ -39,8 +39,9 @@ class UserDigit:
     turn_degrees: float  # counter-clockwise
 
 
-def write_user_digits(digits: np.ndarray, labels: np.ndarray, directory: str | Path, seed: int,
-                      count: int, max_side: int | None = None) -> list[UserDigit]:
+def write_user_digits(
+    digits: np.ndarray, labels: np.ndarray, directory: str | Path, seed: int, count: int, max_side: int | None = None
+) -> list[UserDigit]:
     """Write `count` images drawn from MNIST `digits` (N, 28, 28) uint8 into `directory`; same seed, same files."""
     rng = np.random.default_rng(seed)
     directory = Path(directory)
@@ -58,8 +59,9 @@ def write_user_digits(digits: np.ndarray, labels: np.ndarray, directory: str | P
     return written
 
 
-def draw_user_digit(digit: np.ndarray, rng: np.random.Generator,
-                    max_side: int | None = None) -> tuple[Image.Image, tuple[str, ...], str, float]:
+def draw_user_digit(
+    digit: np.ndarray, rng: np.random.Generator, max_side: int | None = None
+) -> tuple[Image.Image, tuple[str, ...], str, float]:
     """One MNIST digit (28, 28) uint8 redrawn on a canvas: (image, kinds, file extension, turn in degrees)."""
     kinds = []
     large = rng.random() < LARGE_SHARE
@@ -73,7 +75,7 @@ def draw_user_digit(digit: np.ndarray, rng: np.random.Generator,
 
     # The digit's ink (0-1), enlarged to 20-70% of the canvas's shorter side (never below MNIST's 20 px).
     rows, cols = np.flatnonzero(digit.any(axis=1)), np.flatnonzero(digit.any(axis=0))
-    cropped = Image.fromarray(digit[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1])
+    cropped = Image.fromarray(digit[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1])
     digit_height = max(24, int(shorter * rng.uniform(0.2, 0.7)))
     scale = digit_height / cropped.height
     enlarged = cropped.resize((max(1, round(cropped.width * scale)), digit_height), Image.Resampling.BICUBIC)
@@ -83,14 +85,14 @@ def draw_user_digit(digit: np.ndarray, rng: np.random.Generator,
     ink = np.zeros((height, width), dtype=np.float32)
     top = int(rng.integers(0, max(1, height - ink_patch.shape[0]) + 1))
     left = int(rng.integers(0, max(1, width - ink_patch.shape[1]) + 1))
-    patch = ink_patch[:height - top, :width - left]
-    ink[top:top + patch.shape[0], left:left + patch.shape[1]] = patch
+    patch = ink_patch[: height - top, : width - left]
+    ink[top : top + patch.shape[0], left : left + patch.shape[1]] = patch
     if rng.random() < SPECKLED_SHARE:
         kinds.append("specks")
         radius = max(1, round(longer * 0.003))
         for _ in range(int(rng.integers(1, 8))):
             row, col = int(rng.integers(0, height)), int(rng.integers(0, width))
-            ink[max(0, row - radius):row + radius, max(0, col - radius):col + radius] = 1.0
+            ink[max(0, row - radius) : row + radius, max(0, col - radius) : col + radius] = 1.0
 
     inverted = rng.random() < INVERTED_SHARE
     if inverted:

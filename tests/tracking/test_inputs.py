@@ -14,11 +14,15 @@ def test_the_data_is_logged_as_two_dataset_inputs_named_by_slice_with_dvcs_diges
     digest = lineage.DataDigest("b6c29e96813679dd8c451c9b5ca86e2c.dir", "dvc.lock")  # 36 characters: MLflow's limit
     with runs.training_run(experiment_id, {}) as run_id:
         inputs.log_data_inputs(str(data_dir), digest, {"training": 2000, "test": None})
-    logged = {next(t.value for t in i.tags if t.key == "mlflow.data.context"): i
-              for i in client.get_run(run_id).inputs.dataset_inputs}
+    logged = {
+        next(t.value for t in i.tags if t.key == "mlflow.data.context"): i
+        for i in client.get_run(run_id).inputs.dataset_inputs
+    }
     training, test = logged["training"], logged["test"]
     assert (training.dataset.name, test.dataset.name) == ("mnist-training[:2000]", "mnist-test")
     assert training.dataset.digest == test.dataset.digest == digest.md5
-    assert json.loads(training.dataset.source)["files"] == [f"{data_dir.as_posix()}/train-images-idx3-ubyte.gz",
-                                                            f"{data_dir.as_posix()}/train-labels-idx1-ubyte.gz"]
+    assert json.loads(training.dataset.source)["files"] == [
+        f"{data_dir.as_posix()}/train-images-idx3-ubyte.gz",
+        f"{data_dir.as_posix()}/train-labels-idx1-ubyte.gz",
+    ]
     assert {t.key: t.value for t in test.tags}["images"] == "all"

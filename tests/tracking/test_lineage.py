@@ -34,8 +34,12 @@ def test_folder_md5_is_the_md5_dvc_recorded_for_the_mnist_files(tmp_path):
     # The reference: DVC's own MD5 of data/mnist in this repository's dvc.lock, against the four original files.
     folder = tmp_path / "mnist"
     folder.mkdir()
-    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-                 "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+    for name in (
+        "train-images-idx3-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+    ):
         (folder / name).symlink_to(MNIST_MIRROR / name)
     recorded, _ = lineage.locked_md5(REPO_ROOT / "dvc.lock", "data/mnist")
     assert recorded and lineage.folder_md5(folder) == recorded
@@ -47,11 +51,14 @@ def test_the_digest_comes_from_the_download_stage_in_dvc_lock(data_dir, tmp_path
     assert digest == lineage.DataDigest("abc.dir", "dvc.lock", None)
 
 
-@pytest.mark.parametrize("stages", [
-    {},  # a lock without the download stage (only train ran, by hand)
-    {"train": {"outs": [{"path": "models/model.pt", "md5": "def"}]}},
-    {"download": {"outs": [{"path": "data/other", "md5": "abc.dir"}]}},  # data.dir changed since
-])
+@pytest.mark.parametrize(
+    "stages",
+    [
+        {},  # a lock without the download stage (only train ran, by hand)
+        {"train": {"outs": [{"path": "models/model.pt", "md5": "def"}]}},
+        {"download": {"outs": [{"path": "data/other", "md5": "abc.dir"}]}},  # data.dir changed since
+    ],
+)
 def test_without_the_download_stage_the_digest_is_computed_from_the_files_with_one_line(data_dir, tmp_path, stages):
     write_lock(tmp_path / "dvc.lock", stages)
     digest = lineage.data_digest("data/mnist")
@@ -68,17 +75,30 @@ def test_without_dvc_lock_or_with_a_broken_one_the_digest_is_computed(data_dir, 
 def test_a_download_stage_run_by_hand_says_so_from_the_stage_without_a_traceback(data_dir, tmp_path):
     # The train stage prints the note as one line; here through the same call a stage makes, in a subprocess.
     write_lock(tmp_path / "dvc.lock", {"train": {}})
-    done = subprocess.run([sys.executable, "-c", "from mnist_pipeline.tracking.lineage import data_digest; "
-                           "d = data_digest('data/mnist'); print(d.origin); print(d.note)"],
-                          capture_output=True, text=True, env={}, cwd=tmp_path)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from mnist_pipeline.tracking.lineage import data_digest; "
+            "d = data_digest('data/mnist'); print(d.origin); print(d.note)",
+        ],
+        capture_output=True,
+        text=True,
+        env={},
+        cwd=tmp_path,
+    )
     assert done.returncode == 0 and done.stderr == ""
-    assert done.stdout.splitlines() == ["files", "dvc.lock has no download stage: the data's MD5 is computed "
-                                        "from the files in data/mnist"]
+    assert done.stdout.splitlines() == [
+        "files",
+        "dvc.lock has no download stage: the data's MD5 is computed from the files in data/mnist",
+    ]
 
 
 def test_split_files_name_each_context_s_files(data_dir):
-    assert lineage.split_files("data/mnist") == {"training": ("train-images-idx3-ubyte.gz",),
-                                                 "test": ("t10k-images-idx3-ubyte.gz",)}
+    assert lineage.split_files("data/mnist") == {
+        "training": ("train-images-idx3-ubyte.gz",),
+        "test": ("t10k-images-idx3-ubyte.gz",),
+    }
 
 
 def test_the_command_that_brings_a_run_back():

@@ -39,8 +39,10 @@ def _run_with_model(experiment: str, accuracy: float, test_images: int | None = 
 
 def _champion(client, name: str) -> tuple[int, int]:
     """The champion's version and how many versions the model has."""
-    return (client.get_model_version_by_alias(name, CHAMPION_ALIAS).version,
-            len(client.search_model_versions(f"name = '{name}'")))
+    return (
+        client.get_model_version_by_alias(name, CHAMPION_ALIAS).version,
+        len(client.search_model_versions(f"name = '{name}'")),
+    )
 
 
 def _promote(experiment: str, run: tuple[str, str]) -> str:
@@ -50,13 +52,20 @@ def _promote(experiment: str, run: tuple[str, str]) -> str:
 
 
 def test_the_first_run_becomes_champion_and_only_a_better_one_replaces_it(local_store):
-    assert _promote("exp-g", _run_with_model("exp-g", 0.90)) == "best so far: registered as digits version 1 (alias champion)"
+    assert (
+        _promote("exp-g", _run_with_model("exp-g", 0.90))
+        == "best so far: registered as digits version 1 (alias champion)"
+    )
     client, _ = store.connect("exp-g")
     assert _champion(client, "digits") == (1, 1)
-    assert _promote("exp-g", _run_with_model("exp-g", 0.85)) == ("kept: the champion stays: version 1, eval_accuracy "
-                                                                 "0.9000 against this run's 0.8500")
+    assert _promote("exp-g", _run_with_model("exp-g", 0.85)) == (
+        "kept: the champion stays: version 1, eval_accuracy 0.9000 against this run's 0.8500"
+    )
     assert _champion(client, "digits") == (1, 1)
-    assert _promote("exp-g", _run_with_model("exp-g", 0.95)) == "best so far: registered as digits version 2 (alias champion)"
+    assert (
+        _promote("exp-g", _run_with_model("exp-g", 0.95))
+        == "best so far: registered as digits version 2 (alias champion)"
+    )
     assert _champion(client, "digits") == (2, 2)
 
 
@@ -74,7 +83,8 @@ def test_a_run_scored_on_a_slice_of_the_test_set_never_takes_the_champion(local_
     _promote("exp-s", _run_with_model("exp-s", 0.98))
     assert _promote("exp-s", _run_with_model("exp-s", 1.0, test_images=20)) == (
         "kept: not compared with the champion: scored on mnist-test[:20]; only runs scored on the whole test set "
-        "(mnist-test, data.max_test_images: null) compete")
+        "(mnist-test, data.max_test_images: null) compete"
+    )
     assert _champion(client, "digits") == (1, 1)
 
 
@@ -84,7 +94,8 @@ def test_a_champion_scored_on_a_slice_is_replaced_by_a_run_scored_on_the_whole_t
     version = mlflow.register_model(f"runs:/{sliced}/model", "digits").version  # as the old rule let it happen
     client.set_registered_model_alias("digits", CHAMPION_ALIAS, version)
     assert _promote("exp-t", _run_with_model("exp-t", 0.97)) == (
-        "best so far: registered as digits version 2 (alias champion); version 1 was scored on mnist-test[:20]")
+        "best so far: registered as digits version 2 (alias champion); version 1 was scored on mnist-test[:20]"
+    )
     assert _champion(client, "digits") == (2, 2)
 
 
@@ -104,8 +115,10 @@ def test_a_better_run_promoted_while_a_worse_one_moves_the_alias_ends_as_champio
         return set_alias(self, name, alias, version)
 
     monkeypatch.setattr(MlflowClient, "set_registered_model_alias", the_better_one_promotes_first)
-    assert _promote("exp-u", worse) == ("kept: registered as digits version 2, but version 3 beats it (eval_accuracy "
-                                        "0.9700 against this run's 0.9500): the champion is version 3")
+    assert _promote("exp-u", worse) == (
+        "kept: registered as digits version 2, but version 3 beats it (eval_accuracy "
+        "0.9700 against this run's 0.9500): the champion is version 3"
+    )
     assert meanwhile == ["best so far: registered as digits version 3 (alias champion)"]
     assert _champion(client, "digits") == (3, 3)
 
@@ -117,7 +130,10 @@ def test_a_promotion_leaves_nothing_in_the_temporary_folder(local_store, monkeyp
     temporary = local_store / "tmp"
     temporary.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(temporary))
-    assert _promote("exp-w", _run_with_model("exp-w", 0.9)) == "best so far: registered as digits version 1 (alias champion)"
+    assert (
+        _promote("exp-w", _run_with_model("exp-w", 0.9))
+        == "best so far: registered as digits version 1 (alias champion)"
+    )
     assert _promote("exp-w", _run_with_model("exp-w", 0.8)).startswith("kept: the champion stays")
     assert list(temporary.iterdir()) == []
 
@@ -130,9 +146,13 @@ def test_a_champion_moved_by_hand_stays_until_a_run_beats_every_version(local_st
     _promote("exp-x", _run_with_model("exp-x", 0.95))
     client.set_registered_model_alias("digits", CHAMPION_ALIAS, "1")
     assert _promote("exp-x", _run_with_model("exp-x", 0.93)) == (
-        "kept: the champion stays: version 1; this run's eval_accuracy 0.9300 does not beat version 2's 0.9500")
+        "kept: the champion stays: version 1; this run's eval_accuracy 0.9300 does not beat version 2's 0.9500"
+    )
     assert _champion(client, "digits") == (1, 2)
-    assert _promote("exp-x", _run_with_model("exp-x", 0.97)) == "best so far: registered as digits version 3 (alias champion)"
+    assert (
+        _promote("exp-x", _run_with_model("exp-x", 0.97))
+        == "best so far: registered as digits version 3 (alias champion)"
+    )
     assert _champion(client, "digits") == (3, 3)
 
 
@@ -147,8 +167,11 @@ def test_a_registry_failure_half_way_is_one_line_and_the_next_try_finishes_it(lo
         patch.setattr(MlflowClient, "set_registered_model_alias", fail)
         with pytest.raises(store.TrackingError) as caught:
             registry.promote_if_best("exp-v", *run, "digits")
-    assert re.fullmatch(r"MLflow registry sqlite:///\S+: bad gateway; version 1 registered, but the alias champion "
-                        r"not moved to it; run `dvc repro` again to finish", str(caught.value))
+    assert re.fullmatch(
+        r"MLflow registry sqlite:///\S+: bad gateway; version 1 registered, but the alias champion "
+        r"not moved to it; run `dvc repro` again to finish",
+        str(caught.value),
+    )
     assert len(client.search_model_versions("name = 'digits'")) == 1
     assert CHAMPION_ALIAS not in client.get_registered_model("digits").aliases
     # `dvc repro` again: this run's version is found, not registered twice, and the alias moves to it.
@@ -176,8 +199,10 @@ def test_a_failure_after_the_alias_moved_is_one_line_and_the_next_try_settles_it
         patch.setattr(MlflowClient, "search_model_versions", fail_once_moved)
         with pytest.raises(store.TrackingError) as caught:
             registry.promote_if_best("exp-y", *run, "digits")
-    assert str(caught.value).endswith(": bad gateway; version 1 registered, but the alias champion not checked "
-                                      "against the versions since; run `dvc repro` again to finish")
+    assert str(caught.value).endswith(
+        ": bad gateway; version 1 registered, but the alias champion not checked "
+        "against the versions since; run `dvc repro` again to finish"
+    )
     assert _promote("exp-y", run) == "best so far: registered as digits version 1 (alias champion)"
     assert _champion(client, "digits") == (1, 1)
 
@@ -185,7 +210,9 @@ def test_a_failure_after_the_alias_moved_is_one_line_and_the_next_try_settles_it
 STORE_FAILURES = [
     MlflowException("database is locked", TEMPORARILY_UNAVAILABLE),
     MlflowException("bad gateway", INTERNAL_ERROR),
-    MlflowException("Registered model alias champion not found.", INVALID_PARAMETER_VALUE),  # a malformed request's code
+    MlflowException(
+        "Registered model alias champion not found.", INVALID_PARAMETER_VALUE
+    ),  # a malformed request's code
     sqlalchemy.exc.OperationalError("SELECT", {}, Exception("database is locked")),
 ]
 
@@ -195,15 +222,19 @@ def test_a_store_failure_reading_the_champion_stops_and_leaves_the_alias(local_s
     _promote("exp-i", _run_with_model("exp-i", 0.90))
     better = _run_with_model("exp-i", 0.99)
     for failure in STORE_FAILURES:
+
         def fail(self, name, failure=failure):
             raise failure
 
         # Under test is how we read MLflow's answer, not MLflow: the store answers with an error.
         with monkeypatch.context() as patch:
             patch.setattr(MlflowClient, "get_registered_model", fail)
-            with pytest.raises(store.TrackingError, match=r"^MLflow registry sqlite:///.*: cannot read model "
-                               r"'digits''s champion \(.+\); nothing registered, the alias left as it was; "
-                               r"run `dvc repro` again$") as caught:
+            with pytest.raises(
+                store.TrackingError,
+                match=r"^MLflow registry sqlite:///.*: cannot read model "
+                r"'digits''s champion \(.+\); nothing registered, the alias left as it was; "
+                r"run `dvc repro` again$",
+            ) as caught:
                 registry.promote_if_best("exp-i", *better, "digits")
         assert "\n" not in str(caught.value)
         assert _champion(client, "digits") == (1, 1), failure
@@ -247,10 +278,16 @@ def test_two_machines_promoting_to_one_server_at_once_end_with_the_better_model_
     from servers import mlflow_server, postgres_bin, postgres_cluster
 
     bin_dir = postgres_bin()
-    require(bin_dir, "a PostgreSQL server (/usr/lib/postgresql/*/bin/initdb)", "apt-get install postgresql (as .ci/run does)")
+    require(
+        bin_dir,
+        "a PostgreSQL server (/usr/lib/postgresql/*/bin/initdb)",
+        "apt-get install postgresql (as .ci/run does)",
+    )
     (local_store / "server").mkdir()
-    with postgres_cluster(bin_dir) as databases, \
-            mlflow_server(databases["mlflow"], local_store / "server", environment()) as url:
+    with (
+        postgres_cluster(bin_dir) as databases,
+        mlflow_server(databases["mlflow"], local_store / "server", environment()) as url,
+    ):
         monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
         client, _ = store.connect("race")
         _promote("race", _run_with_model("race", 0.90))
@@ -258,8 +295,12 @@ def test_two_machines_promoting_to_one_server_at_once_end_with_the_better_model_
 
         def promoter(run: tuple[str, str], machine: str, *pause: str) -> list[str]:
             (local_store / machine).mkdir()
-            env = environment(MLFLOW_TRACKING_URI=url, DVC_ROOT=str(local_store), TMPDIR=str(local_store / machine),
-                              PYTHONPATH=str(REPO_ROOT / "src"))
+            env = environment(
+                MLFLOW_TRACKING_URI=url,
+                DVC_ROOT=str(local_store),
+                TMPDIR=str(local_store / machine),
+                PYTHONPATH=str(REPO_ROOT / "src"),
+            )
             return [sys.executable, "-c", PROMOTER, "race", *run, "digits", *pause], env
 
         held = local_store / "held"
@@ -279,8 +320,10 @@ def test_two_machines_promoting_to_one_server_at_once_end_with_the_better_model_
             out, err = first.communicate(timeout=300)
         assert (first.returncode, second.returncode) == (0, 0), err + second.stderr
         assert second.stdout == "best so far: registered as digits version 3 (alias champion)\n"
-        assert out == ("registered as digits version 2, but version 3 beats it (eval_accuracy 0.9700 against this "
-                       "run's 0.9500): the champion is version 3\n")
+        assert out == (
+            "registered as digits version 2, but version 3 beats it (eval_accuracy 0.9700 against this "
+            "run's 0.9500): the champion is version 3\n"
+        )
         champion = client.get_model_version_by_alias("digits", CHAMPION_ALIAS)
         assert champion.run_id == better[0]
         assert [list((local_store / machine).iterdir()) for machine in ("machine-a", "machine-b")] == [[], []]

@@ -18,8 +18,9 @@ def test_log_results_adds_to_a_finished_run_and_skips_a_missing_one(local_store,
     plot.write_bytes(b"png")
     evaluation = tmp_path / "eval.json"
     evaluation.write_text("{}")
-    assert results.log_results("exp-d", run_id, metrics={"eval_accuracy": 0.9},
-                                files={"plots": (plot,), "metrics": (evaluation,)})
+    assert results.log_results(
+        "exp-d", run_id, metrics={"eval_accuracy": 0.9}, files={"plots": (plot,), "metrics": (evaluation,)}
+    )
     assert client.get_run(run_id).data.metrics["eval_accuracy"] == 0.9
     assert [a.path for a in client.list_artifacts(run_id, "plots")] == ["plots/accuracy.png"]
     assert [a.path for a in client.list_artifacts(run_id, "metrics")] == ["metrics/eval.json"]
@@ -29,8 +30,12 @@ def test_log_results_adds_to_a_finished_run_and_skips_a_missing_one(local_store,
 def test_the_evaluation_metrics_come_from_evaluates_two_files():
     evaluation = EvaluationReport(0.98, 0.06, 10000, {str(d): 0.9 + d / 100 for d in range(10)})
     metrics = results.evaluation_metrics(evaluation, EvaluationRun(threads=2, seconds=1.25))
-    assert metrics == {"eval_accuracy": 0.98, "eval_loss": 0.06, "stage_seconds/evaluate": 1.25,
-                       **{f"eval_accuracy_digit_{d}": 0.9 + d / 100 for d in range(10)}}
+    assert metrics == {
+        "eval_accuracy": 0.98,
+        "eval_loss": 0.06,
+        "stage_seconds/evaluate": 1.25,
+        **{f"eval_accuracy_digit_{d}": 0.9 + d / 100 for d in range(10)},
+    }
 
 
 def test_the_evaluations_settings_are_tags_not_metrics():
@@ -45,9 +50,13 @@ def test_log_results_logs_metrics_and_tags_in_one_batch_and_texts_as_artifacts(l
     client, experiment_id = store.connect("exp-l")
     with runs.training_run(experiment_id, {}) as run_id:
         pass
-    assert results.log_results("exp-l", run_id, metrics={"stage_seconds/plot": 1.5},
-                                tags=results.evaluation_tags("models:/m-123", EvaluationRun(threads=2, seconds=1.0)),
-                                texts={results.LOCK_ARTIFACT: "schema: '2.0'\n"})
+    assert results.log_results(
+        "exp-l",
+        run_id,
+        metrics={"stage_seconds/plot": 1.5},
+        tags=results.evaluation_tags("models:/m-123", EvaluationRun(threads=2, seconds=1.0)),
+        texts={results.LOCK_ARTIFACT: "schema: '2.0'\n"},
+    )
     run = client.get_run(run_id)
     assert run.data.metrics["stage_seconds/plot"] == 1.5 and run.data.tags["evaluate.model_id"] == "m-123"
     assert mlflow.artifacts.load_text(f"runs:/{run_id}/reproduce/dvc.lock") == "schema: '2.0'\n"
@@ -64,8 +73,11 @@ def test_a_transient_store_error_is_not_taken_for_a_missing_run(local_store, mon
 
     with monkeypatch.context() as patch:
         patch.setattr(MlflowClient, "get_run", unavailable)
-        with pytest.raises(store.TrackingError, match=rf"^MLflow store sqlite:///\S+: cannot read run {run_id} "
-                           r"\(database is locked\); nothing logged; run `dvc repro` again$"):
+        with pytest.raises(
+            store.TrackingError,
+            match=rf"^MLflow store sqlite:///\S+: cannot read run {run_id} "
+            r"\(database is locked\); nothing logged; run `dvc repro` again$",
+        ):
             results.log_results("exp-w", run_id, metrics={"eval_accuracy": 0.9})
         with pytest.raises(store.TrackingError, match=rf"cannot read run {run_id} "):
             with runs.training_run(experiment_id, {}, resume_run_id=run_id):

@@ -46,7 +46,12 @@ def test_a_run_opens_in_mlflows_compare_view_on_test_accuracy(local_store):
         runs.log_epoch({**epoch, "system/cpu_utilization_percentage": 50.0}, 1)
         runs.log_epoch({"train_seconds": 1.5}, 1)
     assert list(client.get_run(run_id).data.metrics) == [
-        "test_accuracy", "train_loss", "test_loss", "system/cpu_utilization_percentage", "train_seconds"]
+        "test_accuracy",
+        "train_loss",
+        "test_loss",
+        "system/cpu_utilization_percentage",
+        "train_seconds",
+    ]
 
 
 def test_each_start_of_a_training_tags_its_thread_count_and_logs_no_setting_as_a_metric(local_store):
@@ -107,8 +112,9 @@ def test_a_resume_continues_only_an_unfinished_run_of_the_same_training(local_st
     with runs.training_run(experiment_id, {**params, "threads": 1}, killed, resume_params=training) as resumed:
         pass
     assert resumed == killed and client.get_run(killed).info.status == "FINISHED"
-    with runs.training_run(experiment_id, {"lr": 0.01, "epochs": 3}, finished,
-                           resume_params={"lr": 0.01, "epochs": 3}) as fresh:
+    with runs.training_run(
+        experiment_id, {"lr": 0.01, "epochs": 3}, finished, resume_params={"lr": 0.01, "epochs": 3}
+    ) as fresh:
         pass
     assert fresh not in (killed, finished)
 
@@ -133,8 +139,9 @@ def test_the_logged_model_loads_and_predicts_where_torch_sees_a_gpu(local_store,
     try:
         _, experiment_id = store.connect("exp-gpu")
         with runs.training_run(experiment_id, {}):
-            uri = runs.log_model(DigitClassifier(ReferenceCNN(), 0.1307, 0.3081).eval(),
-                                 np.zeros((2, 1, 28, 28), np.float32))
+            uri = runs.log_model(
+                DigitClassifier(ReferenceCNN(), 0.1307, 0.3081).eval(), np.zeros((2, 1, 28, 28), np.float32)
+            )
     finally:
         logging.getLogger("mlflow").removeHandler(handler)
     assert [record.getMessage()[:80] for record in warnings] == []  # no "Failed to validate serving input"

@@ -95,7 +95,9 @@ def test_gpus_are_sampled_in_mlflows_names_and_what_a_gpu_cannot_report_is_left_
     sample = system_metrics.Sampler().sample()
     gpus = {name: value for name, value in sample.items() if name.startswith("system/gpu_")}
     assert set(gpus) == _mlflow_monitor_names(gpu_monitor.GPUMonitor()) - {
-        "system/gpu_1_power_usage_watts", "system/gpu_1_power_usage_percentage"}
+        "system/gpu_1_power_usage_watts",
+        "system/gpu_1_power_usage_percentage",
+    }
     assert gpus["system/gpu_0_memory_usage_percentage"] == 25.0
     assert gpus["system/gpu_1_memory_usage_megabytes"] == 8000.0
     assert gpus["system/gpu_0_utilization_percentage"] == 90.0

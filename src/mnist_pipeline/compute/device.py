@@ -46,8 +46,10 @@ def configure_determinism(enabled: bool, device: torch.device) -> str:
     if device.type != "cuda":
         return ""
     if not enabled:
-        return ("deterministic: false: cuDNN's fastest kernels, whose sums vary, so two runs differ in the last "
-                "bits; true (the default) repeats them")
+        return (
+            "deterministic: false: cuDNN's fastest kernels, whose sums vary, so two runs differ in the last "
+            "bits; true (the default) repeats them"
+        )
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # required by deterministic cuBLAS
     torch.backends.cudnn.benchmark = False
     torch.use_deterministic_algorithms(True)

@@ -72,24 +72,40 @@ def resolve_nproc(nproc: int | str, device: torch.device) -> int:
 def check_nproc(nproc: int, batch_size: int, device: torch.device) -> None:
     """Refuse, in one line and before any work, a process count the batch or the GPUs cannot take."""
     if batch_size < nproc:
-        raise PipelineError(f"nproc: {nproc} processes cannot share batch_size {batch_size}; "
-                            f"use a batch_size of at least {nproc}, or fewer processes")
+        raise PipelineError(
+            f"nproc: {nproc} processes cannot share batch_size {batch_size}; "
+            f"use a batch_size of at least {nproc}, or fewer processes"
+        )
     if device.type == "cuda" and nproc > torch.cuda.device_count():
-        raise PipelineError(f"nproc: got {nproc}, but torch sees {torch.cuda.device_count()} GPU(s); "
-                            "use at most one process per GPU")
+        raise PipelineError(
+            f"nproc: got {nproc}, but torch sees {torch.cuda.device_count()} GPU(s); use at most one process per GPU"
+        )
 
 
 def launch(nproc: int, script: str, args: Sequence[str] = ()) -> int:
     """Run `script` (with `args`) under torchrun with `nproc` processes on this machine; return its exit status."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", script, *args]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        script,
+        *args,
+    ]
     env = dict(os.environ)
     # torchrun sets one thread per process; on a CPU, share the cores instead.
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     return subprocess.run(command, env=env).returncode
 
 
-def start(nproc_setting: int | str, batch_size: int, device: torch.device, script: str,
-          before_launch: Callable[[], object] = lambda: None) -> tuple[Ranks, torch.device]:
+def start(
+    nproc_setting: int | str,
+    batch_size: int,
+    device: torch.device,
+    script: str,
+    before_launch: Callable[[], object] = lambda: None,
+) -> tuple[Ranks, torch.device]:
     """This process's rank and device. With `nproc` > 1 outside torchrun, relaunch `script` under torchrun instead
     and exit with its status (`before_launch` first: a check that should fail before any process starts).
 

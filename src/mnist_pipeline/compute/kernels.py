@@ -71,8 +71,12 @@ def default_target() -> Optional[str]:
     return "x86-64-v3" if {"avx2", "fma", "bmi2", "movbe"} <= flags else "x86-64"
 
 
-def build(target: Optional[str] = None, source: Path = SOURCE, directory: Optional[Path] = None,
-          compiler: Optional[str] = None) -> Path:
+def build(
+    target: Optional[str] = None,
+    source: Path = SOURCE,
+    directory: Optional[Path] = None,
+    compiler: Optional[str] = None,
+) -> Path:
     """Compile `source` for `target` into a shared library under `directory` (once per source, compiler and target).
 
     The file name hashes all of them, so an edited kernel or another compiler gets its own build; the
@@ -99,8 +103,10 @@ def build(target: Optional[str] = None, source: Path = SOURCE, directory: Option
                 raise KernelBuildError(f"{source.name}: `{compiler}` failed ({first}); set kernels: torch to skip it")
             os.replace(partial, library)
     except OSError as exc:
-        raise KernelBuildError(f"{directory}: cannot keep the built kernel there ({exc.strerror}); "
-                               "set XDG_CACHE_HOME to a writable folder, or kernels: torch") from None
+        raise KernelBuildError(
+            f"{directory}: cannot keep the built kernel there ({exc.strerror}); "
+            "set XDG_CACHE_HOME to a writable folder, or kernels: torch"
+        ) from None
     return library
 
 
@@ -114,7 +120,9 @@ def load(target: Optional[str] = None) -> ctypes.CDLL:
     try:
         lib = ctypes.CDLL(str(library))
     except OSError as exc:
-        raise KernelBuildError(f"{library}: cannot be loaded ({exc}); delete it to rebuild, or set kernels: torch") from None
+        raise KernelBuildError(
+            f"{library}: cannot be loaded ({exc}); delete it to rebuild, or set kernels: torch"
+        ) from None
     pointer, size, real = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
     lib.reference_parameters.restype = ctypes.c_int
     if lib.reference_parameters() != PARAMETERS:
@@ -136,11 +144,18 @@ def fits(model: nn.Module) -> bool:
         return False
     shapes = tuple(tuple(p.shape) for p in model.parameters())
     conv1, conv2, pool = model.conv1, model.conv2, model.pool
-    return (shapes == PARAMETER_SHAPES
-            and all(c.stride == (1, 1) and c.padding == (0, 0) and c.dilation == (1, 1) and c.groups == 1
-                    for c in (conv1, conv2))
-            and pool.kernel_size == 2 and pool.stride == 2 and pool.padding == 0 and pool.dilation == 1
-            and not pool.ceil_mode)
+    return (
+        shapes == PARAMETER_SHAPES
+        and all(
+            c.stride == (1, 1) and c.padding == (0, 0) and c.dilation == (1, 1) and c.groups == 1
+            for c in (conv1, conv2)
+        )
+        and pool.kernel_size == 2
+        and pool.stride == 2
+        and pool.padding == 0
+        and pool.dilation == 1
+        and not pool.ceil_mode
+    )
 
 
 @dataclass(frozen=True)
@@ -151,8 +166,14 @@ class Plan:
     line: str
 
 
-def plan(kernels: str, model: nn.Module, device: torch.device, precision: str = "fp32", compile: bool = False,
-         processes: int = 1) -> Plan:
+def plan(
+    kernels: str,
+    model: nn.Module,
+    device: torch.device,
+    precision: str = "fp32",
+    compile: bool = False,
+    processes: int = 1,
+) -> Plan:
     """Whether the reference network runs in these kernels here, and why not where it does not.
 
     Builds the kernels when everything else says yes, so a missing compiler shows here, before any
@@ -160,12 +181,19 @@ def plan(kernels: str, model: nn.Module, device: torch.device, precision: str = 
     """
     if kernels == "torch":
         return Plan(False, "torch's kernels (kernels: torch): the same bits on this CPU model only")
-    why_not = ("the network is not the reference one" if not fits(model)
-               else f"the device is {device.type}" if device.type != "cpu"
-               else "precision is bf16" if precision != "fp32"
-               else "compile is on" if compile
-               else f"{processes} processes share each batch" if processes > 1
-               else None)
+    why_not = (
+        "the network is not the reference one"
+        if not fits(model)
+        else f"the device is {device.type}"
+        if device.type != "cpu"
+        else "precision is bf16"
+        if precision != "fp32"
+        else "compile is on"
+        if compile
+        else f"{processes} processes share each batch"
+        if processes > 1
+        else None
+    )
     if why_not is None:
         try:
             load()
@@ -173,8 +201,9 @@ def plan(kernels: str, model: nn.Module, device: torch.device, precision: str = 
             why_not = str(exc)
     if why_not is not None:
         return Plan(False, f"torch's kernels (kernels: auto, but {why_not})")
-    return Plan(True, "the reference network in the project's own CPU kernels (kernels: auto): "
-                      "the same bits on any CPU")
+    return Plan(
+        True, "the reference network in the project's own CPU kernels (kernels: auto): the same bits on any CPU"
+    )
 
 
 def _address(tensor: torch.Tensor) -> int:
@@ -203,22 +232,25 @@ class ReferenceKernels:
                 parameter.data = view
                 offset += count
 
-    def gradients(self, images: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0
-                  ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def gradients(
+        self, images: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """(summed loss, gradient of that sum for each parameter) of `images` (n, 1, 28, 28) against `labels`."""
         images = _images(images)
         labels = labels.to(torch.int64).contiguous()
         grad = torch.empty(PARAMETERS)
-        loss = self.lib.reference_gradients(_address(self.flat), _address(images), _address(labels), len(labels),
-                                            label_smoothing, _address(grad))
+        loss = self.lib.reference_gradients(
+            _address(self.flat), _address(images), _address(labels), len(labels), label_smoothing, _address(grad)
+        )
         views, offset = [], 0
         for parameter in self.parameters:
             views.append(grad[offset : offset + parameter.numel()].view(parameter.shape))
             offset += parameter.numel()
         return torch.tensor(loss, dtype=torch.float32), views
 
-    def score(self, images: torch.Tensor, labels: Optional[torch.Tensor] = None
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def score(
+        self, images: torch.Tensor, labels: Optional[torch.Tensor] = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per image: the loss against its label (0 without labels), the predicted digit and its probability."""
         images = _images(images)
         n = len(images)
@@ -226,9 +258,16 @@ class ReferenceKernels:
             labels = labels.to(torch.int64).contiguous()
         loss, confidence = torch.empty(n), torch.empty(n)
         predicted = torch.empty(n, dtype=torch.int64)
-        self.lib.reference_score(_address(self.flat), _address(images),
-                                 _address(labels) if labels is not None else None, n, None,
-                                 _address(loss), _address(predicted), _address(confidence))
+        self.lib.reference_score(
+            _address(self.flat),
+            _address(images),
+            _address(labels) if labels is not None else None,
+            n,
+            None,
+            _address(loss),
+            _address(predicted),
+            _address(confidence),
+        )
         return loss, predicted, confidence
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
@@ -237,15 +276,29 @@ class ReferenceKernels:
         n = len(images)
         out, loss, confidence = torch.empty(n, CLASSES), torch.empty(n), torch.empty(n)
         predicted = torch.empty(n, dtype=torch.int64)
-        self.lib.reference_score(_address(self.flat), _address(images), None, n, _address(out), _address(loss),
-                                 _address(predicted), _address(confidence))
+        self.lib.reference_score(
+            _address(self.flat),
+            _address(images),
+            None,
+            n,
+            _address(out),
+            _address(loss),
+            _address(predicted),
+            _address(confidence),
+        )
         return out
 
 
 def _images(images: torch.Tensor) -> torch.Tensor:
-    if images.device.type != "cpu" or images.dtype != torch.float32 or tuple(images.shape[1:]) != (1, IMAGE_SIDE, IMAGE_SIDE):
-        raise ValueError(f"the kernels take (n, 1, 28, 28) float32 CPU images, got {tuple(images.shape)} "
-                         f"{images.dtype} on {images.device}")
+    if (
+        images.device.type != "cpu"
+        or images.dtype != torch.float32
+        or tuple(images.shape[1:]) != (1, IMAGE_SIDE, IMAGE_SIDE)
+    ):
+        raise ValueError(
+            f"the kernels take (n, 1, 28, 28) float32 CPU images, got {tuple(images.shape)} "
+            f"{images.dtype} on {images.device}"
+        )
     return images.detach().contiguous()
 
 
@@ -281,8 +334,16 @@ class SGD(torch.optim.Optimizer):
                     if first:
                         state["momentum_buffer"] = torch.zeros_like(parameter, memory_format=torch.contiguous_format)
                     buffer = _address(state["momentum_buffer"])
-                lib.sgd_step(_address(parameter), _address(grad), buffer, parameter.numel(), group["lr"],
-                             group["momentum"], group["weight_decay"], int(first))
+                lib.sgd_step(
+                    _address(parameter),
+                    _address(grad),
+                    buffer,
+                    parameter.numel(),
+                    group["lr"],
+                    group["momentum"],
+                    group["weight_decay"],
+                    int(first),
+                )
         return None
 
 
@@ -293,10 +354,18 @@ class Adam(torch.optim.Optimizer):
     fixed sequence of single-precision operations. Its state_dict has torch's form.
     """
 
-    def __init__(self, params, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, decoupled: bool = False):
-        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
-                                  "decoupled": decoupled})
+    def __init__(
+        self,
+        params,
+        lr: float,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        decoupled: bool = False,
+    ):
+        super().__init__(
+            params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay, "decoupled": decoupled}
+        )
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: D102 (torch's signature)
@@ -317,7 +386,19 @@ class Adam(torch.optim.Optimizer):
                 step = int(state["step"].item())
                 step_size = group["lr"] / (1 - beta1**step)
                 bias2_sqrt = math.sqrt(1 - beta2**step)
-                lib.adam_step(_address(parameter), _address(grad), _address(state["exp_avg"]),
-                              _address(state["exp_avg_sq"]), parameter.numel(), group["lr"], beta1, beta2,
-                              group["eps"], group["weight_decay"], int(group["decoupled"]), step_size, bias2_sqrt)
+                lib.adam_step(
+                    _address(parameter),
+                    _address(grad),
+                    _address(state["exp_avg"]),
+                    _address(state["exp_avg_sq"]),
+                    parameter.numel(),
+                    group["lr"],
+                    beta1,
+                    beta2,
+                    group["eps"],
+                    group["weight_decay"],
+                    int(group["decoupled"]),
+                    step_size,
+                    bias2_sqrt,
+                )
         return None

@@ -107,8 +107,12 @@ class ShardedModel:
     the model and every copy hold the mean of the copies' running statistics.
     """
 
-    def __init__(self, model: nn.Module, shards: int,
-                 forward_of: Callable[[nn.Module], Callable[[torch.Tensor], torch.Tensor]] = lambda m: m):
+    def __init__(
+        self,
+        model: nn.Module,
+        shards: int,
+        forward_of: Callable[[nn.Module], Callable[[torch.Tensor], torch.Tensor]] = lambda m: m,
+    ):
         self.model, self.shards = model, shards
         self.parameters = [p for p in model.parameters() if p.requires_grad]
         self.draws_dropout = any(isinstance(m, SeededDropout) and m.p > 0 for m in model.modules())
@@ -137,8 +141,11 @@ class ShardedModel:
             self._merge_buffers(len(pieces))
         return total / len(index)
 
-    def autograd_part(self, part_loss: Callable[[Callable[[torch.Tensor], torch.Tensor], torch.Tensor], torch.Tensor],
-                      dropout_seeds: Optional[Sequence[int]] = None) -> PartGradients:
+    def autograd_part(
+        self,
+        part_loss: Callable[[Callable[[torch.Tensor], torch.Tensor], torch.Tensor], torch.Tensor],
+        dropout_seeds: Optional[Sequence[int]] = None,
+    ) -> PartGradients:
         """A part's loss and gradients by torch's autograd, on the part's replica.
 
         `part_loss(forward, part)` is the summed loss of the images `part` under `forward`. `dropout_seeds`

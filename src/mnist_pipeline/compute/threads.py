@@ -66,24 +66,45 @@ class TrainingThreads:
     line: str
 
 
-def for_training(setting: Union[int, str], shards: int, cores: int, *, device: str = "cpu", processes: int = 1,
-                 compiled: bool = False) -> TrainingThreads:
+def for_training(
+    setting: Union[int, str],
+    shards: int,
+    cores: int,
+    *,
+    device: str = "cpu",
+    processes: int = 1,
+    compiled: bool = False,
+) -> TrainingThreads:
     """The train stage's threads. Shards apply to one process on a CPU; elsewhere the line says what the bits depend on."""
     if device != "cpu":
         choice = choose(setting, cores)
         if setting == "auto" and processes > 1:  # one process per GPU: they share the CPU's cores
             choice = ThreadChoice(max(1, cores // processes), f"{choice.reason}, shared by {processes} processes")
-        return TrainingThreads(choice.threads, False, f"train: {choice.threads} CPU {plural('thread', choice.threads)} "
-                                                      f"beside the GPU ({choice.reason}); shards apply on a CPU only")
+        return TrainingThreads(
+            choice.threads,
+            False,
+            f"train: {choice.threads} CPU {plural('thread', choice.threads)} "
+            f"beside the GPU ({choice.reason}); shards apply on a CPU only",
+        )
     if processes > 1:
-        return TrainingThreads(1, False, f"train: 1 thread in each of {processes} processes (nproc: {processes}); "
-                                         "the results depend on nproc, and shards apply to one process only")
+        return TrainingThreads(
+            1,
+            False,
+            f"train: 1 thread in each of {processes} processes (nproc: {processes}); "
+            "the results depend on nproc, and shards apply to one process only",
+        )
     if compiled:
         # torch.compile's compiled code is not run from several threads at once here: one thread, same bits.
-        return TrainingThreads(1, True, f"train: {shards} {plural('shard', shards)} per batch, one after another "
-                                        "on 1 thread (compile is on)")
+        return TrainingThreads(
+            1,
+            True,
+            f"train: {shards} {plural('shard', shards)} per batch, one after another on 1 thread (compile is on)",
+        )
     choice = choose(setting, cores, shards)
-    return TrainingThreads(choice.threads, True,
-                           f"train: {shards} {plural('shard', shards)} per batch on {choice.threads} "
-                           f"{plural('thread', choice.threads)} ({choice.reason}); "
-                           "the results depend on shards, never on threads")
+    return TrainingThreads(
+        choice.threads,
+        True,
+        f"train: {shards} {plural('shard', shards)} per batch on {choice.threads} "
+        f"{plural('thread', choice.threads)} ({choice.reason}); "
+        "the results depend on shards, never on threads",
+    )

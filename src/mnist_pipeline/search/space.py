@@ -109,8 +109,9 @@ def _entry(name: str, raw: Any, source: str) -> Entry:
             raise SearchSpaceError(f"{where}: an empty list of choices; give at least one value")
         return Choices(tuple(raw))
     if not isinstance(raw, dict):
-        raise SearchSpaceError(f"{where}: got {raw!r}; expected a range {{low: ..., high: ...}}, "
-                               "a list of choices, or {grid: [...]}")
+        raise SearchSpaceError(
+            f"{where}: got {raw!r}; expected a range {{low: ..., high: ...}}, a list of choices, or {{grid: [...]}}"
+        )
     if set(raw) == {"grid"}:
         if not isinstance(raw["grid"], list) or not raw["grid"]:
             raise SearchSpaceError(f"{where}: an empty grid; give at least one value")
@@ -145,8 +146,10 @@ def parse_space(raw: Any, source: str = SPACE_FILE) -> SearchSpace:
     entries: dict[str, Entry] = {}
     for name, spec in raw.items():
         if name not in known:
-            raise SearchSpaceError(f"{source}: {name}: not a param of params.yaml (dotted, as dvc exp run -S "
-                                   "takes it: lr, data.max_train_images, ...)")
+            raise SearchSpaceError(
+                f"{source}: {name}: not a param of params.yaml (dotted, as dvc exp run -S "
+                "takes it: lr, data.max_train_images, ...)"
+            )
         entry = _entry(name, spec, source)
         for value in _values_to_check(entry):
             try:
@@ -156,8 +159,10 @@ def parse_space(raw: Any, source: str = SPACE_FILE) -> SearchSpace:
         entries[name] = entry
     kinds = {isinstance(entry, Grid) for entry in entries.values()}
     if kinds == {True, False}:
-        raise SearchSpaceError(f"{source}: a grid cannot be mixed with ranges or choices; make every entry "
-                               "a grid, or turn the grids into lists of choices")
+        raise SearchSpaceError(
+            f"{source}: a grid cannot be mixed with ranges or choices; make every entry "
+            "a grid, or turn the grids into lists of choices"
+        )
     return SearchSpace(entries)
 
 
@@ -175,8 +180,10 @@ def parse_assignments(assignments: list[str]) -> dict[str, Any]:
     for assignment in assignments:
         key, sep, text = assignment.partition("=")
         if not sep or key not in known:
-            raise SearchSpaceError(f"-S {assignment}: expected param=value with a param of params.yaml "
-                                   "(dotted: data.max_train_images=2000)")
+            raise SearchSpaceError(
+                f"-S {assignment}: expected param=value with a param of params.yaml "
+                "(dotted: data.max_train_images=2000)"
+            )
         values[key] = yaml.safe_load(text)
         try:
             parse_config(nested({key: values[key]}))

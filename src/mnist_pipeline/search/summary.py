@@ -19,9 +19,15 @@ def summary_run(client: MlflowClient, experiment_id: str, study: str) -> str:
     found = client.search_runs([experiment_id], filter_string=query, order_by=["attributes.start_time ASC"])
     if found:
         return found[0].info.run_id
-    run = client.create_run(experiment_id, run_name=f"{study} (search)",
-                            tags={STUDY_TAG: study, SUMMARY_TAG: "true",
-                                  "mlflow.note.content": f"Study {study}: every trial is a child run of this one."})
+    run = client.create_run(
+        experiment_id,
+        run_name=f"{study} (search)",
+        tags={
+            STUDY_TAG: study,
+            SUMMARY_TAG: "true",
+            "mlflow.note.content": f"Study {study}: every trial is a child run of this one.",
+        },
+    )
     # Two workers starting at once may both create one: the oldest is the study's, the other ends at once.
     found = client.search_runs([experiment_id], filter_string=query, order_by=["attributes.start_time ASC"])
     if found and found[0].info.run_id != run.info.run_id:
@@ -32,8 +38,7 @@ def summary_run(client: MlflowClient, experiment_id: str, study: str) -> str:
 
 def kill_trial_runs(client: MlflowClient, experiment_id: str, study: str, trial: int) -> list[str]:
     """Mark KILLED the runs of trial `trial` still RUNNING (their worker died); return their ids."""
-    query = (f"tags.`{STUDY_TAG}` = '{study}' and tags.`{TRIAL_TAG}` = '{trial}' "
-             "and attributes.status = 'RUNNING'")
+    query = f"tags.`{STUDY_TAG}` = '{study}' and tags.`{TRIAL_TAG}` = '{trial}' and attributes.status = 'RUNNING'"
     runs = client.search_runs([experiment_id], filter_string=query)
     for run in runs:
         client.set_terminated(run.info.run_id, "KILLED")

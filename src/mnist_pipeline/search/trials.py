@@ -72,8 +72,10 @@ def assignments(fixed: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]
     """A trial's -S values: the fixed ones, the trial's, and validation images held out unless the user set them."""
     merged = {"data.validation_images": DEFAULT_VALIDATION_IMAGES, **fixed, **values}
     if not merged["data.validation_images"]:
-        raise SearchError("data.validation_images: a search scores trials on held-out training images, never on "
-                          "the test set; give a number above 0 (or leave it: 5000)")
+        raise SearchError(
+            "data.validation_images: a search scores trials on held-out training images, never on "
+            "the test set; give a number above 0 (or leave it: 5000)"
+        )
     return merged
 
 
@@ -90,8 +92,11 @@ def storage_error(url: str, exc: BaseException) -> SearchError:
     """One line on a storage failure, with its first line and no password."""
     text = str(exc).strip()
     first = (text.splitlines() or [type(exc).__name__])[0]
-    return SearchError(without_password(url, f"study storage {url}: cannot be used ({first[:200]}); start the "
-                                             "database, or fix --storage"))
+    return SearchError(
+        without_password(
+            url, f"study storage {url}: cannot be used ({first[:200]}); start the database, or fix --storage"
+        )
+    )
 
 
 def open_storage(url: str, heartbeat: int, on_stale=None):
@@ -106,8 +111,12 @@ def open_storage(url: str, heartbeat: int, on_stale=None):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
-                                                  heartbeat_stale_trial_callback=on_stale)
+                return optuna.storages.RDBStorage(
+                    url,
+                    heartbeat_interval=heartbeat,
+                    grace_period=2 * heartbeat,
+                    heartbeat_stale_trial_callback=on_stale,
+                )
         except (sqlalchemy.exc.SQLAlchemyError, OSError, ValueError, ImportError) as exc:
             text = str(exc).strip()
             # Workers that start together on a new database both create Optuna's tables: one loses; ask again.
@@ -123,8 +132,10 @@ def _run(command: list[str], root: Path, env: Optional[dict[str, str]] = None) -
     try:
         return subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
     except OSError as exc:
-        raise SearchError(f"{command[0]}: cannot run ({exc.strerror or exc}); check that it is installed and on PATH, "
-                          "then run search.py again") from None
+        raise SearchError(
+            f"{command[0]}: cannot run ({exc.strerror or exc}); check that it is installed and on PATH, "
+            "then run search.py again"
+        ) from None
 
 
 def _last_line(done: subprocess.CompletedProcess) -> str:
@@ -137,15 +148,17 @@ def check_tools(root: Path) -> None:
     """dvc and git on PATH, and `root` a git repository with a commit: what every trial needs, checked before
     the search creates anything (a study, a trial, an MLflow run)."""
     if shutil.which("dvc") is None:  # `.venv/bin/python search.py` without the venv on PATH
-        raise SearchError("dvc: not found on PATH; activate the project's venv (source .venv/bin/activate) or put "
-                          "dvc on PATH")
+        raise SearchError(
+            "dvc: not found on PATH; activate the project's venv (source .venv/bin/activate) or put dvc on PATH"
+        )
     if shutil.which("git") is None:
         raise SearchError("git: not found on PATH; install git (trials are DVC experiments, kept in git)")
     done = _run(["git", "rev-parse", "--verify", "--quiet", "HEAD^{commit}"], root)
     if done.returncode != 0:
         detail = (done.stderr.strip().splitlines() or ["no commit yet"])[0]
-        raise SearchError(f"{root}: not a git repository with a commit ({detail}); run search.py in a clone of "
-                          "the project")
+        raise SearchError(
+            f"{root}: not a git repository with a commit ({detail}); run search.py in a clone of the project"
+        )
 
 
 def run_experiment(root: Path, name: str, params: dict[str, Any], env: dict[str, str]) -> None:
@@ -272,16 +285,23 @@ def run_search(options: SearchOptions, root: Path, config) -> list[str]:
     storage = open_storage(options.storage, options.heartbeat, on_stale)
     client, experiment_id = store.connect(config.tracking.experiment)
     try:
-        study = optuna.create_study(study_name=options.study, storage=storage, direction="maximize",
-                                    sampler=sampler(options.space, options.seed), load_if_exists=True)
+        study = optuna.create_study(
+            study_name=options.study,
+            storage=storage,
+            direction="maximize",
+            sampler=sampler(options.space, options.seed),
+            load_if_exists=True,
+        )
         any_finished = any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
     except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
         raise storage_error(options.storage, storage_failure(exc)) from None
     if not any_finished:
         leftovers = existing_names(root, options.study)
         if leftovers:
-            raise SearchError(f"study {options.study}: this clone already has experiments named like its trials "
-                              f"({', '.join(leftovers[:3])}); choose another --study, or dvc exp remove them")
+            raise SearchError(
+                f"study {options.study}: this clone already has experiments named like its trials "
+                f"({', '.join(leftovers[:3])}); choose another --study, or dvc exp remove them"
+            )
     parent = summary.summary_run(client, experiment_id, options.study)
 
     def objective(trial) -> float:

@@ -84,8 +84,10 @@ def mlflow_classifier(model_uri: str):
             with _environment("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"):  # a server's log: no progress bars
                 folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=scratch))
         except mlflow.exceptions.MlflowException as exc:
-            raise PipelineError(f"{model_uri}: cannot load the model ({str(exc).splitlines()[0]}); "
-                                "run dvc repro first, or pass --checkpoint models/model.pt") from None
+            raise PipelineError(
+                f"{model_uri}: cannot load the model ({str(exc).splitlines()[0]}); "
+                "run dvc repro first, or pass --checkpoint models/model.pt"
+            ) from None
         problem = logged_model_problem(folder)
         if problem:
             raise ModelRefused(model_uri, problem)

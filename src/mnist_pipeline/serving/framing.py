@@ -63,9 +63,15 @@ MNIST_PEN = 0.149
 PEN_SIDE = 4 * BOX  # the digit's longer side, pixels, while its pen is measured and redrawn
 # EXIF orientations (phone photos are stored sideways and tagged) and the transpose that undoes each.
 EXIF_ORIENTATION_TAG = 0x0112
-EXIF_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
-                  4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
-                  6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+EXIF_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 # MAX_PIXELS is checked here, from the header, far below Pillow's own warning (89 Mpx): its warning would only
@@ -113,8 +119,9 @@ def read_image(source: str | Path | bytes, name: str | None = None) -> Image.Ima
         except PipelineError:
             raise
         except Image.DecompressionBombError:  # more than Pillow's own limit (179 Mpx), refused in Image.open
-            raise UnreadableImage(f"{name}: too many pixels (more than {2 * Image.MAX_IMAGE_PIXELS:,}); "
-                                  "scale the image down") from None
+            raise UnreadableImage(
+                f"{name}: too many pixels (more than {2 * Image.MAX_IMAGE_PIXELS:,}); scale the image down"
+            ) from None
         except Image.UnidentifiedImageError:
             # Pillow's own words name a path, or an in-memory buffer's address: say it the same way for both.
             raise UnreadableImage(f"{name}: not a readable image ({_unidentified(stream)})") from None
@@ -131,13 +138,16 @@ def _decoded(stream, name: str) -> Image.Image:
     is_jpeg = image.format in ("JPEG", "MPO")  # MPO: a phone's JPEG with a second picture inside
     scans = _jpeg_scans(stream) if is_jpeg else 0
     if scans > MAX_JPEG_SCANS:
-        raise UnreadableImage(f"{name}: not a readable image ({scans} JPEG scans, more than {MAX_JPEG_SCANS}; "
-                              "save it again as a PNG or an ordinary JPEG)")
+        raise UnreadableImage(
+            f"{name}: not a readable image ({scans} JPEG scans, more than {MAX_JPEG_SCANS}; "
+            "save it again as a PNG or an ordinary JPEG)"
+        )
     limit = MAX_JPEG_PIXELS if scans == 1 else MAX_PIXELS
     if width * height > limit:
         kind = " in a JPEG of several scans" if scans > 1 else ""
-        raise UnreadableImage(f"{name}: too many pixels ({width}x{height}{kind}, at most {limit / 1e6:g} million); "
-                              "scale the image down")
+        raise UnreadableImage(
+            f"{name}: too many pixels ({width}x{height}{kind}, at most {limit / 1e6:g} million); scale the image down"
+        )
     orientation = image.getexif().get(EXIF_ORIENTATION_TAG)
     if is_jpeg:
         image.draft("L", _reduced_size(image.size))  # decode at 1/2..1/8 scale; RGB straight to luminance
@@ -184,7 +194,7 @@ def _jpeg_scans(stream) -> int:
             continue
         if marker == 0xD9:  # the end of the image
             break
-        at += 2 + int.from_bytes(data[at + 2:at + 4], "big")
+        at += 2 + int.from_bytes(data[at + 2 : at + 4], "big")
         if marker != 0xDA:  # start of scan
             continue
         scans += 1
@@ -295,8 +305,14 @@ def _flatten(image: Image.Image) -> np.ndarray:
 
 def _border(pixels: np.ndarray) -> np.ndarray:
     width = max(1, round(min(pixels.shape) * BORDER_FRACTION))
-    return np.concatenate([pixels[:width].ravel(), pixels[-width:].ravel(),
-                           pixels[width:-width, :width].ravel(), pixels[width:-width, -width:].ravel()])
+    return np.concatenate(
+        [
+            pixels[:width].ravel(),
+            pixels[-width:].ravel(),
+            pixels[width:-width, :width].ravel(),
+            pixels[width:-width, -width:].ravel(),
+        ]
+    )
 
 
 def _ink(grey: np.ndarray, name: str) -> np.ndarray:
@@ -331,8 +347,10 @@ def _crop_to_digit(ink: np.ndarray, name: str) -> np.ndarray:
 
     def digit_sized(index: int) -> bool:
         box = boxes[index]
-        return (masses[index] >= OTHER_DIGIT_MASS * masses[largest]
-                and box[0].stop - box[0].start >= OTHER_DIGIT_HEIGHT * main_height)
+        return (
+            masses[index] >= OTHER_DIGIT_MASS * masses[largest]
+            and box[0].stop - box[0].start >= OTHER_DIGIT_HEIGHT * main_height
+        )
 
     faint = None  # labels of the faint ink, computed the first time a digit-sized mark stands beside the digit
 
@@ -362,9 +380,13 @@ def _crop_to_digit(ink: np.ndarray, name: str) -> np.ndarray:
         for index, box in enumerate(boxes):
             if index in members or masses[index] < SPECK_FRACTION * masses[largest]:
                 continue
-            if (box[0].start < bottom + margin and box[0].stop > top - margin
-                    and box[1].start < right + margin and box[1].stop > left - margin
-                    and not (digit_sized(index) and beside(index, top, bottom, left, right))):
+            if (
+                box[0].start < bottom + margin
+                and box[0].stop > top - margin
+                and box[1].start < right + margin
+                and box[1].stop > left - margin
+                and not (digit_sized(index) and beside(index, top, bottom, left, right))
+            ):
                 members.add(index)
                 top, bottom = min(top, box[0].start), max(bottom, box[0].stop)
                 left, right = min(left, box[1].start), max(right, box[1].stop)
@@ -381,7 +403,7 @@ def _crop_to_digit(ink: np.ndarray, name: str) -> np.ndarray:
     digit = np.where(kept, ink[top:bottom, left:right], 0)
     edges = digit > EDGE_LEVEL * digit.max()
     rows, cols = np.flatnonzero(edges.any(axis=1)), np.flatnonzero(edges.any(axis=0))
-    digit = digit[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    digit = digit[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     return np.clip(digit / digit.max(), 0, 1)
 
 
@@ -451,7 +473,7 @@ def _with_mnist_pen(digit: np.ndarray) -> np.ndarray:
         return digit
     redrawn = drawn(moved).astype(np.float32)
     rows, cols = np.flatnonzero(redrawn.any(axis=1)), np.flatnonzero(redrawn.any(axis=0))
-    return redrawn[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    return redrawn[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
 
 
 def _place_in_frame(digit: np.ndarray) -> np.ndarray:
@@ -467,7 +489,7 @@ def _place_in_frame(digit: np.ndarray) -> np.ndarray:
     top = min(max(0, math.floor(FRAME / 2 + 0.5 - centre_row)), FRAME - size[1])
     left = min(max(0, math.floor(FRAME / 2 + 0.5 - centre_col)), FRAME - size[0])
     frame = np.zeros((FRAME, FRAME), dtype=np.float32)
-    frame[top:top + size[1], left:left + size[0]] = scaled
+    frame[top : top + size[1], left : left + size[0]] = scaled
     return np.round(frame * 255).astype(np.uint8)
 
 

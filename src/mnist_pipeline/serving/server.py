@@ -55,7 +55,7 @@ WEB = Path(__file__).parent / "web"  # the page: index.html, page.js, page.css
 # address leaks in a Referer.
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-                               "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
@@ -75,7 +75,9 @@ class Answerer:
     """One loaded model: its probabilities (N, 10) for framed pixels (N, 28, 28) uint8, and what the page says of it."""
 
     probabilities: Callable[[np.ndarray], np.ndarray]
-    about: dict[str, Any]  # JSON: kind, and name, version, alias or checkpoint, md5; run_id, run_url (None when unknown)
+    about: dict[
+        str, Any
+    ]  # JSON: kind, and name, version, alias or checkpoint, md5; run_id, run_url (None when unknown)
 
 
 class FixedModel:
@@ -105,13 +107,23 @@ class FollowedAlias:
     says so, the current version answers on, and that version is not tried again.
     """
 
-    def __init__(self, model_name: str, alias: str, mlflow_ui: Optional[str], check_seconds: float = ALIAS_CHECK_SECONDS):
-        from mnist_pipeline.tracking.store import MlflowClient, sqlite_path, mlflow, shown, tracking_uri  # MLflow's environment first
+    def __init__(
+        self, model_name: str, alias: str, mlflow_ui: Optional[str], check_seconds: float = ALIAS_CHECK_SECONDS
+    ):
+        from mnist_pipeline.tracking.store import (
+            MlflowClient,
+            sqlite_path,
+            mlflow,
+            shown,
+            tracking_uri,
+        )  # MLflow's environment first
 
         uri = tracking_uri()
         store_file = sqlite_path(uri)
         if store_file is not None and not store_file.exists():  # MLflow would create an empty one: write nothing
-            raise PipelineError(f"no MLflow store at {shown(uri)}; run dvc repro first, or pass --checkpoint models/model.pt")
+            raise PipelineError(
+                f"no MLflow store at {shown(uri)}; run dvc repro first, or pass --checkpoint models/model.pt"
+            )
         mlflow.set_tracking_uri(uri)
         self.client = MlflowClient(mlflow.get_tracking_uri())
         self.model_name, self.alias, self.mlflow_ui = model_name, alias, mlflow_ui
@@ -143,9 +155,11 @@ class FollowedAlias:
             return str(self.client.get_model_version_by_alias(self.model_name, self.alias).version)
         except mlflow.exceptions.MlflowException as exc:
             if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-                raise PipelineError(f"models:/{self.model_name}@{self.alias}: no such model or alias in "
-                                    f"{shown(mlflow.get_tracking_uri())}; run dvc repro first, "
-                                    "or pass --checkpoint models/model.pt") from None
+                raise PipelineError(
+                    f"models:/{self.model_name}@{self.alias}: no such model or alias in "
+                    f"{shown(mlflow.get_tracking_uri())}; run dvc repro first, "
+                    "or pass --checkpoint models/model.pt"
+                ) from None
             raise PipelineError(f"MLflow store {shown(mlflow.get_tracking_uri())}: {reason(exc)}") from None
         except STORE_ERRORS as exc:
             raise PipelineError(f"MLflow store {shown(mlflow.get_tracking_uri())}: {reason(exc)}") from None
@@ -160,12 +174,25 @@ class FollowedAlias:
             run_id = self.client.get_model_version(self.model_name, version).run_id
             experiment_id = self.client.get_run(run_id).info.experiment_id if run_id else None
         except mlflow.exceptions.MlflowException as exc:
-            raise PipelineError(f"models:/{self.model_name}/{version}: cannot read its run "
-                                f"({str(exc).splitlines()[0]})") from None
-        run_url = (f"{self.mlflow_ui.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
-                   if self.mlflow_ui and experiment_id else None)
-        return Answerer(probabilities, {"kind": "registered", "name": self.model_name, "version": version,
-                                        "alias": self.alias, "run_id": run_id, "run_url": run_url})
+            raise PipelineError(
+                f"models:/{self.model_name}/{version}: cannot read its run ({str(exc).splitlines()[0]})"
+            ) from None
+        run_url = (
+            f"{self.mlflow_ui.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+            if self.mlflow_ui and experiment_id
+            else None
+        )
+        return Answerer(
+            probabilities,
+            {
+                "kind": "registered",
+                "name": self.model_name,
+                "version": version,
+                "alias": self.alias,
+                "run_id": run_id,
+                "run_url": run_url,
+            },
+        )
 
     def _follow(self) -> None:
         from mnist_pipeline.serving.classifier import ModelRefused
@@ -178,17 +205,28 @@ class FollowedAlias:
                         self.answerer = self._load(version)
                     except ModelRefused as exc:
                         self._refused = version
-                        print(f"serve: {self.model_name}@{self.alias} moved to version {version}, which is refused: "
-                              f"not a model this project logs ({exc.reason}); version "
-                              f"{self.answerer.about['version']} answers on", file=sys.stderr, flush=True)
+                        print(
+                            f"serve: {self.model_name}@{self.alias} moved to version {version}, which is refused: "
+                            f"not a model this project logs ({exc.reason}); version "
+                            f"{self.answerer.about['version']} answers on",
+                            file=sys.stderr,
+                            flush=True,
+                        )
                     else:
-                        print(f"serve: {self.model_name}@{self.alias} moved to version {version}; answering with it",
-                              file=sys.stderr, flush=True)
+                        print(
+                            f"serve: {self.model_name}@{self.alias} moved to version {version}; answering with it",
+                            file=sys.stderr,
+                            flush=True,
+                        )
                 self._failing = False
             except Exception as exc:  # a store or a load that fails, whatever raised: the current version answers on
                 if not self._failing:  # one line per outage, not one every few seconds
-                    print(f"serve: cannot follow {self.model_name}@{self.alias} ({str(exc).splitlines()[0]}); "
-                          f"version {self.answerer.about['version']} answers meanwhile", file=sys.stderr, flush=True)
+                    print(
+                        f"serve: cannot follow {self.model_name}@{self.alias} ({str(exc).splitlines()[0]}); "
+                        f"version {self.answerer.about['version']} answers meanwhile",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                 self._failing = True
 
 
@@ -198,16 +236,24 @@ def checkpoint_model(checkpoint_path: str) -> FixedModel:
 
     # No run id: a checkpoint is a result, the same bytes whichever run made it; its MD5 is dvc.lock's.
     probabilities, md5 = checkpoint_classifier(checkpoint_path)
-    return FixedModel(Answerer(probabilities, {"kind": "checkpoint", "checkpoint": str(checkpoint_path), "md5": md5,
-                                               "run_id": None, "run_url": None}))
+    return FixedModel(
+        Answerer(
+            probabilities,
+            {"kind": "checkpoint", "checkpoint": str(checkpoint_path), "md5": md5, "run_id": None, "run_url": None},
+        )
+    )
 
 
 def answer(answerer: Answerer, data: bytes, name: str) -> dict[str, Any]:
     """What the model says of the image in `data`: the digit, the ten probabilities, the 28x28 pixels it saw, the model."""
     pixels = load_digit(data, name=name)
     probabilities = answerer.probabilities(pixels[None])[0]
-    return {"digit": int(probabilities.argmax()), "probabilities": [round(float(p), 6) for p in probabilities],
-            "pixels": pixels.tolist(), "model": answerer.about}
+    return {
+        "digit": int(probabilities.argmax()),
+        "probabilities": [round(float(p), 6) for p in probabilities],
+        "pixels": pixels.tolist(),
+        "model": answerer.about,
+    }
 
 
 def answer_upload(answerer: Answerer, body: bytes | bytearray, content_type: str) -> dict[str, Any]:
@@ -228,15 +274,21 @@ def image_part(body: bytes | bytearray, content_type: str) -> tuple[str, bytearr
     kind, options = parse_options_header(content_type)
     boundary = options.get(b"boundary")
     if kind != b"multipart/form-data" or not boundary:
-        raise UploadError(f"send the image as multipart/form-data with a field named {UPLOAD_FIELD} "
-                          f"(curl -F {UPLOAD_FIELD}=@digit.png ...)", 400)
+        raise UploadError(
+            f"send the image as multipart/form-data with a field named {UPLOAD_FIELD} "
+            f"(curl -F {UPLOAD_FIELD}=@digit.png ...)",
+            400,
+        )
     parts: list[dict[str, Any]] = []
     header: dict[str, bytes] = {}
 
     def on_part_begin() -> None:
         if len(parts) == MAX_FORM_PARTS:
-            raise UploadError(f"more than {MAX_FORM_PARTS} form fields; send the image alone, as {UPLOAD_FIELD} "
-                              f"(curl -F {UPLOAD_FIELD}=@digit.png ...)", 400)
+            raise UploadError(
+                f"more than {MAX_FORM_PARTS} form fields; send the image alone, as {UPLOAD_FIELD} "
+                f"(curl -F {UPLOAD_FIELD}=@digit.png ...)",
+                400,
+            )
         parts.append({"headers": {}, "data": bytearray()})
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
@@ -252,29 +304,38 @@ def image_part(body: bytes | bytearray, content_type: str) -> tuple[str, bytearr
     def on_part_data(data: bytes, start: int, end: int) -> None:
         parts[-1]["data"] += memoryview(data)[start:end]  # no copy of the slice: the image is held twice at most
 
-    parser = MultipartParser(boundary, {"on_part_begin": on_part_begin, "on_header_field": on_header_field,
-                                        "on_header_value": on_header_value, "on_header_end": on_header_end,
-                                        "on_part_data": on_part_data})
+    parser = MultipartParser(
+        boundary,
+        {
+            "on_part_begin": on_part_begin,
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+            "on_part_data": on_part_data,
+        },
+    )
     try:
         parser.write(body)
         parser.finalize()
     except UploadError:
         raise
     except Exception as exc:  # python-multipart raises its own errors and ValueError on a malformed body
-        raise UploadError(f"a malformed multipart body ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})",
-                          400) from None
+        raise UploadError(
+            f"a malformed multipart body ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})", 400
+        ) from None
     for part in parts:
         _, disposition = parse_options_header(part["headers"].get(b"content-disposition", b""))
         if disposition.get(b"name") == UPLOAD_FIELD.encode():
             name = disposition.get(b"filename", b"").decode("utf-8", "replace").replace("\n", " ") or UPLOAD_FIELD
             return Path(name).name or UPLOAD_FIELD, part["data"]
-    raise UploadError(f"no field named {UPLOAD_FIELD}: send the image as {UPLOAD_FIELD} "
-                      f"(curl -F {UPLOAD_FIELD}=@digit.png ...)", 400)
+    raise UploadError(
+        f"no field named {UPLOAD_FIELD}: send the image as {UPLOAD_FIELD} (curl -F {UPLOAD_FIELD}=@digit.png ...)", 400
+    )
 
 
 def too_large_message(limit: int) -> str:
     """The one line a request over the upload limit gets."""
-    return f"upload too large: more than {limit / 2 ** 20:g} MB; send a smaller image"
+    return f"upload too large: more than {limit / 2**20:g} MB; send a smaller image"
 
 
 def busy_message() -> str:
@@ -286,7 +347,7 @@ def host_name(host: str) -> str:
     """The name in a Host header, without its port: `[::1]:8000` -> `::1`, `Example:80` -> `example`."""
     host = host.strip().lower()
     if host.startswith("["):
-        return host[1:host.find("]")] if "]" in host else host
+        return host[1 : host.find("]")] if "]" in host else host
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
@@ -318,8 +379,10 @@ def refusal(host: Optional[str], origin: Optional[str], names: frozenset[str]) -
     which a browser allows without asking (a multipart POST needs no CORS preflight).
     """
     if host is not None and not _is_address(host_name(host)) and host_name(host) not in names:
-        return 400, (f"Host {host}: not a name this server answers to; open it as "
-                     f"{' or '.join(sorted(names))}, or by its IP address")
+        return 400, (
+            f"Host {host}: not a name this server answers to; open it as "
+            f"{' or '.join(sorted(names))}, or by its IP address"
+        )
     if origin is not None and origin.lower() != f"http://{host or ''}".lower():
         return 403, f"a page at {origin} may not use this server; open the page it serves instead"
     return None
@@ -369,14 +432,21 @@ async def drain(chunks, limit: int = DRAIN_BYTES) -> None:
             return
 
 
-def create_app(model, max_upload_bytes: int = MAX_UPLOAD_BYTES, names: frozenset[str] = LOOPBACK_NAMES,
-               decoders: int = DECODERS, max_uploads: int = MAX_UPLOADS, queue_seconds: float = QUEUE_SECONDS):
+def create_app(
+    model,
+    max_upload_bytes: int = MAX_UPLOAD_BYTES,
+    names: frozenset[str] = LOOPBACK_NAMES,
+    decoders: int = DECODERS,
+    max_uploads: int = MAX_UPLOADS,
+    queue_seconds: float = QUEUE_SECONDS,
+):
     """The page at /, its files at /static, the model at /model, and POST /predict, behind `Guarded`.
 
     `model` is a FixedModel or a FollowedAlias: what answers is asked per request, and its
     following starts and stops with the app. `names` are the host names it answers to
     (`served_names`); the rest bound its memory and time (the module's constants).
     """
+
     @contextlib.asynccontextmanager
     async def lifespan(app):
         model.start()
@@ -444,8 +514,9 @@ def create_app(model, max_upload_bytes: int = MAX_UPLOAD_BYTES, names: frozenset
                 return error(503, busy_message())
             try:
                 # Parsing, decoding, framing and the model, off the event loop: the server answers others meanwhile.
-                return await anyio.to_thread.run_sync(answer_upload, model.current(), body,
-                                                      request.headers.get("content-type", ""))
+                return await anyio.to_thread.run_sync(
+                    answer_upload, model.current(), body, request.headers.get("content-type", "")
+                )
             finally:
                 decoding.release()
         except UploadError as exc:
@@ -487,13 +558,18 @@ def listening_socket(host: str, port: int) -> socket.socket:
         # address of another machine, is the host's fault.
         loopback_hint = "or leave --host out (127.0.0.1: this machine only)"
         if isinstance(exc, socket.gaierror):
-            raise PipelineError(f"--host {host}: no such address ({exc.strerror or exc}); give a name or an address "
-                                f"of this machine, {loopback_hint}") from None
+            raise PipelineError(
+                f"--host {host}: no such address ({exc.strerror or exc}); give a name or an address "
+                f"of this machine, {loopback_hint}"
+            ) from None
         if exc.errno == errno.EADDRNOTAVAIL:
-            raise PipelineError(f"--host {host}: not an address of this machine ({exc.strerror}); give one of its "
-                                f"addresses, {loopback_hint}") from None
-        raise PipelineError(f"{host}:{port}: cannot listen ({exc.strerror or exc}); "
-                            "choose another --port, or stop what uses it") from None
+            raise PipelineError(
+                f"--host {host}: not an address of this machine ({exc.strerror}); give one of its "
+                f"addresses, {loopback_hint}"
+            ) from None
+        raise PipelineError(
+            f"{host}:{port}: cannot listen ({exc.strerror or exc}); choose another --port, or stop what uses it"
+        ) from None
     return listener
 
 
@@ -532,8 +608,11 @@ def serve(host: str, port: int, checkpoint: Optional[str] = None, mlflow_ui: Opt
     from mnist_pipeline.compute.device import use_threads
 
     if not is_loopback(host):
-        print(f"warning: --host {host} lets other machines reach the page and the API, which have no login",
-              file=sys.stderr, flush=True)
+        print(
+            f"warning: --host {host} lets other machines reach the page and the API, which have no login",
+            file=sys.stderr,
+            flush=True,
+        )
     listener = listening_socket(host, port)
     return_freed_memory()
     # Each answer on one thread: one image is too little work to share, and beside a busy process torch's second
@@ -547,8 +626,11 @@ def serve(host: str, port: int, checkpoint: Optional[str] = None, mlflow_ui: Opt
         ui = mlflow_ui or (tracking if tracking.startswith(("http://", "https://")) else None)
         model = FollowedAlias(load_config().tracking.registered_model, CHAMPION_ALIAS, ui)
     about = model.current().about
-    answering = (f"checkpoint {about['checkpoint']}" if about["kind"] == "checkpoint"
-                 else f"{about['name']} version {about['version']} (alias {about['alias']}, followed)")
+    answering = (
+        f"checkpoint {about['checkpoint']}"
+        if about["kind"] == "checkpoint"
+        else f"{about['name']} version {about['version']} (alias {about['alias']}, followed)"
+    )
     shown_host = f"[{host}]" if ":" in host else host
     print(f"serving {answering} at http://{shown_host}:{listener.getsockname()[1]}/ (Ctrl-C to stop)", flush=True)
     app = create_app(model, names=served_names(host))

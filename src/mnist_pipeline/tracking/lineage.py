@@ -76,8 +76,9 @@ def data_digest(data_dir: str, lock_path: Path = Path(LOCK_FILE)) -> DataDigest:
     md5, why_not = locked_md5(lock_path, data_dir)
     if md5:
         return DataDigest(md5, LOCK_FILE)
-    return DataDigest(folder_md5(Path(data_dir)), "files",
-                      f"{why_not}: the data's MD5 is computed from the files in {data_dir}")
+    return DataDigest(
+        folder_md5(Path(data_dir)), "files", f"{why_not}: the data's MD5 is computed from the files in {data_dir}"
+    )
 
 
 def reproduce_command(exp_name: Optional[str], commit: Optional[str]) -> str:
@@ -94,5 +95,7 @@ SPLIT_PREFIXES = {"training": "train", "test": "t10k"}  # MNIST's file names: tr
 
 def split_files(data_dir: str) -> dict[str, tuple[str, ...]]:
     """The files of each split (MLflow's dataset contexts `training` and `test`) in data_dir."""
-    return {context: tuple(sorted(p.name for p in Path(data_dir).glob(f"{prefix}-*")))
-            for context, prefix in SPLIT_PREFIXES.items()}
+    return {
+        context: tuple(sorted(p.name for p in Path(data_dir).glob(f"{prefix}-*")))
+        for context, prefix in SPLIT_PREFIXES.items()
+    }

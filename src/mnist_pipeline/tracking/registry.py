@@ -5,8 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from mnist_pipeline.tracking.store import (STORE_ERRORS, MlflowClient, TrackingError, connect, mlflow,  # noqa: I001
-                                  reason, shown)
+from mnist_pipeline.tracking.store import (
+    STORE_ERRORS,
+    MlflowClient,
+    TrackingError,
+    connect,
+    mlflow,  # noqa: I001
+    reason,
+    shown,
+)
 from mnist_pipeline.config import CHAMPION_ALIAS
 
 REGISTERED_VERSION_TAG = "evaluate.registered_version"  # <name>/<version> when its evaluation registered it
@@ -48,8 +55,9 @@ def best_version(versions: dict[str, Version], test_set: tuple[str, str]) -> Opt
     return max(rivals, key=lambda v: (v.score, -int(v.number)), default=None)
 
 
-def promote_if_best(experiment: str, run_id: str, model_uri: str, model_name: str,
-                    metric: str = "eval_accuracy") -> Promotion:
+def promote_if_best(
+    experiment: str, run_id: str, model_uri: str, model_name: str, metric: str = "eval_accuracy"
+) -> Promotion:
     """Register the run's model (`model_uri`, models:/m-...) and point the `champion` alias at it when the run
     beats every version of the model scored on the same, whole test set.
 
@@ -65,15 +73,20 @@ def promote_if_best(experiment: str, run_id: str, model_uri: str, model_name: st
     try:
         run = client.get_run(run_id)
     except STORE_ERRORS as exc:
-        raise TrackingError(f"MLflow store {shown(uri)}: cannot read run {run_id} ({reason(exc)}); "
-                            "nothing registered; run `dvc repro` again") from None
+        raise TrackingError(
+            f"MLflow store {shown(uri)}: cannot read run {run_id} ({reason(exc)}); "
+            "nothing registered; run `dvc repro` again"
+        ) from None
     score, scored_on = run.data.metrics.get(metric), test_set_of(run)
     if score is None:
         return Promotion(False, f"not compared with the {CHAMPION_ALIAS}: the run has no {metric}")
     if scored_on is None or scored_on[0] != FULL_TEST_SET:
         where = scored_on[0] if scored_on else "an unknown test set"
-        return Promotion(False, f"not compared with the {CHAMPION_ALIAS}: scored on {where}; only runs scored on "
-                                f"the whole test set ({FULL_TEST_SET}, data.max_test_images: null) compete")
+        return Promotion(
+            False,
+            f"not compared with the {CHAMPION_ALIAS}: scored on {where}; only runs scored on "
+            f"the whole test set ({FULL_TEST_SET}, data.max_test_images: null) compete",
+        )
     known: dict[str, Version] = {}  # a version's run and score never change: each run is read once
 
     def read() -> dict[str, Version]:
@@ -85,11 +98,17 @@ def promote_if_best(experiment: str, run_id: str, model_uri: str, model_name: st
         defended = champion is not None and champion.test_set == scored_on
         # This run's own version, given the alias by a promotion that failed before it settled (no tag yet):
         # the settling is finished below, against every version.
-        unsettled = (champion is not None and champion.run_id == run_id
-                     and run.data.tags.get(REGISTERED_VERSION_TAG) != f"{model_name}/{champion.number}")
+        unsettled = (
+            champion is not None
+            and champion.run_id == run_id
+            and run.data.tags.get(REGISTERED_VERSION_TAG) != f"{model_name}/{champion.number}"
+        )
         if defended and score <= champion.score and not unsettled:
-            return Promotion(False, f"the {CHAMPION_ALIAS} stays: version {champion.number}, {metric} "
-                                    f"{champion.score:.4f} against this run's {score:.4f}")
+            return Promotion(
+                False,
+                f"the {CHAMPION_ALIAS} stays: version {champion.number}, {metric} "
+                f"{champion.score:.4f} against this run's {score:.4f}",
+            )
         versions = read()
     except STORE_ERRORS as exc:
         raise TrackingError(
@@ -99,22 +118,31 @@ def promote_if_best(experiment: str, run_id: str, model_uri: str, model_name: st
     mine = [v.number for v in versions.values() if v.run_id == run_id]  # from an earlier try that failed half-way
     best = best_version(versions, scored_on)
     if not mine and defended and best is not None and score <= best.score:  # the alias moved by hand below the best
-        return Promotion(False, f"the {CHAMPION_ALIAS} stays: version {champion.number}; this run's {metric} "
-                                f"{score:.4f} does not beat version {best.number}'s {best.score:.4f}")
+        return Promotion(
+            False,
+            f"the {CHAMPION_ALIAS} stays: version {champion.number}; this run's {metric} "
+            f"{score:.4f} does not beat version {best.number}'s {best.score:.4f}",
+        )
     version, winner = _register_and_settle(client, uri, run_id, model_uri, model_name, scored_on, mine, read)
     replaced = ""
     if champion is not None and not defended:
         was = champion.test_set[0] if champion.test_set else "an unknown test set"
         replaced = f"; version {champion.number} was scored on {was}"
     if winner.number != version:
-        return Promotion(False, f"registered as {model_name} version {version}, but version {winner.number} beats it "
-                                f"({metric} {winner.score:.4f} against this run's {score:.4f}): the {CHAMPION_ALIAS} "
-                                f"is version {winner.number}{replaced}")
-    return Promotion(True, f"best so far: registered as {model_name} version {version} (alias {CHAMPION_ALIAS}){replaced}")
+        return Promotion(
+            False,
+            f"registered as {model_name} version {version}, but version {winner.number} beats it "
+            f"({metric} {winner.score:.4f} against this run's {score:.4f}): the {CHAMPION_ALIAS} "
+            f"is version {winner.number}{replaced}",
+        )
+    return Promotion(
+        True, f"best so far: registered as {model_name} version {version} (alias {CHAMPION_ALIAS}){replaced}"
+    )
 
 
-def champion_version(client: MlflowClient, model_name: str, metric: str,
-                     known: dict[str, Version]) -> Optional[Version]:
+def champion_version(
+    client: MlflowClient, model_name: str, metric: str, known: dict[str, Version]
+) -> Optional[Version]:
     """The version the alias points at, with its score; None when the model or the alias does not exist yet."""
     # Only "no such model" means there is no champion yet. Any other failure (a locked database, a server
     # hiccup) is raised: taking it for "none" would put a worse run over the real champion. The alias is
@@ -164,9 +192,16 @@ def _scored(client: MlflowClient, number: str, run_id: Optional[str], metric: st
     return Version(number, run_id, test_set_of(run), run.data.metrics.get(metric, float("-inf")))
 
 
-def _register_and_settle(client: MlflowClient, uri: str, run_id: str, model_uri: str, model_name: str,
-                         scored_on: tuple[str, str], mine: list[str],
-                         read: Callable[[], dict[str, Version]]) -> tuple[str, Version]:
+def _register_and_settle(
+    client: MlflowClient,
+    uri: str,
+    run_id: str,
+    model_uri: str,
+    model_name: str,
+    scored_on: tuple[str, str],
+    mine: list[str],
+    read: Callable[[], dict[str, Version]],
+) -> tuple[str, Version]:
     """This run's version (registered now, or found from an earlier try), and the version the alias settled on.
 
     Settling takes no lock, only the registry, so it holds across machines: point the alias at the best
@@ -184,8 +219,10 @@ def _register_and_settle(client: MlflowClient, uri: str, run_id: str, model_uri:
         for _ in range(SETTLE_ROUNDS):
             winner = best_version(versions, scored_on)
             if winner is None:
-                raise TrackingError(f"MLflow registry {shown(uri)}: version {version} of {model_name!r} was deleted "
-                                    "while it was promoted; the alias not moved; run `dvc repro` again")
+                raise TrackingError(
+                    f"MLflow registry {shown(uri)}: version {version} of {model_name!r} was deleted "
+                    "while it was promoted; the alias not moved; run `dvc repro` again"
+                )
             client.set_registered_model_alias(model_name, CHAMPION_ALIAS, winner.number)
             moved = True
             after = read()
@@ -193,18 +230,23 @@ def _register_and_settle(client: MlflowClient, uri: str, run_id: str, model_uri:
                 break
             versions = after
         else:
-            raise TrackingError(f"MLflow registry {shown(uri)}: versions of {model_name!r} kept appearing for "
-                                f"{SETTLE_ROUNDS} rounds; version {version} registered, the alias not settled; "
-                                "run `dvc repro` again to finish")
+            raise TrackingError(
+                f"MLflow registry {shown(uri)}: versions of {model_name!r} kept appearing for "
+                f"{SETTLE_ROUNDS} rounds; version {version} registered, the alias not settled; "
+                "run `dvc repro` again to finish"
+            )
         client.set_tag(run_id, REGISTERED_VERSION_TAG, f"{model_name}/{version}")
         mlflow.flush_async_logging()  # the tag, under MLFLOW_ENABLE_ASYNC_LOGGING (see log_results)
     except STORE_ERRORS as exc:
         if version is None:
             done = "nothing registered, the alias left as it was"
         elif moved:
-            done = f"version {version} registered, but the alias {CHAMPION_ALIAS} not checked against the versions since"
+            done = (
+                f"version {version} registered, but the alias {CHAMPION_ALIAS} not checked against the versions since"
+            )
         else:
             done = f"version {version} registered, but the alias {CHAMPION_ALIAS} not moved to it"
-        raise TrackingError(f"MLflow registry {shown(uri)}: {reason(exc)}; {done}; "
-                            "run `dvc repro` again to finish") from None
+        raise TrackingError(
+            f"MLflow registry {shown(uri)}: {reason(exc)}; {done}; run `dvc repro` again to finish"
+        ) from None
     return version, winner

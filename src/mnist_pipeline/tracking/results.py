@@ -28,15 +28,23 @@ def evaluation_metrics(evaluation: EvaluationReport, eval_run: Optional[Evaluati
     metrics = {"eval_accuracy": evaluation.test_accuracy, "eval_loss": evaluation.test_loss}
     if evaluation.val_accuracy is not None:  # what searches and model selection score on
         metrics.update({"val_accuracy": evaluation.val_accuracy, "val_loss": evaluation.val_loss})
-    metrics.update({f"eval_accuracy_digit_{digit}": accuracy for digit, accuracy in evaluation.per_class_accuracy.items()})
+    metrics.update(
+        {f"eval_accuracy_digit_{digit}": accuracy for digit, accuracy in evaluation.per_class_accuracy.items()}
+    )
     if eval_run is not None:
         metrics["stage_seconds/evaluate"] = eval_run.seconds
     return metrics
 
 
-def log_results(experiment: str, run_id: str, *, metrics: Optional[dict[str, float]] = None,
-                tags: Optional[dict[str, str]] = None, files: Optional[dict[str, tuple[str | Path, ...]]] = None,
-                texts: Optional[dict[str, str]] = None) -> bool:
+def log_results(
+    experiment: str,
+    run_id: str,
+    *,
+    metrics: Optional[dict[str, float]] = None,
+    tags: Optional[dict[str, str]] = None,
+    files: Optional[dict[str, tuple[str | Path, ...]]] = None,
+    texts: Optional[dict[str, str]] = None,
+) -> bool:
     """Add metrics, tags and files to a finished training run (the register stage, after evaluate and plot).
 
     Metrics and tags go in one batch; `files` maps an artifact folder ("plots") to the files logged
@@ -51,8 +59,11 @@ def log_results(experiment: str, run_id: str, *, metrics: Optional[dict[str, flo
         return False
     if metrics or tags:
         now = int(time.time() * 1000)
-        client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
-                         tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])
+        client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
+            tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
+        )
     for artifact_path, paths in (files or {}).items():
         for path in paths:
             client.log_artifact(run_id, str(path), artifact_path)

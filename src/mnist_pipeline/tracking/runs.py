@@ -21,7 +21,11 @@ HOST_TAG = "pipeline.host"
 REPRODUCE_TAG = "reproduce.command"
 # A search (mnist_pipeline.search.trials) runs each trial with these set: the trial's run is tagged with its study and
 # trial, and is a child of the study's summary run. They change no result, only the run's place in MLflow.
-STUDY_ENV, TRIAL_ENV, PARENT_ENV = "MNIST_PIPELINE_SEARCH_STUDY", "MNIST_PIPELINE_SEARCH_TRIAL", "MNIST_PIPELINE_SEARCH_PARENT"
+STUDY_ENV, TRIAL_ENV, PARENT_ENV = (
+    "MNIST_PIPELINE_SEARCH_STUDY",
+    "MNIST_PIPELINE_SEARCH_TRIAL",
+    "MNIST_PIPELINE_SEARCH_PARENT",
+)
 STUDY_TAG, TRIAL_TAG = "search.study", "search.trial"
 THREADS_TAG = "train.threads"  # each start's thread count (record_threads); speed only, never the numbers
 # A run's first metric is the one MLflow 3.17's compare view plots against the params (the first key of the run's
@@ -51,15 +55,22 @@ def run_tags() -> dict[str, str]:
     if exp_name:
         tags["dvc.exp_name"] = exp_name
     tags[REPRODUCE_TAG] = lineage.reproduce_command(exp_name, commit)
-    tags.update({STUDY_TAG: os.environ.get(STUDY_ENV, ""), TRIAL_TAG: os.environ.get(TRIAL_ENV, ""),
-                 "mlflow.parentRunId": os.environ.get(PARENT_ENV, "")})
+    tags.update(
+        {
+            STUDY_TAG: os.environ.get(STUDY_ENV, ""),
+            TRIAL_TAG: os.environ.get(TRIAL_ENV, ""),
+            "mlflow.parentRunId": os.environ.get(PARENT_ENV, ""),
+        }
+    )
     return {k: v for k, v in tags.items() if v}
 
 
 def _reproduce_note(command: str) -> str:
     """The run's description: how to get it back, and what else it carries for that."""
-    return (f"Bring this run back: `{command}`. Its params.yaml and dvc.lock are in the artifacts, "
-            f"under {lineage.REPRODUCE_DIR}/.")
+    return (
+        f"Bring this run back: `{command}`. Its params.yaml and dvc.lock are in the artifacts, "
+        f"under {lineage.REPRODUCE_DIR}/."
+    )
 
 
 def run_name() -> Optional[str]:
@@ -81,8 +92,12 @@ def resumable(client: MlflowClient, run_id: str, params: dict[str, Any]) -> bool
 
 
 @contextlib.contextmanager
-def training_run(experiment_id: str, params: dict[str, Any], resume_run_id: Optional[str] = None,
-                 resume_params: Optional[dict[str, Any]] = None) -> Iterator[str]:
+def training_run(
+    experiment_id: str,
+    params: dict[str, Any],
+    resume_run_id: Optional[str] = None,
+    resume_params: Optional[dict[str, Any]] = None,
+) -> Iterator[str]:
     """Start (or, when resuming, reopen) the one MLflow run of a training and yield its id.
 
     `resume_run_id` continues when that run is resumable with `resume_params` (the params that decide
@@ -102,8 +117,13 @@ def training_run(experiment_id: str, params: dict[str, Any], resume_run_id: Opti
     # logs a sample of the machine with each epoch's results (mnist_pipeline.tracking.system_metrics says why).
     if resume_run_id is None:
         new_tags = run_tags()
-        run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name(), tags={**new_tags, **tags},
-                               description=_reproduce_note(new_tags[REPRODUCE_TAG]), log_system_metrics=False)
+        run = mlflow.start_run(
+            experiment_id=experiment_id,
+            run_name=run_name(),
+            tags={**new_tags, **tags},
+            description=_reproduce_note(new_tags[REPRODUCE_TAG]),
+            log_system_metrics=False,
+        )
     else:
         run = mlflow.start_run(run_id=resume_run_id, tags=tags, log_system_metrics=False)
     status = "FAILED"
@@ -211,8 +231,9 @@ def write_run_file(path: str | Path, run_id: str, experiment: str, model_uri: Op
 
 
 @contextlib.contextmanager
-def training_log(experiment_id: str, config: Config, history: Sequence[EpochResult], threads: int,
-                 on_gpu: bool) -> Iterator[TrainingLog]:
+def training_log(
+    experiment_id: str, config: Config, history: Sequence[EpochResult], threads: int, on_gpu: bool
+) -> Iterator[TrainingLog]:
     """Open the training's one run (reopen a resumed training's) and bring it up to date; yield its TrainingLog.
 
     The run file is written at once, before the first checkpoint, so that a resume finds this run; the
@@ -221,7 +242,9 @@ def training_log(experiment_id: str, config: Config, history: Sequence[EpochResu
     """
     whole = config.to_dict()
     resumed_run = read_run_id(config.paths.mlflow_run) if history else None
-    with training_run(experiment_id, flatten(whole), resumed_run, resume_params=flatten(training_config(whole))) as run_id:
+    with training_run(
+        experiment_id, flatten(whole), resumed_run, resume_params=flatten(training_config(whole))
+    ) as run_id:
         write_run_file(config.paths.mlflow_run, run_id, config.tracking.experiment, None)
         Path(config.paths.registered).unlink(missing_ok=True)
         record_threads(threads, len(history) + 1)

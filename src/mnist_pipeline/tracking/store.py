@@ -89,8 +89,9 @@ def _get_or_create_experiment(client: MlflowClient, name: str, artifact_location
     """
     found = client.get_experiment_by_name(name)
     if found is None:
-        return client.create_experiment(name, artifact_location=artifact_location,
-                                         tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
+        return client.create_experiment(
+            name, artifact_location=artifact_location, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND}
+        )
     if EXPERIMENT_KIND_TAG not in found.tags:
         client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
     return found.experiment_id
@@ -122,8 +123,9 @@ def _check_sqlite_store(uri: str) -> None:
     path = sqlite_path(uri)
     if path is None or not path.exists():
         return  # MLflow creates a new store on first use
-    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, timeout=_lock_timeout(uri),
-                         isolation_level=None)
+    db = sqlite3.connect(
+        f"{path.resolve().as_uri()}?mode=rw", uri=True, timeout=_lock_timeout(uri), isolation_level=None
+    )
     try:
         if db.execute("PRAGMA quick_check(1)").fetchone()[0] != "ok":
             raise sqlite3.DatabaseError("database disk image is malformed")
@@ -185,8 +187,10 @@ def _advice(uri: str, exc: Exception) -> str:
     if "readonly" in text or "read-only" in text or "unable to open" in text:
         return "make the file and its folder writable, or move it aside"
     if "database is locked" in text:
-        return (f"another process held its lock for the whole {_lock_timeout(uri):g} s timeout: "
-                "let that process finish or stop it, then run again")
+        return (
+            f"another process held its lock for the whole {_lock_timeout(uri):g} s timeout: "
+            "let that process finish or stop it, then run again"
+        )
     schema = re.search(r"found version (\w+)", text)
     if schema and _known_schema(schema.group(1)):
         return f"back it up, then run mlflow db upgrade {shown(uri)}"
@@ -207,5 +211,7 @@ def run_exists(client: MlflowClient, run_id: str) -> bool:
         failure: Exception = exc
     except (sqlalchemy.exc.SQLAlchemyError, OSError) as exc:
         failure = exc
-    raise TrackingError(f"MLflow store {shown(mlflow.get_tracking_uri())}: cannot read run {run_id} "
-                        f"({reason(failure)}); nothing logged; run `dvc repro` again") from None
+    raise TrackingError(
+        f"MLflow store {shown(mlflow.get_tracking_uri())}: cannot read run {run_id} "
+        f"({reason(failure)}); nothing logged; run `dvc repro` again"
+    ) from None
