@@ -18,6 +18,7 @@ from mnist_pipeline.errors import PipelineError
 
 def main() -> None:
     from mnist_pipeline.config import load_config
+    from mnist_pipeline.search.space import SPACE_FILE, load_space, parse_assignments
     from mnist_pipeline.search.trials import (
         DEFAULT_STORAGE,
         HEARTBEAT_SECONDS,
@@ -25,7 +26,6 @@ def main() -> None:
         run_search,
         without_password,
     )
-    from mnist_pipeline.search.space import SPACE_FILE, load_space, parse_assignments
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--study", required=True, help="the study's name; each trial's experiment is <study>-<number>")

@@ -24,10 +24,11 @@ from pathlib import Path
 
 import torch
 
-from common import DATA, MEAN, RESULTS, STD, check_data, code_version, machine
 from mnist_pipeline.config import TrainConfig
 from mnist_pipeline.data import load_split
 from mnist_pipeline.training import compute_for, prepare, train
+
+from common import DATA, MEAN, RESULTS, STD, check_data, code_version, machine
 
 CPU = torch.device("cpu")
 LABELS = {"torch": "torch's kernels", "auto": "the project's kernels"}

@@ -38,12 +38,13 @@ from pathlib import Path
 
 import numpy as np
 
-from common import REPO_ROOT  # first: it puts the tests' data generators (font_digits, user_digits) on the path
-from font_digits import write_font_digits
 from mnist_pipeline.data import IDX_LABELS_MAGIC, raw_images, read_idx
 from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.serving.framing import MNIST_PEN, load_digit, pen_width
 from mnist_pipeline.serving.classifier import probabilities_from_checkpoint
+from mnist_pipeline.serving.framing import MNIST_PEN, load_digit, pen_width
+
+from common import REPO_ROOT  # first: it puts the tests' data generators (font_digits, user_digits) on the path
+from font_digits import write_font_digits
 from user_digits import write_user_digits
 
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "predict_framing.json"

@@ -94,9 +94,9 @@ def run_recipe(params: dict[str, Any], seed: int) -> dict[str, Any]:
     """Train once as the train stage would (same library calls and threads, no MLflow); return accuracy and time."""
     import torch
 
+    from mnist_pipeline.compute.device import resolve_device
     from mnist_pipeline.config import parse_config
     from mnist_pipeline.data import blank_value, load_split
-    from mnist_pipeline.compute.device import resolve_device
     from mnist_pipeline.training import Augmentation, compute_for, prepare, train
 
     config = parse_config(merged(params, {"seed": seed}))

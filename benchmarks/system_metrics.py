@@ -19,8 +19,9 @@ import json
 import statistics
 import time
 
-from common import RESULTS, machine
 from mnist_pipeline.tracking.system_metrics import Sampler
+
+from common import RESULTS, machine
 
 RESULT = RESULTS / "system_metrics.json"
 

@@ -32,14 +32,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from common import DATA, MEAN, RESULTS, STD, check_data, machine, write_block
 from mnist_pipeline import training
 from mnist_pipeline.compute import distributed
-from mnist_pipeline.config import TrainConfig
-from mnist_pipeline.data import load_split
 from mnist_pipeline.compute.device import resolve_device
 from mnist_pipeline.compute.distributed import Ranks
+from mnist_pipeline.config import TrainConfig
+from mnist_pipeline.data import load_split
 from mnist_pipeline.training import compute_for, prepare, train
+
+from common import DATA, MEAN, RESULTS, STD, check_data, machine, write_block
 
 SPEED_MARK = "<!-- speed-results -->"  # the docs block for the CPU figures
 GPU_SPEED_MARK = "<!-- speed-results-cuda -->"  # and for a GPU's (gpu_check.sh)

@@ -7,14 +7,14 @@ these results to the run and registers the model.
 from mnist_pipeline.cli import run_stage  # first: its quick exit must be the first exit handler
 
 # isort: split
-from mnist_pipeline.compute import kernels, threads
 from mnist_pipeline.checkpoint import load_checkpoint, model_from_checkpoint, require_complete
+from mnist_pipeline.compute import kernels, threads
+from mnist_pipeline.compute.device import place_model, resolve_device, use_threads
+from mnist_pipeline.compute.shards import Workers
 from mnist_pipeline.config import load_config, parse_config
 from mnist_pipeline.data import load_split, load_training
-from mnist_pipeline.compute.device import place_model, resolve_device, use_threads
 from mnist_pipeline.evaluation import metrics, mistakes, score
 from mnist_pipeline.reports import EvaluationReport, EvaluationRun, write_confusion, write_mistakes
-from mnist_pipeline.compute.shards import Workers
 from mnist_pipeline.timing import StageClock
 
 

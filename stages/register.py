@@ -11,11 +11,11 @@ from pathlib import Path
 from mnist_pipeline.cli import run_stage  # first: its quick exit must be the first exit handler
 
 # isort: split
-from mnist_pipeline.tracking import registry, results, store
 from mnist_pipeline.config import load_config
 from mnist_pipeline.errors import PipelineError
 from mnist_pipeline.reports import EvaluationReport, EvaluationRun, read_json, write_json
 from mnist_pipeline.timing import StageClock
+from mnist_pipeline.tracking import registry, results, store
 
 PLOTS = ("accuracy.png", "loss.png", "confusion.png", "mistakes.png")  # the plot stage's PNGs
 

@@ -9,16 +9,16 @@ import time
 from mnist_pipeline.cli import run_stage  # first: its quick exit must be the first exit handler
 
 # isort: split
-from mnist_pipeline.compute import distributed
-from mnist_pipeline.tracking import runs, store
 from mnist_pipeline.checkpoint import resume_point, save_checkpoint
+from mnist_pipeline.compute import distributed
+from mnist_pipeline.compute.device import configure_determinism, resolve_device
 from mnist_pipeline.config import load_config
 from mnist_pipeline.data import blank_value, raw_pixels, training_splits
-from mnist_pipeline.compute.device import configure_determinism, resolve_device
 from mnist_pipeline.model import parameter_count, served_copy
 from mnist_pipeline.progress import epoch_bars
 from mnist_pipeline.reports import write_history, write_json
 from mnist_pipeline.timing import StageClock
+from mnist_pipeline.tracking import runs, store
 from mnist_pipeline.training import Augmentation, compute_for, prepare, train
 
 

@@ -98,8 +98,8 @@ def untrained_checkpoint(path: Path) -> Path:
 
     from mnist_pipeline.checkpoint import save_checkpoint
     from mnist_pipeline.config import parse_config
-    from mnist_pipeline.records import EpochResult
     from mnist_pipeline.model import ModelConfig, build_model
+    from mnist_pipeline.records import EpochResult
 
     torch.manual_seed(0)
     model = build_model(ModelConfig())
@@ -120,8 +120,8 @@ def logged_project_model(experiment: str):
     in a run of `experiment` in the current MLflow store (local_store)."""
     import torch
 
-    from mnist_pipeline.tracking import runs, store
     from mnist_pipeline.model import DigitClassifier, ReferenceCNN
+    from mnist_pipeline.tracking import runs, store
 
     torch.manual_seed(0)
     network = DigitClassifier(ReferenceCNN(), 0.1307, 0.3081).eval()

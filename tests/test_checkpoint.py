@@ -3,8 +3,6 @@ import pickle
 import pytest
 import torch
 
-from conftest import requires_c_compiler
-
 from mnist_pipeline import checkpoint as checkpoint_module
 from mnist_pipeline.checkpoint import (
     CheckpointError,
@@ -21,6 +19,8 @@ from mnist_pipeline.data import Split
 from mnist_pipeline.model import ModelConfig, build_model
 from mnist_pipeline.records import EpochResult
 from mnist_pipeline.training import compute_for, make_optimizer, make_schedule, prepare, train
+
+from conftest import requires_c_compiler
 
 HISTORY = [EpochResult(1, 0.5, 0.4, 0.9), EpochResult(2, 0.3, 0.2, 0.95), EpochResult(3, 0.2, 0.1, 0.97)]
 

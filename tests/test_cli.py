@@ -7,7 +7,6 @@ import pytest
 
 from conftest import REPO_ROOT
 
-
 STAGE = """
 import atexit, threading, time
 from mnist_pipeline.cli import run_stage

@@ -6,9 +6,10 @@ import time
 import pytest
 import yaml
 
-from conftest import REPO_ROOT
 from mnist_pipeline.cli import run_stage
 from mnist_pipeline.config import ConfigError, TrainConfig, flatten, load_config, parse_config
+
+from conftest import REPO_ROOT
 
 
 def test_repo_params_are_the_reference_defaults():

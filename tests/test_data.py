@@ -2,10 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import MNIST_MIRROR, requires_mnist_mirror, write_idx
 from mnist_pipeline.data import load_split, load_training, normalize, read_idx
 from mnist_pipeline.download import MNIST_FILES, md5sum
 from mnist_pipeline.errors import DataError
+
+from conftest import MNIST_MIRROR, requires_mnist_mirror, write_idx
 
 
 def test_read_idx_parses_known_bytes(tmp_path):

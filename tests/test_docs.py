@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT
-
 import recipes
 import train_speed
+from conftest import REPO_ROOT
 
 README = REPO_ROOT / "README.md"
 DOCS = sorted((REPO_ROOT / "docs").glob("*.md"))

@@ -7,10 +7,11 @@ import sys
 
 import pytest
 
-from conftest import MNIST_MIRROR, REPO_ROOT, requires_mnist_mirror
 from mnist_pipeline import download
 from mnist_pipeline.download import download_mnist, md5sum
 from mnist_pipeline.errors import DataError
+
+from conftest import MNIST_MIRROR, REPO_ROOT, requires_mnist_mirror
 
 
 def test_md5sum_matches_a_known_digest(tmp_path):

@@ -9,9 +9,10 @@ import json
 import pytest
 import yaml
 
+from mnist_pipeline.config import SECTIONS, TrainConfig
+
 from conftest import REPO_ROOT, requires_mnist_mirror
 from dvc_project import SMALL, copy_project, run, update_params
-from mnist_pipeline.config import SECTIONS, TrainConfig
 
 SRC = REPO_ROOT / "src"
 PACKAGE = SRC / "mnist_pipeline"

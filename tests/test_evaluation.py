@@ -2,9 +2,10 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import requires_c_compiler
 from mnist_pipeline.data import Split
 from mnist_pipeline.evaluation import EvalResult, confusion_matrix, evaluate
+
+from conftest import requires_c_compiler
 
 
 def test_confusion_matrix_by_hand():

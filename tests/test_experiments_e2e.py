@@ -17,6 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mnist_pipeline.checkpoint import load_checkpoint
+from mnist_pipeline.compute.threads import available_cores
+
 from conftest import REPO_ROOT, requires_mnist_mirror
 from dvc_project import (
     all_runs,
@@ -32,9 +35,6 @@ from dvc_project import (
     stages_run,
     update_params,
 )
-from mnist_pipeline.checkpoint import load_checkpoint
-from mnist_pipeline.compute.threads import available_cores
-
 from recipes import readme_recipes, recipe_params
 
 pytestmark = [pytest.mark.e2e, requires_mnist_mirror()]

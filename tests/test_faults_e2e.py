@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MNIST_MIRROR, requires_mnist_mirror
 from mnist_pipeline.checkpoint import load_checkpoint
+
+from conftest import MNIST_MIRROR, requires_mnist_mirror
 from dvc_project import all_runs, copy_project, environment, run, stages_run, update_params
 
 pytestmark = [pytest.mark.e2e, requires_mnist_mirror()]

@@ -4,9 +4,10 @@ import subprocess
 
 import pytest
 
+from mnist_pipeline.reports import read_history
+
 from conftest import requires_c_compiler, requires_mnist_mirror
 from dvc_project import all_runs, environment, lock_outs, make_project, run, stages_run
-from mnist_pipeline.reports import read_history
 
 # The tutorial's published test accuracy per epoch (%).
 TUTORIAL = [97.0, 97.99, 98.13, 98.38, 98.46, 98.58, 98.69, 98.69, 98.49, 98.49]

@@ -14,6 +14,8 @@ import sys
 
 import pytest
 
+from mnist_pipeline.compute.threads import available_cores
+
 from conftest import c_compiler, require, requires_mnist_mirror
 from dvc_project import (
     all_runs,
@@ -27,7 +29,6 @@ from dvc_project import (
     stages_run,
     update_params,
 )
-from mnist_pipeline.compute.threads import available_cores
 
 pytestmark = [pytest.mark.e2e, requires_mnist_mirror()]
 

@@ -40,8 +40,8 @@ def test_unknown_colormap_is_a_config_error():
 def test_mistakes_grid_titles_true_predicted_and_confidence(tmp_path):
     import numpy as np
 
-    from mnist_pipeline.records import Mistake
     from mnist_pipeline.plots import mistakes_figure
+    from mnist_pipeline.records import Mistake
 
     images = np.zeros((10, 28, 28), dtype=np.uint8)
     mistakes = [Mistake(i, 1, 7, 0.9) for i in range(5)]

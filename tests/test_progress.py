@@ -2,8 +2,8 @@
 
 import re
 
-from mnist_pipeline.records import EpochResult
 from mnist_pipeline.progress import epoch_bars
+from mnist_pipeline.records import EpochResult
 
 
 def _two_epochs(progress) -> None:

@@ -1,7 +1,7 @@
 import json
 
-from mnist_pipeline.reports import read_confusion, read_history, read_json, write_confusion, write_history, write_json
 from mnist_pipeline.records import EpochResult
+from mnist_pipeline.reports import read_confusion, read_history, read_json, write_confusion, write_history, write_json
 
 
 def test_history_round_trip_and_header(tmp_path):

@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
+from mnist_pipeline.compute.device import place_model
 from mnist_pipeline.config import AugmentConfig, TrainConfig, parse_config
 from mnist_pipeline.data import Split
-from mnist_pipeline.compute.device import place_model
 from mnist_pipeline.model import ModelConfig, build_model
 from mnist_pipeline.records import EpochResult
 from mnist_pipeline.training import (

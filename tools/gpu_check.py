@@ -13,11 +13,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "src"))
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 
+from mnist_pipeline.compute.device import configure_determinism, place_model  # noqa: E402
 from mnist_pipeline.config import AugmentConfig, TrainConfig  # noqa: E402
 from mnist_pipeline.data import blank_value, load_split  # noqa: E402
-from mnist_pipeline.compute.device import configure_determinism, place_model  # noqa: E402
 from mnist_pipeline.model import ModelConfig, build_model  # noqa: E402
 from mnist_pipeline.training import Augmentation, prepare, train  # noqa: E402
+
 from recipes import readme_recipes, recipe_params  # noqa: E402
 
 DATA = REPO_ROOT / "data" / "mnist"

@@ -6,7 +6,7 @@ import io
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,7 +32,7 @@ def save_checkpoint(
     model_config: ModelConfig,
     config: dict[str, Any],
     history: list[EpochResult],
-    schedule: Optional[LRScheduler] = None,
+    schedule: LRScheduler | None = None,
 ) -> None:
     """Write everything that resumes or rebuilds the run to `path`, atomically.
 
@@ -108,7 +108,7 @@ def require_complete(checkpoint: dict[str, Any], path: str | Path) -> None:
         )
 
 
-def resume_decision(checkpoint: Optional[dict[str, Any]], config: dict[str, Any]) -> tuple[bool, str]:
+def resume_decision(checkpoint: dict[str, Any] | None, config: dict[str, Any]) -> tuple[bool, str]:
     """Whether training can continue from `checkpoint` under `config`, and the one line that says why.
 
     Only an unfinished checkpoint made with the same params resumes; config.NOT_TRAINING do not count, since
@@ -135,7 +135,7 @@ def resume_decision(checkpoint: Optional[dict[str, Any]], config: dict[str, Any]
 class ResumePoint:
     """What the train stage starts from: an unfinished checkpoint of the same params (`checkpoint`), or nothing."""
 
-    checkpoint: Optional[dict[str, Any]]
+    checkpoint: dict[str, Any] | None
     lines: tuple[str, ...]  # what the stage says of it, one line each
 
 
@@ -160,7 +160,7 @@ def restore_training(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     generator: torch.Generator,
-    schedule: Optional[LRScheduler] = None,
+    schedule: LRScheduler | None = None,
 ) -> list[EpochResult]:
     """Put weights, optimizer, schedule and random states back as they were after the last epoch; return its history."""
     model.load_state_dict(checkpoint["model_state"])

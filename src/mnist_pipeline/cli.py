@@ -8,8 +8,8 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 from mnist_pipeline.config import PARAMS_FILE, ConfigError, parse_config
 from mnist_pipeline.errors import PipelineError
@@ -89,7 +89,7 @@ def exp_run_hint(path: str | Path = PARAMS_FILE) -> str:
     return f" (dvc exp run -S wrote this into {path}{unseen}; git show HEAD:{path} > {path} restores the committed one)"
 
 
-def _git(*args: str) -> Optional[subprocess.CompletedProcess]:
+def _git(*args: str) -> subprocess.CompletedProcess | None:
     try:
         return subprocess.run(["git", *args], capture_output=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):

@@ -12,7 +12,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 from mnist_pipeline.errors import PipelineError
 
@@ -38,13 +38,13 @@ class DataConfig:
     dir: str = "data/mnist"
     mean: float = field(default=0.1307, metadata=_spec(low=0.0, high=1.0))
     std: float = field(default=0.3081, metadata=_spec(low=0.0, high=1.0, low_open=True))
-    max_train_images: Optional[int] = field(default=None, metadata=_spec(low=1, high=60000))
-    max_test_images: Optional[int] = field(default=None, metadata=_spec(low=1, high=10000))
+    max_train_images: int | None = field(default=None, metadata=_spec(low=1, high=60000))
+    max_test_images: int | None = field(default=None, metadata=_spec(low=1, high=10000))
     # The last N training images, held out: searches and model selection score on them, never on the test set.
     validation_images: int = field(default=0, metadata=_spec(low=0, high=30000))
 
     @property
-    def training_images(self) -> Optional[int]:
+    def training_images(self) -> int | None:
         """How many of the training split's images train: all but the held-out ones, at most max_train_images."""
         if not self.validation_images:
             return self.max_train_images
@@ -128,7 +128,7 @@ class TrainConfig:
     precision: str = field(default="fp32", metadata=_spec(choices=("fp32", "bf16")))
     compile: bool = False
     # "auto": mnist_pipeline.compute.distributed.resolve_nproc picks the count on the machine that trains.
-    nproc: Union[int, str] = field(default="auto", metadata=_spec(low=1, high=64, auto=True))
+    nproc: int | str = field(default="auto", metadata=_spec(low=1, high=64, auto=True))
     # "auto": the reference network's first block as one fused CPU kernel where it applies (mnist_pipeline.fused).
     kernels: str = field(default="auto", metadata=_spec(choices=("auto", "torch")))
     # Every batch is split into this many parts, each computed on one thread, their gradients added
@@ -136,7 +136,7 @@ class TrainConfig:
     shards: int = field(default=2, metadata=_spec(low=1, high=256))
     # "auto": mnist_pipeline.compute.threads picks the count from the shards and this machine's cores (never its load);
     # more than the cores here is refused on load (load_config), since it only slows a CPU training.
-    threads: Union[int, str] = field(default="auto", metadata=_spec(low=1, high=1024, auto=True))
+    threads: int | str = field(default="auto", metadata=_spec(low=1, high=1024, auto=True))
 
 
 @dataclass(frozen=True)

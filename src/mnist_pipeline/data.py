@@ -54,7 +54,7 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def to(self, device: torch.device) -> "Split":
+    def to(self, device: torch.device) -> Split:
         """The same split on `device`."""
         return Split(self.images.to(device), self.labels.to(device))
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import urllib.parse
-from typing import Optional
 
 # scheme://user:PASSWORD@host...: the password as SQLAlchemy reads it (up to the first @)
 _PASSWORD = re.compile(r"(//[^:/@]*:)([^@]*)@")
@@ -18,7 +17,7 @@ class DataError(PipelineError):
     """MNIST could not be fetched, verified or parsed."""
 
 
-def without_password(url: str, text: Optional[str] = None) -> str:
+def without_password(url: str, text: str | None = None) -> str:
     """`text` (by default the URL itself) with the URL's password, wherever it appears, as ***."""
     text = url if text is None else text
     found = _PASSWORD.search(url)

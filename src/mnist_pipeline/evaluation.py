@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mnist_pipeline.compute.shards import Workers, in_chunks
 from mnist_pipeline.data import Split
 from mnist_pipeline.records import Mistake
-from mnist_pipeline.compute.shards import Workers, in_chunks
 
 if TYPE_CHECKING:
     from mnist_pipeline.compute.kernels import ReferenceKernels
@@ -57,7 +57,7 @@ def predict(
     images: torch.Tensor,
     batch_size: int = EVAL_BATCH_SIZE,
     precision: str = "fp32",
-    workers: Optional[Workers] = None,
+    workers: Workers | None = None,
 ) -> torch.Tensor:
     """Logits (N, classes), in fp32, for images already on the model's device, in batches.
 
@@ -90,8 +90,8 @@ def score(
     *,
     batch_size: int = EVAL_BATCH_SIZE,
     precision: str = "fp32",
-    workers: Optional[Workers] = None,
-    kernels: Optional[ReferenceKernels] = None,
+    workers: Workers | None = None,
+    kernels: ReferenceKernels | None = None,
 ) -> Scores:
     """Every image of `split` (on the model's device) scored by `model`, in fixed chunks.
 
@@ -125,8 +125,8 @@ def evaluate(
     num_classes: int = 10,
     batch_size: int = EVAL_BATCH_SIZE,
     precision: str = "fp32",
-    workers: Optional[Workers] = None,
-    kernels: Optional[ReferenceKernels] = None,
+    workers: Workers | None = None,
+    kernels: ReferenceKernels | None = None,
 ) -> EvalResult:
     """Accuracy, mean loss and confusion matrix of `model` on `split` (on the model's device)."""
     scores = score(model, split, batch_size=batch_size, precision=precision, workers=workers, kernels=kernels)

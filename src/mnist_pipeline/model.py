@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -36,7 +37,7 @@ class ModelConfig:
         return {**asdict(self), "widths": list(self.widths)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         """The inverse of to_dict; checkpoints written before `architecture` existed hold the reference."""
         return cls(**{**data, "widths": tuple(data.get("widths", ()))})
 
@@ -142,7 +143,7 @@ class SeededDropout(nn.Dropout):
     threads happen to run. With a generator each (seeded per step), the draws are the same every run.
     """
 
-    generator: Optional[torch.Generator] = None
+    generator: torch.Generator | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.generator is None or not self.training or self.p == 0:
@@ -193,7 +194,7 @@ def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def served_copy(network: nn.Module, config: ModelConfig, mean: float, std: float) -> "DigitClassifier":
+def served_copy(network: nn.Module, config: ModelConfig, mean: float, std: float) -> DigitClassifier:
     """A DigitClassifier of a fresh `config` network holding `network`'s weights, in eval mode (dropout off,
     batch norm frozen): what MLflow logs. Fresh, because a trained network may hold its weights as views
     of the project's kernels' block, or in channels-last layout."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Optional
 
 from tqdm import tqdm
 
@@ -17,7 +16,7 @@ class EpochBar:
     def __init__(self, epoch: int, epochs: int, steps: int):
         self._bar = tqdm(total=steps, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=True, dynamic_ncols=True)
 
-    def update(self, steps: int, running_loss: Optional[float]) -> None:
+    def update(self, steps: int, running_loss: float | None) -> None:
         """Advance by `steps` batches and show the running mean loss."""
         self._bar.update(steps)
         if running_loss is not None:
@@ -40,7 +39,7 @@ class EpochLine:
     def __init__(self, epoch: int, epochs: int, steps: int):
         self._label, self._steps, self._done, self._started = f"epoch {epoch}/{epochs}", steps, 0, time.perf_counter()
 
-    def update(self, steps: int, running_loss: Optional[float]) -> None:
+    def update(self, steps: int, running_loss: float | None) -> None:
         """Count the batches; nothing is written before the epoch ends."""
         self._done += steps
 
@@ -54,7 +53,7 @@ class EpochLine:
         )
 
 
-def epoch_bars(epochs: int, terminal: Optional[bool] = None):
+def epoch_bars(epochs: int, terminal: bool | None = None):
     """A progress factory for `training.train`: live bars on a terminal, else one line per epoch.
 
     `terminal`: whether stderr, where tqdm draws, is a terminal (asked of stderr when None).

@@ -9,9 +9,10 @@ import csv
 import dataclasses
 import io
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any
 
 from mnist_pipeline.files import write_text_atomic
 from mnist_pipeline.records import EpochResult, Mistake
@@ -37,7 +38,7 @@ def read_json(path: str | Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-def read_run_id(path: str | Path) -> Optional[str]:
+def read_run_id(path: str | Path) -> str | None:
     """The MLflow run id the train stage wrote to `path` (paths.mlflow_run); None when there is none to read."""
     try:
         run_id = read_json(path).get("run_id")
@@ -108,15 +109,15 @@ class EvaluationReport:
     test_images: int
     per_class_accuracy: dict[str, float]  # "0".."9" -> recall of that digit
     # On the held-out training images (data.validation_images); None when none are held out.
-    val_accuracy: Optional[float] = None
-    val_loss: Optional[float] = None
+    val_accuracy: float | None = None
+    val_loss: float | None = None
     val_images: int = 0
 
     def write(self, path: str | Path) -> None:
         write_json(path, dataclasses.asdict(self))
 
     @classmethod
-    def read(cls, path: str | Path) -> "EvaluationReport":
+    def read(cls, path: str | Path) -> EvaluationReport:
         data = read_json(path)
         optional = {key: None if data.get(key) is None else float(data[key]) for key in ("val_accuracy", "val_loss")}
         return cls(
@@ -140,6 +141,6 @@ class EvaluationRun:
         write_json(path, dataclasses.asdict(self))
 
     @classmethod
-    def read(cls, path: str | Path) -> "EvaluationRun":
+    def read(cls, path: str | Path) -> EvaluationRun:
         data = read_json(path)
         return cls(int(data["threads"]), float(data["seconds"]))

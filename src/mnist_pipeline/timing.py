@@ -9,7 +9,6 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Optional
 
 TIMINGS_ENV = "MNIST_PIPELINE_TIMINGS"  # a file: each stage appends one JSON line of its phases
 
@@ -25,10 +24,10 @@ def process_start() -> float:
     return _STARTED
 
 
-_STARTED: Optional[float] = None
+_STARTED: float | None = None
 
 
-def _linux_process_start() -> Optional[float]:
+def _linux_process_start() -> float | None:
     try:
         # Field 22 of /proc/self/stat is the start time in clock ticks after boot; the name
         # (field 2) may hold spaces, so count from the closing parenthesis.

@@ -4,27 +4,28 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mnist_pipeline.compute import kernels, threads
 from mnist_pipeline.checkpoint import restore_training
-from mnist_pipeline.config import AugmentConfig, TrainConfig
-from mnist_pipeline.data import Split
+from mnist_pipeline.compute import kernels, threads
 from mnist_pipeline.compute.device import place_model, use_threads
 from mnist_pipeline.compute.distributed import Ranks, gather_shards, mean_across_ranks, shard, wrap
-from mnist_pipeline.evaluation import EvalResult, evaluate, metrics_from_logits, predict
-from mnist_pipeline.records import EpochResult
-from mnist_pipeline.compute.kernels import Adam as KernelAdam
 from mnist_pipeline.compute.kernels import SGD as KernelSGD
+from mnist_pipeline.compute.kernels import Adam as KernelAdam
 from mnist_pipeline.compute.kernels import ReferenceKernels
-from mnist_pipeline.model import ModelConfig, build_model
-from mnist_pipeline.seed import set_seed
 from mnist_pipeline.compute.shards import ShardedModel, Workers
+from mnist_pipeline.config import AugmentConfig, TrainConfig
+from mnist_pipeline.data import Split
+from mnist_pipeline.evaluation import EvalResult, evaluate, metrics_from_logits, predict
+from mnist_pipeline.model import ModelConfig, build_model
+from mnist_pipeline.records import EpochResult
+from mnist_pipeline.seed import set_seed
 
 LOSS_REPORT_EVERY = 50  # steps between running-loss updates; each one costs a host sync on GPU
 
@@ -32,7 +33,7 @@ LOSS_REPORT_EVERY = 50  # steps between running-loss updates; each one costs a h
 class EpochProgress(Protocol):
     """A progress display for one epoch (the stage uses a tqdm bar)."""
 
-    def update(self, steps: int, running_loss: Optional[float]) -> None: ...
+    def update(self, steps: int, running_loss: float | None) -> None: ...
 
     def close(self, result: EpochResult) -> None: ...
 
@@ -68,7 +69,7 @@ def make_optimizer(model: nn.Module, config: TrainConfig, own_kernels: bool = Fa
 
 def make_schedule(
     optimizer: torch.optim.Optimizer, config: TrainConfig, steps: int
-) -> Optional[torch.optim.lr_scheduler.LRScheduler]:
+) -> torch.optim.lr_scheduler.LRScheduler | None:
     """The learning rate per step: one-cycle or cosine decay with `lr` as the peak; None for constant (the reference).
 
     One-cycle warms up from lr/25 over the first 25% of the steps and anneals to lr/(25 * 1e4);
@@ -137,7 +138,7 @@ class Compute:
     """Where a training computes: its processes (several under torchrun) and, on a CPU, the shards' threads."""
 
     ranks: Ranks = Ranks()
-    workers: Optional[Workers] = None  # None: no shards (a GPU, several processes)
+    workers: Workers | None = None  # None: no shards (a GPU, several processes)
     threads: int = 1
     line: str = ""  # the train stage's line on it: what the results depend on
 
@@ -167,7 +168,7 @@ class Setup:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     generator: torch.Generator
-    schedule: Optional[torch.optim.lr_scheduler.LRScheduler] = None
+    schedule: torch.optim.lr_scheduler.LRScheduler | None = None
     own_kernels: bool = False
     kernels_line: str = ""  # the train stage's line on the kernels
     model_config: ModelConfig = field(default_factory=ModelConfig)
@@ -180,7 +181,7 @@ def prepare(
     train_images: int,
     *,
     processes: int = 1,
-    checkpoint: Optional[dict[str, Any]] = None,
+    checkpoint: dict[str, Any] | None = None,
 ) -> Setup:
     """A training of `config` on `train_images` images, seeded; continued from `checkpoint` (a resume) when given.
 
@@ -213,11 +214,11 @@ class Steps:
 
     forward: Callable[[torch.Tensor], torch.Tensor]
     compute: Compute = Compute()
-    sharded: Optional[ShardedModel] = None
-    own: Optional[ReferenceKernels] = None
+    sharded: ShardedModel | None = None
+    own: ReferenceKernels | None = None
 
     @classmethod
-    def of(cls, setup: Setup, config: TrainConfig, compute: Compute = Compute()) -> "Steps":
+    def of(cls, setup: Setup, config: TrainConfig, compute: Compute = Compute()) -> Steps:
         forward = wrap(setup.model, compute.ranks)
         forward_of: Callable[[nn.Module], Callable[[torch.Tensor], torch.Tensor]] = _as_it_is
         if config.compile:
@@ -236,7 +237,7 @@ def train_one_epoch(
     steps: Steps,
     *,
     augmentation: Augmentation = Augmentation(),
-    progress: Optional[EpochProgress] = None,
+    progress: EpochProgress | None = None,
 ) -> float:
     """One shuffled pass over `split` (already on the model's device); returns the mean batch loss.
 
@@ -312,7 +313,7 @@ def train_one_epoch(
 
 
 def evaluate_across_ranks(
-    model: nn.Module, split: Split, precision: str = "fp32", steps: Optional[Steps] = None
+    model: nn.Module, split: Split, precision: str = "fp32", steps: Steps | None = None
 ) -> EvalResult:
     """The per-epoch test; under several processes each rank predicts its share and all get the whole result."""
     ranks = steps.compute.ranks if steps is not None else Ranks()
@@ -337,8 +338,8 @@ def train(
     *,
     compute: Compute = Compute(),
     augmentation: Augmentation = Augmentation(),
-    progress: Optional[ProgressFactory] = None,
-    on_epoch_end: Optional[Callable[[list[EpochResult]], None]] = None,
+    progress: ProgressFactory | None = None,
+    on_epoch_end: Callable[[list[EpochResult]], None] | None = None,
 ) -> list[EpochResult]:
     """Train from the setup's history up to config.epochs, testing after every epoch as the reference does.
 

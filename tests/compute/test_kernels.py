@@ -11,13 +11,14 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from conftest import REPO_ROOT, requires_c_compiler
 from mnist_pipeline.compute import kernels
+from mnist_pipeline.compute.shards import Workers
 from mnist_pipeline.config import TrainConfig
 from mnist_pipeline.data import Split
 from mnist_pipeline.model import ModelConfig, ReferenceCNN, build_model
-from mnist_pipeline.compute.shards import Workers
 from mnist_pipeline.training import Compute, prepare, train
+
+from conftest import REPO_ROOT, requires_c_compiler
 
 CPU = torch.device("cpu")
 NAMES = ["conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "fc.weight", "fc.bias"]

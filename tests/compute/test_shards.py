@@ -8,13 +8,14 @@ import threading
 import pytest
 import torch
 
-from conftest import requires_c_compiler
+from mnist_pipeline.compute.shards import ShardedModel, Workers, parts
 from mnist_pipeline.config import AugmentConfig, TrainConfig
 from mnist_pipeline.data import Split
 from mnist_pipeline.evaluation import evaluate
 from mnist_pipeline.model import ModelConfig, SeededDropout, build_model
-from mnist_pipeline.compute.shards import ShardedModel, Workers, parts
 from mnist_pipeline.training import Augmentation, Compute, prepare, train
+
+from conftest import requires_c_compiler
 
 
 def _split(n: int, seed: int) -> Split:

@@ -10,8 +10,8 @@ import time
 import psutil
 import pytest
 
-from mnist_pipeline.config import ConfigError
 from mnist_pipeline.compute.threads import ThreadChoice, available_cores, choose, for_training
+from mnist_pipeline.config import ConfigError
 
 
 @pytest.mark.parametrize(

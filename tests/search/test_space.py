@@ -4,7 +4,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT
 from mnist_pipeline.search.space import (
     Choices,
     Grid,
@@ -15,6 +14,8 @@ from mnist_pipeline.search.space import (
     parse_assignments,
     parse_space,
 )
+
+from conftest import REPO_ROOT
 
 
 def test_the_committed_space_parses():

@@ -10,9 +10,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from conftest import require
-from mnist_pipeline.tracking import store
 from mnist_pipeline.config import parse_config
+from mnist_pipeline.search.space import parse_space
 from mnist_pipeline.search.trials import (
     DEFAULT_VALIDATION_IMAGES,
     SearchError,
@@ -28,7 +27,9 @@ from mnist_pipeline.search.trials import (
     sampler,
     trial_name,
 )
-from mnist_pipeline.search.space import parse_space
+from mnist_pipeline.tracking import store
+
+from conftest import require
 from servers import postgres_bin, postgres_cluster
 
 

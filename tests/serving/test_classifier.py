@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import logged_planted_model, logged_project_model, untrained_checkpoint
-from mnist_pipeline.serving.classifier import probabilities_from_checkpoint
 from mnist_pipeline.errors import PipelineError
+from mnist_pipeline.serving.classifier import probabilities_from_checkpoint
+
+from conftest import logged_planted_model, logged_project_model, untrained_checkpoint
 
 
 def test_checkpoint_probabilities_take_read_only_pixels_quietly(tmp_path):

@@ -5,6 +5,18 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFile
 
+from mnist_pipeline.errors import PipelineError
+from mnist_pipeline.serving.framing import (
+    MNIST_PEN,
+    NotOneDigit,
+    UnreadableImage,
+    frame_digit,
+    is_mnist_framed,
+    load_digit,
+    pen_width,
+    read_image,
+)
+
 from conftest import MNIST_MIRROR, requires_mnist_mirror
 from hostile_images import (
     declaring_float_tiff,
@@ -19,17 +31,6 @@ from hostile_images import (
     png_chunks,
     with_bad_checksum,
     with_chunk_length,
-)
-from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.serving.framing import (
-    MNIST_PEN,
-    NotOneDigit,
-    UnreadableImage,
-    frame_digit,
-    is_mnist_framed,
-    load_digit,
-    pen_width,
-    read_image,
 )
 
 BLANK = "no digit found (the image is blank)"

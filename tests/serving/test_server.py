@@ -21,11 +21,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from conftest import REPO_ROOT, logged_planted_model, logged_project_model, untrained_checkpoint
-from mnist_pipeline.serving.classifier import probabilities_from_checkpoint
 from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.serving.framing import load_digit
+from mnist_pipeline.serving.classifier import probabilities_from_checkpoint
 from mnist_pipeline.serving.command import main
+from mnist_pipeline.serving.framing import load_digit
 from mnist_pipeline.serving.server import (
     MAX_UPLOAD_BYTES,
     UploadError,
@@ -34,6 +33,8 @@ from mnist_pipeline.serving.server import (
     listening_socket,
     too_large_message,
 )
+
+from conftest import REPO_ROOT, logged_planted_model, logged_project_model, untrained_checkpoint
 from servers import asgi_request, free_port, listening_addresses, multipart, post_image, server
 
 
@@ -524,8 +525,8 @@ def test_a_champion_that_is_not_the_projects_model_is_one_line_and_the_old_one_a
 
     import mlflow
 
-    from mnist_pipeline.tracking import store
     from mnist_pipeline.serving.server import FollowedAlias
+    from mnist_pipeline.tracking import store
 
     planted = tmp_path / "planted"
     client, _ = store.connect("exp-serve")

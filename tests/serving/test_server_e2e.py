@@ -21,12 +21,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from predict_framing import CANVAS_SIDE, CANVAS_STROKES
+
+from mnist_pipeline.serving.framing import load_digit
+from mnist_pipeline.serving.server import MAX_UPLOAD_BYTES
 
 from conftest import MNIST_MIRROR, REPO_ROOT, prerequisite, requires_mnist_mirror
 from dvc_project import copy_project, environment, mlflow_client, run
-from mnist_pipeline.serving.framing import load_digit
-from mnist_pipeline.serving.server import MAX_UPLOAD_BYTES
-from predict_framing import CANVAS_SIDE, CANVAS_STROKES
 from servers import listening_addresses, post_image, server
 
 CHROMIUM = "/usr/bin/chromium"
@@ -276,13 +277,12 @@ def test_a_checkpoint_is_served_without_any_mlflow_store(project, tmp_path):
     # A tracking URI nobody answers: a server that asked MLflow anything would fail or hang.
     env = served_env(alone, MLFLOW_TRACKING_URI="http://127.0.0.1:9")
     command = [sys.executable, "predict.py", "--serve", "--checkpoint", str(checkpoint)]
-    with server(command, alone, "/model", env=env) as port:
-        with browser(port) as (page, _):
-            md5 = hashlib.md5(checkpoint.read_bytes()).hexdigest()
-            assert page.locator("#model").inner_text() == f"Model: checkpoint {checkpoint} (md5 {md5})"
-            answer = drop(page, encoded(Image.fromarray(digit), "PNG"), "mnist-0.png", "image/png")
-            assert answer["digit"] == label and page.locator("#digit").inner_text() == str(label)
-            assert answer["model"]["kind"] == "checkpoint"
+    with server(command, alone, "/model", env=env) as port, browser(port) as (page, _):
+        md5 = hashlib.md5(checkpoint.read_bytes()).hexdigest()
+        assert page.locator("#model").inner_text() == f"Model: checkpoint {checkpoint} (md5 {md5})"
+        answer = drop(page, encoded(Image.fromarray(digit), "PNG"), "mnist-0.png", "image/png")
+        assert answer["digit"] == label and page.locator("#digit").inner_text() == str(label)
+        assert answer["model"]["kind"] == "checkpoint"
     assert not (alone / "mlflow.db").exists() and not (alone / "mlartifacts").exists()
 
 

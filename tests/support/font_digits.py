@@ -84,7 +84,6 @@ def render_glyph(font_file: str, digit: int, stroke: float | None = None) -> tup
     The weight moves the outline by the same distance everywhere (a Euclidean distance
     transform of the glyph rendered 4x finer), as a bolder or lighter cut of a font does.
     """
-    from scipy import ndimage
 
     size = GLYPH_HEIGHT * SUPERSAMPLING
     font = ImageFont.truetype(str(FONT_FOLDER / font_file), size)

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import MNIST_MIRROR, REPO_ROOT, requires_mnist_mirror
 from mnist_pipeline.tracking import lineage
+
+from conftest import MNIST_MIRROR, REPO_ROOT, requires_mnist_mirror
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
 from mlflow.tracking import MlflowClient
 
-from mnist_pipeline.tracking import inputs, lineage, registry, runs, store
 from mnist_pipeline.config import CHAMPION_ALIAS
+from mnist_pipeline.tracking import inputs, lineage, registry, runs, store
 
 
 class _Constant(mlflow.pyfunc.PythonModel):

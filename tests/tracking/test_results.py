@@ -6,8 +6,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
 from mlflow.tracking import MlflowClient
 
-from mnist_pipeline.tracking import results, runs, store
 from mnist_pipeline.reports import EvaluationReport, EvaluationRun
+from mnist_pipeline.tracking import results, runs, store
 
 
 def test_log_results_adds_to_a_finished_run_and_skips_a_missing_one(local_store, tmp_path):

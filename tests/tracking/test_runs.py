@@ -31,9 +31,8 @@ def test_training_run_is_named_and_tagged_after_the_dvc_experiment(local_store, 
 
 def test_a_crash_marks_the_run_failed(local_store):
     client, experiment_id = store.connect("exp-c")
-    with pytest.raises(RuntimeError):
-        with runs.training_run(experiment_id, {}) as run_id:
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), runs.training_run(experiment_id, {}) as run_id:
+        raise RuntimeError("boom")
     assert client.get_run(run_id).info.status == "FAILED"
 
 
@@ -58,12 +57,11 @@ def test_each_start_of_a_training_tags_its_thread_count_and_logs_no_setting_as_a
     """A thread count is a setting (a tag); a resumed training may run on another, so each start adds its own."""
     client, experiment_id = store.connect("exp-t")
     training = {"lr": 0.05, "epochs": 4}
-    with pytest.raises(KeyboardInterrupt):
-        with runs.training_run(experiment_id, training) as killed:
-            runs.record_threads(2, 1)
-            runs.log_epoch({"test_accuracy": 0.5}, 1)
-            runs.log_epoch({"test_accuracy": 0.6}, 2)
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), runs.training_run(experiment_id, training) as killed:
+        runs.record_threads(2, 1)
+        runs.log_epoch({"test_accuracy": 0.5}, 1)
+        runs.log_epoch({"test_accuracy": 0.6}, 2)
+        raise KeyboardInterrupt
     assert client.get_run(killed).data.tags[runs.THREADS_TAG] == "2 from epoch 1"
     with runs.training_run(experiment_id, training, killed, resume_params=training) as resumed:
         runs.record_threads(1, 3)
@@ -75,9 +73,8 @@ def test_each_start_of_a_training_tags_its_thread_count_and_logs_no_setting_as_a
 
 def test_ctrl_c_marks_the_run_killed(local_store):
     client, experiment_id = store.connect("exp-f")
-    with pytest.raises(KeyboardInterrupt):
-        with runs.training_run(experiment_id, {}) as run_id:
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), runs.training_run(experiment_id, {}) as run_id:
+        raise KeyboardInterrupt
     assert client.get_run(run_id).info.status == "KILLED"
 
 
@@ -99,9 +96,8 @@ def test_a_resume_continues_only_an_unfinished_run_of_the_same_training(local_st
     """The run id beside the checkpoint may be a later training's, killed before its first checkpoint."""
     client, experiment_id = store.connect("exp-r")
     params = {"lr": 0.05, "epochs": 3, "threads": "auto"}
-    with pytest.raises(KeyboardInterrupt):
-        with runs.training_run(experiment_id, params) as killed:
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), runs.training_run(experiment_id, params) as killed:
+        raise KeyboardInterrupt
     with runs.training_run(experiment_id, params) as finished:
         pass
     training = {"lr": 0.05, "epochs": 3}  # the params that decide the numbers; threads may differ

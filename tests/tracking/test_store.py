@@ -13,8 +13,9 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import require
 from mnist_pipeline.tracking import store
+
+from conftest import require
 
 
 def test_store_is_at_the_dvc_root_not_the_working_directory(local_store, monkeypatch, tmp_path_factory):

@@ -5,8 +5,6 @@ import threading
 import time
 import types
 
-import pytest
-
 from mnist_pipeline.tracking import runs, store, system_metrics
 
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -139,7 +139,7 @@ def wrap(model: nn.Module, ranks: Ranks) -> nn.Module:
     """The model as the training step calls it: DistributedDataParallel across ranks, else itself."""
     if not ranks.distributed:
         return model
-    device_ids: Optional[list[int]] = [ranks.local_rank] if next(model.parameters()).is_cuda else None
+    device_ids: list[int] | None = [ranks.local_rank] if next(model.parameters()).is_cuda else None
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
 

@@ -26,7 +26,6 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import torch
 from torch import nn
@@ -53,7 +52,7 @@ def cache_dir() -> Path:
     return Path(base) / "mnist-pipeline"
 
 
-def default_target() -> Optional[str]:
+def default_target() -> str | None:
     """The -march the kernels are built for: $MNIST_PIPELINE_KERNEL_TARGET, else x86-64-v3 on a CPU with AVX2 and FMA,
     plain x86-64 on other x86-64 CPUs, and the compiler's default elsewhere (None). Only the speed depends on it."""
     chosen = os.environ.get(TARGET_ENV)
@@ -72,10 +71,10 @@ def default_target() -> Optional[str]:
 
 
 def build(
-    target: Optional[str] = None,
+    target: str | None = None,
     source: Path = SOURCE,
-    directory: Optional[Path] = None,
-    compiler: Optional[str] = None,
+    directory: Path | None = None,
+    compiler: str | None = None,
 ) -> Path:
     """Compile `source` for `target` into a shared library under `directory` (once per source, compiler and target).
 
@@ -111,7 +110,7 @@ def build(
 
 
 @functools.cache
-def load(target: Optional[str] = None) -> ctypes.CDLL:
+def load(target: str | None = None) -> ctypes.CDLL:
     """The kernels built for `target` (default_target() when None), loaded once per process.
 
     ctypes releases the GIL while a kernel runs, so the shard workers compute side by side.
@@ -249,7 +248,7 @@ class ReferenceKernels:
         return torch.tensor(loss, dtype=torch.float32), views
 
     def score(
-        self, images: torch.Tensor, labels: Optional[torch.Tensor] = None
+        self, images: torch.Tensor, labels: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per image: the loss against its label (0 without labels), the predicted digit and its probability."""
         images = _images(images)

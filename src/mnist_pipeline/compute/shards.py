@@ -20,7 +20,8 @@ from __future__ import annotations
 import copy
 import queue
 import threading
-from typing import Any, Callable, Iterable, Optional, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -144,7 +145,7 @@ class ShardedModel:
     def autograd_part(
         self,
         part_loss: Callable[[Callable[[torch.Tensor], torch.Tensor], torch.Tensor], torch.Tensor],
-        dropout_seeds: Optional[Sequence[int]] = None,
+        dropout_seeds: Sequence[int] | None = None,
     ) -> PartGradients:
         """A part's loss and gradients by torch's autograd, on the part's replica.
 

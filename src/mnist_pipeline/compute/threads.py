@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Optional, Union
 
 from mnist_pipeline.config import ConfigError
 
@@ -36,7 +35,7 @@ class ThreadChoice:
         return f"{stage}: {self.threads} {plural('thread', self.threads)} ({self.reason})"
 
 
-def choose(setting: Union[int, str], cores: int, shards: Optional[int] = None) -> ThreadChoice:
+def choose(setting: int | str, cores: int, shards: int | None = None) -> ThreadChoice:
     """`auto`: one thread per shard up to the cores (a training), or every core (an evaluation: `shards` None).
 
     More threads than the cores only makes them wait for each other: refused, in one line. Checked
@@ -67,7 +66,7 @@ class TrainingThreads:
 
 
 def for_training(
-    setting: Union[int, str],
+    setting: int | str,
     shards: int,
     cores: int,
     *,

@@ -30,8 +30,8 @@ class SearchSpaceError(ConfigError):
 class Range:
     """Numbers from `low` to `high`, integers when both ends are; `log` samples log-uniformly."""
 
-    low: Union[int, float]
-    high: Union[int, float]
+    low: int | float
+    high: int | float
     log: bool = False
 
     @property

@@ -5,9 +5,14 @@ from __future__ import annotations
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Optional
 
-from mnist_pipeline.tracking.store import STORE_ERRORS, MlflowClient, mlflow  # noqa: I001 (store sets MLflow's environment first)
+from mnist_pipeline.tracking.store import (
+    STORE_ERRORS,
+    MlflowClient,
+    mlflow,
+)  # first: it sets MLflow's environment before MLflow loads
+
+# isort: split
 from mnist_pipeline.tracking.runs import STUDY_TAG, TRIAL_TAG
 
 SUMMARY_TAG = "search.summary"  # the study's summary run, the trials' parent
@@ -55,7 +60,7 @@ def end_summary(client: MlflowClient, run_id: str, status: str) -> bool:
     return True
 
 
-def log_summary(client: MlflowClient, run_id: str, study, best_experiment: Optional[str]) -> None:
+def log_summary(client: MlflowClient, run_id: str, study, best_experiment: str | None) -> None:
     """The study as it stands on the summary run: the best trial's params and scores, and two pictures."""
     import matplotlib
 

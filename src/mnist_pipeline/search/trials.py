@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import subprocess
-import urllib.parse
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from mnist_pipeline.errors import PipelineError, without_password
 from mnist_pipeline.search.space import SearchSpace
@@ -49,8 +47,8 @@ class SearchOptions:
     space: SearchSpace
     storage: str = DEFAULT_STORAGE
     fixed: dict[str, Any] = field(default_factory=dict)  # the -S values every trial gets
-    push: Optional[str] = None  # a git remote: each finished trial is sent there with `dvc exp push`
-    seed: Optional[int] = None
+    push: str | None = None  # a git remote: each finished trial is sent there with `dvc exp push`
+    seed: int | None = None
     heartbeat: int = HEARTBEAT_SECONDS
 
 
@@ -60,7 +58,7 @@ class TrialResult:
 
     val_accuracy: float
     test_accuracy: float
-    run_id: Optional[str]
+    run_id: str | None
 
 
 def trial_name(study: str, number: int) -> str:
@@ -101,10 +99,10 @@ def storage_error(url: str, exc: BaseException) -> SearchError:
 
 def open_storage(url: str, heartbeat: int, on_stale=None):
     """Optuna's storage at `url`, with heartbeats; one line (SearchError) when it cannot be used, before any training."""
+    import time
+
     import optuna
     import sqlalchemy.exc
-
-    import time
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     for attempt in range(STORAGE_ATTEMPTS):
@@ -127,7 +125,7 @@ def open_storage(url: str, heartbeat: int, on_stale=None):
     raise AssertionError("unreachable")
 
 
-def _run(command: list[str], root: Path, env: Optional[dict[str, str]] = None) -> subprocess.CompletedProcess:
+def _run(command: list[str], root: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """`command` in `root`, its output captured; SearchError (one line) when it cannot start at all."""
     try:
         return subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
@@ -178,7 +176,7 @@ def _git(root: Path, *args: str) -> str:
     return done.stdout
 
 
-def experiment_ref(root: Path, name: str) -> Optional[str]:
+def experiment_ref(root: Path, name: str) -> str | None:
     """The git ref DVC keeps experiment `name` under (refs/exps/...), or None."""
     refs = _git(root, "for-each-ref", "--format=%(refname)", "refs/exps").split()
     found = [ref for ref in refs if ref.rsplit("/", 1)[-1] == name]
@@ -214,7 +212,7 @@ def existing_names(root: Path, study: str) -> list[str]:
     return sorted(n for n in names if n.startswith(f"{study}-") and n.removeprefix(f"{study}-").isdigit())
 
 
-def sampler(space: SearchSpace, seed: Optional[int]):
+def sampler(space: SearchSpace, seed: int | None):
     """Every point of the grid when the space is one; else TPE, lying constantly about trials still running so
     that parallel workers do not all try the same region."""
     import optuna
@@ -226,7 +224,7 @@ def sampler(space: SearchSpace, seed: Optional[int]):
         return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
 
 
-def best_lines(study, push: Optional[str]) -> list[str]:
+def best_lines(study, push: str | None) -> list[str]:
     """What the search found: the best trial by validation accuracy, its test accuracy, and how to bring it back."""
     import optuna
 
@@ -260,11 +258,11 @@ def run_search(options: SearchOptions, root: Path, config) -> list[str]:
     from mnist_pipeline.tracking import store
     from mnist_pipeline.tracking.runs import PARENT_ENV, STUDY_ENV, TRIAL_ENV
 
-    def storage_failure(exc: BaseException) -> Optional[BaseException]:
+    def storage_failure(exc: BaseException) -> BaseException | None:
         """The storage's error behind `exc`, if one is: SQLAlchemy's, whose message says what failed, rather than
         Optuna's StorageInternalError around it (a generic message). When the storage fails while Optuna records a
         trial's end, its optimize loop (5.0.0) raises an UnboundLocalError on top: the chain is searched."""
-        found: Optional[BaseException] = None
+        found: BaseException | None = None
         while exc is not None:
             if isinstance(exc, sqlalchemy.exc.SQLAlchemyError):
                 return exc

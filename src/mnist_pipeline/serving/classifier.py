@@ -15,7 +15,6 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -102,7 +101,7 @@ def mlflow_classifier(model_uri: str):
     return probabilities
 
 
-def logged_model_problem(folder: Path) -> Optional[str]:
+def logged_model_problem(folder: Path) -> str | None:
     """What makes the MLflow model in `folder` other than what runs.log_model logs, in a few words; None if nothing.
 
     Read from its MLmodel file (YAML, read safely) and its file list only: the PyTorch flavour and its

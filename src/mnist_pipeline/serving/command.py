@@ -4,16 +4,16 @@
 from __future__ import annotations
 
 import argparse
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-from mnist_pipeline.serving.classifier import probabilities_from_checkpoint, probabilities_from_mlflow
 from mnist_pipeline.errors import PipelineError
+from mnist_pipeline.serving.classifier import probabilities_from_checkpoint, probabilities_from_mlflow
 from mnist_pipeline.serving.framing import load_digit
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     """`predict.py digit.png ...`: print the predicted digit and its confidence for each image; `--serve`: the page."""
     # From config, not the registry: with --checkpoint, nothing here may import MLflow.
     from mnist_pipeline.config import CHAMPION_ALIAS, load_config

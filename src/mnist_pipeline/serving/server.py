@@ -21,9 +21,10 @@ import socket
 import sys
 import threading
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import anyio
 import numpy as np
@@ -107,14 +108,12 @@ class FollowedAlias:
     says so, the current version answers on, and that version is not tried again.
     """
 
-    def __init__(
-        self, model_name: str, alias: str, mlflow_ui: Optional[str], check_seconds: float = ALIAS_CHECK_SECONDS
-    ):
+    def __init__(self, model_name: str, alias: str, mlflow_ui: str | None, check_seconds: float = ALIAS_CHECK_SECONDS):
         from mnist_pipeline.tracking.store import (
             MlflowClient,
-            sqlite_path,
             mlflow,
             shown,
+            sqlite_path,
             tracking_uri,
         )  # MLflow's environment first
 
@@ -132,7 +131,7 @@ class FollowedAlias:
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._follow, name="follow-alias", daemon=True)
         self._failing = False
-        self._refused: Optional[str] = None  # the version last refused: not downloaded again every few seconds
+        self._refused: str | None = None  # the version last refused: not downloaded again every few seconds
 
     def current(self) -> Answerer:
         """The model answering now."""
@@ -371,7 +370,7 @@ def _is_address(name: str) -> bool:
         return False
 
 
-def refusal(host: Optional[str], origin: Optional[str], names: frozenset[str]) -> Optional[tuple[int, str]]:
+def refusal(host: str | None, origin: str | None, names: frozenset[str]) -> tuple[int, str] | None:
     """(status, one line) for a request this server does not answer, from its Host and Origin headers; else None.
 
     A Host other than an IP address or one of `names` is a web page that made its own name point at this
@@ -598,14 +597,14 @@ def return_freed_memory() -> bool:
     return bool(mallopt(m_mmap_threshold, 16 << 20)) and bool(mallopt(m_trim_threshold, 64 << 20))
 
 
-def serve(host: str, port: int, checkpoint: Optional[str] = None, mlflow_ui: Optional[str] = None) -> None:
+def serve(host: str, port: int, checkpoint: str | None = None, mlflow_ui: str | None = None) -> None:
     """Serve the page and the API until Ctrl-C: the checkpoint's model, or the registry's champion, followed."""
     import os
 
     import uvicorn
 
-    from mnist_pipeline.config import CHAMPION_ALIAS, load_config
     from mnist_pipeline.compute.device import use_threads
+    from mnist_pipeline.config import CHAMPION_ALIAS, load_config
 
     if not is_loopback(host):
         print(

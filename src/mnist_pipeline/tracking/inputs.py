@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
-from mnist_pipeline.tracking.store import mlflow  # noqa: I001 (store sets MLflow's environment first)
+from mnist_pipeline.tracking.store import mlflow  # first: it sets MLflow's environment before MLflow loads
+
+# isort: split
 from mlflow.data.dataset_source import DatasetSource
 
 from mnist_pipeline.tracking import lineage
 from mnist_pipeline.tracking.system_metrics import gpu_metrics_skipped
 
 
-def log_data_inputs(data_dir: str, digest: lineage.DataDigest, slices: dict[str, Optional[int]]) -> None:
+def log_data_inputs(data_dir: str, digest: lineage.DataDigest, slices: dict[str, int | None]) -> None:
     """Log the training and test data as dataset inputs of the active run, named by split and slice.
 
     The digest is DVC's MD5 of `data_dir` (the UI's Dataset column shows it); `slices` gives the
@@ -37,7 +38,7 @@ def log_data_inputs(data_dir: str, digest: lineage.DataDigest, slices: dict[str,
     mlflow.log_inputs(datasets=datasets, contexts=contexts, tags_list=tags)
 
 
-def log_lineage(data_dir: str, slices: dict[str, Optional[int]], params_file: str | Path, on_gpu: bool) -> list[str]:
+def log_lineage(data_dir: str, slices: dict[str, int | None], params_file: str | Path, on_gpu: bool) -> list[str]:
     """What the active run trained on and what reproduces it: the data (DVC's MD5) and params.yaml.
 
     Returns one-line notes for the user: a digest computed from the files, GPU metrics skipped.
@@ -74,5 +75,5 @@ class FilesSource(DatasetSource):
         return {"uri": self.uri, "files": list(self.files)}
 
     @classmethod
-    def from_dict(cls, source_dict: dict) -> "FilesSource":
+    def from_dict(cls, source_dict: dict) -> FilesSource:
         return cls(source_dict["uri"], tuple(source_dict.get("files", ())))

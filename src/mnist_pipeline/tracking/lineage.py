@@ -10,7 +10,6 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import yaml
 
@@ -36,10 +35,10 @@ class DataDigest:
 
     md5: str
     origin: str
-    note: Optional[str] = None  # why it was computed from the files, in one line; None when read from dvc.lock
+    note: str | None = None  # why it was computed from the files, in one line; None when read from dvc.lock
 
 
-def locked_md5(lock_path: Path, data_dir: str) -> tuple[Optional[str], str]:
+def locked_md5(lock_path: Path, data_dir: str) -> tuple[str | None, str]:
     """The MD5 dvc.lock records for the download stage's output `data_dir`, or None and why not."""
     try:
         lock = yaml.safe_load(Path(lock_path).read_text(encoding="utf-8"))
@@ -81,7 +80,7 @@ def data_digest(data_dir: str, lock_path: Path = Path(LOCK_FILE)) -> DataDigest:
     )
 
 
-def reproduce_command(exp_name: Optional[str], commit: Optional[str]) -> str:
+def reproduce_command(exp_name: str | None, commit: str | None) -> str:
     """The one command that brings a run's code, params and data back."""
     if exp_name:
         return f"dvc exp apply {exp_name}"

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
+# first: it sets MLflow's environment before MLflow loads
 from mnist_pipeline.tracking.store import (
     STORE_ERRORS,
     MlflowClient,
     TrackingError,
     connect,
-    mlflow,  # noqa: I001
+    mlflow,
     reason,
     shown,
 )
+
+# isort: split
 from mnist_pipeline.config import CHAMPION_ALIAS
 
 REGISTERED_VERSION_TAG = "evaluate.registered_version"  # <name>/<version> when its evaluation registered it
@@ -36,12 +39,12 @@ class Version:
     """A registered version of the model, and what its run scored on which test set."""
 
     number: str
-    run_id: Optional[str]
-    test_set: Optional[tuple[str, str]]  # (name, digest), as test_set_of reads it; None: unknown
+    run_id: str | None
+    test_set: tuple[str, str] | None  # (name, digest), as test_set_of reads it; None: unknown
     score: float  # the run's metric; -inf without one
 
 
-def test_set_of(run) -> Optional[tuple[str, str]]:
+def test_set_of(run) -> tuple[str, str] | None:
     """(name, digest) of the test data a run was scored on: its dataset input in the `test` context; None without one."""
     for dataset_input in run.inputs.dataset_inputs:
         if any(t.key == "mlflow.data.context" and t.value == "test" for t in dataset_input.tags):
@@ -49,7 +52,7 @@ def test_set_of(run) -> Optional[tuple[str, str]]:
     return None
 
 
-def best_version(versions: dict[str, Version], test_set: tuple[str, str]) -> Optional[Version]:
+def best_version(versions: dict[str, Version], test_set: tuple[str, str]) -> Version | None:
     """The best-scored version on `test_set`; of equal scores, the first registered. None when none was scored on it."""
     rivals = [v for v in versions.values() if v.test_set == test_set]
     return max(rivals, key=lambda v: (v.score, -int(v.number)), default=None)
@@ -140,9 +143,7 @@ def promote_if_best(
     )
 
 
-def champion_version(
-    client: MlflowClient, model_name: str, metric: str, known: dict[str, Version]
-) -> Optional[Version]:
+def champion_version(client: MlflowClient, model_name: str, metric: str, known: dict[str, Version]) -> Version | None:
     """The version the alias points at, with its score; None when the model or the alias does not exist yet."""
     # Only "no such model" means there is no champion yet. Any other failure (a locked database, a server
     # hiccup) is raised: taking it for "none" would put a worse run over the real champion. The alias is
@@ -180,7 +181,7 @@ def read_versions(client: MlflowClient, model_name: str, metric: str, known: dic
     return versions
 
 
-def _scored(client: MlflowClient, number: str, run_id: Optional[str], metric: str) -> Version:
+def _scored(client: MlflowClient, number: str, run_id: str | None, metric: str) -> Version:
     if not run_id:  # registered from files, not from a run: nothing to compare
         return Version(number, None, None, float("-inf"))
     try:

@@ -4,25 +4,30 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
 
-from mnist_pipeline.tracking.store import connect, mlflow, run_exists  # noqa: I001 (store sets MLflow's environment first)
-from mnist_pipeline.tracking.lineage import LOCK_FILE, REPRODUCE_DIR
+from mnist_pipeline.tracking.store import (
+    connect,
+    mlflow,
+    run_exists,
+)  # first: it sets MLflow's environment before MLflow loads
+
+# isort: split
 from mnist_pipeline.reports import EvaluationReport, EvaluationRun
+from mnist_pipeline.tracking.lineage import LOCK_FILE, REPRODUCE_DIR
 
 LOCK_ARTIFACT = f"{REPRODUCE_DIR}/{LOCK_FILE}"
 EVALUATED_MODEL_TAG = "evaluate.model_id"  # the logged model (m-...) the evaluate stage measured
 EVAL_THREADS_TAG = "evaluate.threads"  # the evaluation's thread count: speed only, never the numbers
 
 
-def evaluation_tags(model_uri: Optional[str], eval_run: Optional[EvaluationRun]) -> dict[str, str]:
+def evaluation_tags(model_uri: str | None, eval_run: EvaluationRun | None) -> dict[str, str]:
     """The evaluation's settings as tags: the logged model (models:/m-... -> m-...) it measured and its thread count
     (a setting, not a result: as a metric, MLflow's compare view would plot it), each where there is one."""
     tags = {EVALUATED_MODEL_TAG: model_uri.removeprefix("models:/")} if model_uri else {}
     return {**tags, EVAL_THREADS_TAG: str(eval_run.threads)} if eval_run is not None else tags
 
 
-def evaluation_metrics(evaluation: EvaluationReport, eval_run: Optional[EvaluationRun]) -> dict[str, float]:
+def evaluation_metrics(evaluation: EvaluationReport, eval_run: EvaluationRun | None) -> dict[str, float]:
     """The run's metrics from the evaluate stage's files: eval.json (the results) and eval_run.json (its seconds),
     which is absent where evaluate did not run (a fresh clone's committed eval.json)."""
     metrics = {"eval_accuracy": evaluation.test_accuracy, "eval_loss": evaluation.test_loss}
@@ -40,10 +45,10 @@ def log_results(
     experiment: str,
     run_id: str,
     *,
-    metrics: Optional[dict[str, float]] = None,
-    tags: Optional[dict[str, str]] = None,
-    files: Optional[dict[str, tuple[str | Path, ...]]] = None,
-    texts: Optional[dict[str, str]] = None,
+    metrics: dict[str, float] | None = None,
+    tags: dict[str, str] | None = None,
+    files: dict[str, tuple[str | Path, ...]] | None = None,
+    texts: dict[str, str] | None = None,
 ) -> bool:
     """Add metrics, tags and files to a finished training run (the register stage, after evaluate and plot).
 
@@ -75,7 +80,7 @@ def log_results(
     return True
 
 
-def current_lock(lock_path: Path = Path(LOCK_FILE)) -> Optional[str]:
+def current_lock(lock_path: Path = Path(LOCK_FILE)) -> str | None:
     """dvc.lock as it is now, or None without one.
 
     DVC writes a stage's entry when the stage ends, so read from the last stage, every entry but

@@ -7,14 +7,17 @@ import contextlib
 import os
 import socket
 import subprocess
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any
 
-from mnist_pipeline.tracking.store import MlflowClient, mlflow, run_exists  # noqa: I001 (store sets MLflow's environment first)
-from mnist_pipeline.tracking import inputs, lineage, system_metrics
+from mnist_pipeline.tracking.store import MlflowClient, mlflow, run_exists  # first: MLflow's environment
+
+# isort: split
 from mnist_pipeline.config import PARAMS_FILE, Config, flatten, training_config
 from mnist_pipeline.records import EpochResult
 from mnist_pipeline.reports import read_run_id, write_json
+from mnist_pipeline.tracking import inputs, lineage, system_metrics
 
 PID_TAG = "pipeline.pid"  # with HOST_TAG: lets a later run tell a crashed training from a live one
 HOST_TAG = "pipeline.host"
@@ -33,7 +36,7 @@ THREADS_TAG = "train.threads"  # each start's thread count (record_threads); spe
 HEADLINE_METRIC = "test_accuracy"
 
 
-def git_commit(root: Path) -> Optional[str]:
+def git_commit(root: Path) -> str | None:
     """The commit the run was made from: DVC's baseline under `dvc exp run`, else git HEAD."""
     baseline = os.environ.get("DVC_EXP_BASELINE_REV")
     if baseline:
@@ -73,7 +76,7 @@ def _reproduce_note(command: str) -> str:
     )
 
 
-def run_name() -> Optional[str]:
+def run_name() -> str | None:
     """The DVC experiment's name under `dvc exp run`; MLflow picks one otherwise."""
     return os.environ.get("DVC_EXP_NAME") or None
 
@@ -95,8 +98,8 @@ def resumable(client: MlflowClient, run_id: str, params: dict[str, Any]) -> bool
 def training_run(
     experiment_id: str,
     params: dict[str, Any],
-    resume_run_id: Optional[str] = None,
-    resume_params: Optional[dict[str, Any]] = None,
+    resume_run_id: str | None = None,
+    resume_params: dict[str, Any] | None = None,
 ) -> Iterator[str]:
     """Start (or, when resuming, reopen) the one MLflow run of a training and yield its id.
 
@@ -206,7 +209,7 @@ class TrainingLog:
         """An epoch's results and a sample of the machine, in one batch."""
         log_epoch({**result.as_metrics(), **self._machine.sample()}, result.epoch)
 
-    def finish(self, last_epoch: int, train_seconds: float, stage_seconds: float, model_uri: Optional[str]) -> None:
+    def finish(self, last_epoch: int, train_seconds: float, stage_seconds: float, model_uri: str | None) -> None:
         """The training's times, and the run file with the logged model's URI, which the register stage registers."""
         log_epoch({"train_seconds": train_seconds, "stage_seconds/train": stage_seconds}, last_epoch)
         write_run_file(self._run_file, self.run_id, self._experiment, model_uri)
@@ -215,17 +218,17 @@ class TrainingLog:
 class QuietLog:
     """A TrainingLog for the ranks of several processes that do not log (rank 0 does): it does nothing."""
 
-    run_id: Optional[str] = None
+    run_id: str | None = None
     notes: list[str] = []
 
     def epoch(self, result: EpochResult) -> None:
         """Nothing."""
 
-    def finish(self, last_epoch: int, train_seconds: float, stage_seconds: float, model_uri: Optional[str]) -> None:
+    def finish(self, last_epoch: int, train_seconds: float, stage_seconds: float, model_uri: str | None) -> None:
         """Nothing."""
 
 
-def write_run_file(path: str | Path, run_id: str, experiment: str, model_uri: Optional[str]) -> None:
+def write_run_file(path: str | Path, run_id: str, experiment: str, model_uri: str | None) -> None:
     """paths.mlflow_run: the training's run (an id, not a result: in git, not in dvc.lock), and its logged model."""
     write_json(path, {"run_id": run_id, "experiment": experiment, "model_uri": model_uri})
 
@@ -291,10 +294,9 @@ def log_model(model, example_pixels) -> str:
     (it warns "No complete tensor found in the group" otherwise). The results are the same.
     It loads on the CPU on any machine, a GPU one too (_PytorchOnCpu).
     """
+    import mlflow.pytorch
     import numpy as np
     import torch
-
-    import mlflow.pytorch
     from mlflow.models import Model, ModelSignature
     from mlflow.types import Schema, TensorSpec
 

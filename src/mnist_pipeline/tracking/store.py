@@ -10,7 +10,6 @@ import re
 import sqlite3
 import time
 from pathlib import Path
-from typing import Optional
 
 STORE_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
@@ -40,14 +39,14 @@ class TrackingError(PipelineError):
     """The MLflow store cannot be reached or used."""
 
 
-def tracking_uri(root: Optional[Path] = None) -> str:
+def tracking_uri(root: Path | None = None) -> str:
     """MLFLOW_TRACKING_URI when set, else the SQLite store at the repository root."""
     # Parallel queue workers write to the one SQLite file; wait for its lock up to a minute
     # instead of SQLite's default 5 s, so that neither loses a write.
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root or repo_root()) / STORE_FILE}?timeout=60"
 
 
-def _artifact_location(uri: str, root: Path) -> Optional[str]:
+def _artifact_location(uri: str, root: Path) -> str | None:
     """Artifacts of the local store live beside mlflow.db; a server decides for itself."""
     if uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri:
         return (root / ARTIFACTS_DIR).as_uri()
@@ -78,7 +77,7 @@ def connect(experiment: str) -> tuple[MlflowClient, str]:
     raise AssertionError("unreachable")
 
 
-def _get_or_create_experiment(client: MlflowClient, name: str, artifact_location: Optional[str]) -> str:
+def _get_or_create_experiment(client: MlflowClient, name: str, artifact_location: str | None) -> str:
     """The experiment's id, created if need be, with its kind (model training) said.
 
     An experiment without the kind tag gets it, one that has a kind keeps it: that is someone's
@@ -97,7 +96,7 @@ def _get_or_create_experiment(client: MlflowClient, name: str, artifact_location
     return found.experiment_id
 
 
-def sqlite_path(uri: str) -> Optional[Path]:
+def sqlite_path(uri: str) -> Path | None:
     """The file of a SQLite store (None for a server or an in-memory store)."""
     if not uri.startswith("sqlite:"):
         return None

@@ -14,14 +14,14 @@ UI's system-metric charts and searches find them. Imports psutil; a sampler impo
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import Any
 
 import psutil
 
 PREFIX = "system/"
 
 
-def gpu_metrics_skipped() -> Optional[str]:
+def gpu_metrics_skipped() -> str | None:
     """Why the system metrics hold no GPU, in one line; None when NVML can read the GPUs."""
     try:
         import pynvml
