@@ -87,3 +87,23 @@ def test_each_block_a_benchmark_rewrites_has_its_two_markers():
     assert readme.count(recipes.RECIPES_MARK) == 2  # the recipes people run stay in the README
     assert set(recipes.readme_recipes(readme)) == {"fast", "best"}
     assert recipes.recipe_params(recipes.readme_recipes(readme)["best"])["augment"]["rotate"] > 0  # the best augments
+
+
+def test_the_readmes_recipe_figures_are_the_committed_measurement_of_those_very_commands():
+    """The accuracies in the recipes block come from benchmarks/results/recipes.json, made by recipes.py from the
+    block's own `dvc exp run` lines: the same commands, and the same mean and range over the seeds."""
+    import json
+    import statistics
+
+    readme = README.read_text()
+    measured = json.loads((REPO_ROOT / "benchmarks" / "results" / "recipes.json").read_text())
+    block = readme.split(recipes.RECIPES_MARK)[1]
+    for name, assignments in recipes.readme_recipes(readme).items():
+        assert measured[name]["assignments"] == assignments, name
+        accuracies = [100 * run["test_accuracy"] for run in measured[name]["runs"]]
+        seeds = [run["seed"] for run in measured[name]["runs"]]
+        claim = (
+            f"# {name}: {statistics.mean(accuracies):.2f}% mean ({min(accuracies):.2f}-{max(accuracies):.2f}) "
+            f"over seeds {min(seeds)}-{max(seeds)}"
+        )
+        assert claim in block, claim

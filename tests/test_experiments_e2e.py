@@ -40,6 +40,9 @@ from recipes import readme_recipes, recipe_params
 pytestmark = [pytest.mark.e2e, requires_mnist_mirror()]
 
 RESULT_FILES = ("metrics/train.json", "metrics/history.csv", "metrics/eval.json")
+# What a killed training leaves as it was: every result of the last complete run (not the checkpoint, which
+# the killed run replaced by its last whole epoch, nor the run file, which names the killed run).
+KEPT_THROUGH_A_KILL = (*RESULT_FILES, "metrics/confusion.csv", "metrics/mistakes.csv", "plots/accuracy.png")
 BUSY = [sys.executable, "-c", "while True: pass"]  # one busy single-threaded process
 
 
@@ -75,7 +78,7 @@ def test_killed_training_resumes_the_same_run_and_ends_bit_identical(prepared_pr
     update_params(
         project,
         {
-            "epochs": 4,
+            "epochs": 3,
             "model": "wide",
             "optimizer": "adamw",
             "schedule": "onecycle",
@@ -84,6 +87,7 @@ def test_killed_training_resumes_the_same_run_and_ends_bit_identical(prepared_pr
         },
     )
     runs_before = len(all_runs(project))
+    before = {name: (project / name).read_bytes() for name in KEPT_THROUGH_A_KILL}
     repro = subprocess.Popen(
         ["dvc", "repro"],
         cwd=project,
@@ -92,19 +96,34 @@ def test_killed_training_resumes_the_same_run_and_ends_bit_identical(prepared_pr
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    killed_run = _wait_for_epoch(project, runs_before, 2, repro)
-    os.killpg(repro.pid, signal.SIGKILL)
+    killed_run = _wait_for_epoch(project, runs_before, 1, repro)
+    os.killpg(repro.pid, signal.SIGKILL)  # as a power cut would: no handler runs
     repro.wait()
 
+    # The last complete run's results are untouched; the checkpoint is the killed run's last whole epoch,
+    # marked unfinished so that nothing takes it for a result, with no half-written file beside it; the run
+    # id beside it (not in it: the checkpoint is a result) names the killed run, which the resume continues.
+    assert {name: (project / name).read_bytes() for name in KEPT_THROUGH_A_KILL} == before
     partial = load_checkpoint(project / "models" / "model.pt")
-    assert 2 <= partial["epoch"] < 4 and not partial["complete"]
-    assert "mlflow_run_id" not in partial  # beside the checkpoint, not in it: the checkpoint is a result
+    assert 1 <= partial["epoch"] < 3 and not partial["complete"]
+    assert not list((project / "models").glob(".model.pt.*"))
+    assert "mlflow_run_id" not in partial
     assert json.loads((project / "metrics" / "mlflow_run.json").read_text())["run_id"] == killed_run
+    refused = run(project, "dvc", "repro", "--single-item", "evaluate", check=False)
+    assert refused.returncode != 0
+    assert (
+        f"models/model.pt: training stopped after epoch {partial['epoch']} of 3; run dvc repro to finish it"
+        in refused.stderr
+    )
+    status = run(project, "dvc", "status").stdout
+    assert "train:" in status and "up to date" not in status  # DVC knows the results are stale
 
     # The resume on one thread, the uninterrupted run below on `auto` (2 on 2 cores): only the shards fix the bits.
     update_params(project, {"threads": 1})
     resumed = run(project, "dvc", "repro")
-    assert f"train: resuming after epoch {partial['epoch']} of 4 from the unfinished checkpoint" in resumed.stdout
+    assert f"train: resuming after epoch {partial['epoch']} of 3 from the unfinished checkpoint" in resumed.stdout
+    assert stages_run(resumed.stdout) == ["train", "evaluate", "plot", "register"]
+    assert run(project, "dvc", "status").stdout.strip() == "Data and pipelines are up to date."
     assert "on 1 thread (threads: 1 in params.yaml" in resumed.stdout
     assert len(all_runs(project)) == runs_before + 1  # the killed run continued: no duplicate
     finished = mlflow_client(project).get_run(killed_run)
@@ -114,7 +133,7 @@ def test_killed_training_resumes_the_same_run_and_ends_bit_identical(prepared_pr
         f"{min(2, available_cores())} from epoch 1, 1 from epoch {partial['epoch'] + 1}"
     )
     steps = [m.step for m in mlflow_client(project).get_metric_history(killed_run, "test_accuracy")]
-    assert sorted(steps) == [1, 2, 3, 4]  # every epoch logged exactly once
+    assert sorted(steps) == [1, 2, 3]  # every epoch logged exactly once
     resumed_results = {name: (project / name).read_text() for name in RESULT_FILES}
     resumed_checkpoint = (project / "models" / "model.pt").read_bytes()
 
@@ -163,11 +182,11 @@ def _queue_done(project: Path) -> bool:
     return not any(word in status for word in ("Queued", "Running"))
 
 
-def test_a_queued_sweep_is_one_named_mlflow_run_per_experiment_in_the_repo_store(project):
+def test_a_queued_sweep_is_one_named_mlflow_run_per_experiment_in_the_repo_store(project, experimented_project):
     runs_before = {r.info.run_id for r in all_runs(project)}
     baseline = run(project, "git", "rev-parse", "HEAD").stdout.strip()
-    # lr=0.01 would be the baseline itself, whose run exists: nothing would run for it.
-    run(project, "dvc", "exp", "run", "--queue", "-S", "lr=0.02,0.05,0.1")
+    # lr=0.01 would be the baseline itself, whose run exists: nothing would run for it. Two, side by side.
+    run(project, "dvc", "exp", "run", "--queue", "-S", "lr=0.02,0.05")
     run(project, "dvc", "queue", "start", "-j", "2")
     try:
         deadline = time.monotonic() + 600
@@ -192,8 +211,8 @@ def test_a_queued_sweep_is_one_named_mlflow_run_per_experiment_in_the_repo_store
     new_runs = [r for r in all_runs(project) if r.info.run_id not in runs_before]
     by_name = {r.info.run_name: r for r in new_runs}
     queued = set(by_name)
-    assert len(queued) == 3, sorted(by_name)
-    assert sorted(float(by_name[name].data.params["lr"]) for name in queued) == [0.02, 0.05, 0.1]
+    assert len(queued) == 2, sorted(by_name)
+    assert sorted(float(by_name[name].data.params["lr"]) for name in queued) == [0.02, 0.05]
     for name in queued:
         mlflow_run = by_name[name]
         assert name in experiments, (name, sorted(experiments))
@@ -227,37 +246,19 @@ def test_a_queued_sweep_is_one_named_mlflow_run_per_experiment_in_the_repo_store
     first, second = sorted(queued)[:2]
     diff = run(project, "dvc", "plots", "diff", first, second, "--json").stdout
     assert first in diff and second in diff and "test_accuracy" in diff
+    assert "train_loss" in diff and "test_loss" in diff  # the README's loss curves, both experiments on one chart
 
-    # One of them again, alone (-f: no run cache; --temp: the workspace stays the baseline for the tests below):
-    # the bits it had beside another training.
+    # The session's `dvc exp run -S lr=0.05` ran alone, in another copy of the same baseline (conftest's
+    # experimented_project): the queued lr=0.05 beside another training must have its bits.
     name = next(n for n in queued if experiments[n][0] == 0.05)
-    alone = run(project, "dvc", "exp", "run", "--temp", "-n", "alone", "-f", "--downstream", "train", "-S", "lr=0.05")
-    assert stages_run(alone.stdout) == ["train", "evaluate", "plot", "register"]
-    shown = json.loads(run(project, "dvc", "exp", "show", "--json").stdout)
-    alone_commit = next(
-        rev["rev"]
-        for revision in shown
-        for experiment in (revision.get("experiments") or [])
-        for rev in experiment["revs"]
-        if rev.get("name") == "alone"
-    )
-    for path in (
-        "metrics/train.json",
-        "metrics/history.csv",
-        "metrics/eval.json",
-        "metrics/confusion.csv",
-        "metrics/mistakes.csv",
-    ):
-        assert (
-            run(project, "git", "show", f"{alone_commit}:{path}").stdout
-            == run(project, "git", "show", f"{commits[name]}:{path}").stdout
-        ), path
-    assert lock_outs(run(project, "git", "show", f"{alone_commit}:dvc.lock").stdout) == lock_outs(
+    alone = experimented_project.path
+    for path in RESULT_FILES + ("metrics/confusion.csv", "metrics/mistakes.csv"):
+        assert (alone / path).read_text() == run(project, "git", "show", f"{commits[name]}:{path}").stdout, path
+    assert lock_outs((alone / "dvc.lock").read_text()) == lock_outs(
         run(project, "git", "show", f"{commits[name]}:dvc.lock").stdout
     )  # the checkpoint's and plots' too
-    alone_run = json.loads(run(project, "git", "show", f"{alone_commit}:metrics/mlflow_run.json").stdout)["run_id"]
-    assert alone_run != by_name[name].info.run_id
-    assert run_results(project, alone_run) == run_results(project, by_name[name].info.run_id)
+    alone_run = json.loads((alone / "metrics" / "mlflow_run.json").read_text())["run_id"]
+    assert run_results(alone, alone_run) == run_results(project, by_name[name].info.run_id)
 
 
 def _committed_file(project: Path, path: str) -> Path:
@@ -344,15 +345,17 @@ def test_a_queued_experiment_runs_the_code_it_was_queued_with(prepared_project, 
     """DVC runs a queued experiment in a copy of the repository, made when it was queued: that copy's code must
     run, the code DVC hashed, not whatever the installed package points at (why dvc.yaml keeps PYTHONPATH=src)."""
     project = copy_project(prepared_project, tmp_path / "queued-code")
-    timing = project / "src" / "mnist_pipeline" / "timing.py"
-    original = timing.read_text()
-    timing.write_text(original + '\nprint("code as queued")\n')  # a change of code, queued as an experiment
-    run(project, "dvc", "exp", "run", "--queue", "-n", "as-queued", "-S", "epochs=1")
-    timing.write_text(original)  # the workspace moves on before the queue runs
+    # The plots' code: a change there reruns plot and register only, not a training.
+    plots = project / "src" / "mnist_pipeline" / "plots.py"
+    original = plots.read_text()
+    plots.write_text(original + '\nprint("code as queued")\n')  # a change of code, queued as an experiment
+    run(project, "dvc", "exp", "run", "--queue", "-n", "as-queued")
+    plots.write_text(original)  # the workspace moves on before the queue runs
     run(project, "dvc", "queue", "start", "-j", "1")
     deadline = time.monotonic() + 300
     while not _queue_done(project):
         assert time.monotonic() < deadline, run(project, "dvc", "queue", "status").stdout
         time.sleep(2)
     logs = run(project, "dvc", "queue", "logs", "as-queued").stdout
-    assert "Running stage 'train'" in logs and "code as queued" in logs
+    assert "Running stage 'plot'" in logs and "code as queued" in logs
+    assert "Running stage 'train'" not in logs

@@ -6,18 +6,12 @@ Steps of one story on one copy of the repository, in file order.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import shutil
-import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
-
-from mnist_pipeline.checkpoint import load_checkpoint
 
 from conftest import MNIST_MIRROR, requires_mnist_mirror
 from dvc_project import all_runs, copy_project, environment, run, stages_run, update_params
@@ -110,64 +104,6 @@ def test_a_damaged_store_fails_before_training_with_one_line_and_keeps_every_out
     assert snapshot(project) == before
     shutil.copy2(tmp_path / "mlflow.db", store)
     run(project, "git", "checkout", "params.yaml")
-
-
-def _wait_for_first_epoch(project: Path, runs_before: int, process: subprocess.Popen) -> str:
-    """Poll the MLflow store until the new run has logged epoch 1; return its id."""
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "training ended before it could be killed"
-        if (project / "mlflow.db").exists():
-            runs = all_runs(project)
-            if len(runs) > runs_before and "test_accuracy" in runs[-1].data.metrics:
-                return runs[-1].info.run_id
-        time.sleep(0.5)
-    pytest.fail("training never finished its first epoch")
-
-
-def test_killed_training_leaves_dvc_and_mlflow_consistent_and_the_next_repro_works(project):
-    before, runs_before = snapshot(project), len(all_runs(project))
-    update_params(project, {"epochs": 4, "data": {"max_train_images": 12000}})
-    repro = subprocess.Popen(
-        ["dvc", "repro"],
-        cwd=project,
-        env=environment(),
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    killed_run = _wait_for_first_epoch(project, runs_before, repro)
-    os.killpg(repro.pid, signal.SIGKILL)  # as a power cut would: no handler runs
-    repro.wait()
-
-    # The results of the last complete run are untouched; the checkpoint is the killed run's last
-    # whole epoch, marked unfinished so that nothing takes it for a result (it is there to resume), and the
-    # run id beside it names the killed run, which the resume continues.
-    kept = ("models/model.pt", "metrics/mlflow_run.json")
-    assert {k: v for k, v in snapshot(project).items() if k not in kept} == {
-        k: v for k, v in before.items() if k not in kept
-    }
-    assert json.loads((project / "metrics" / "mlflow_run.json").read_text())["run_id"] == killed_run
-    partial = load_checkpoint(project / "models" / "model.pt")
-    assert 1 <= partial["epoch"] < 4 and not partial["complete"]
-    assert not list((project / "models").glob(".model.pt.*"))  # no half-written checkpoint
-    refused = run(project, "dvc", "repro", "--single-item", "evaluate", check=False)
-    assert refused.returncode != 0
-    assert (
-        f"models/model.pt: training stopped after epoch {partial['epoch']} of 4; run dvc repro to finish it"
-        in refused.stderr
-    )
-    status = run(project, "dvc", "status").stdout
-    assert "train:" in status and "up to date" not in status  # DVC knows the results are stale
-
-    again = run(project, "dvc", "repro")
-    assert stages_run(again.stdout) == ["train", "evaluate", "plot", "register"]
-    assert "train: resuming after epoch" in again.stdout
-    assert run(project, "dvc", "status").stdout.strip() == "Data and pipelines are up to date."
-    newest = all_runs(project)[-1]
-    assert newest.info.run_id == killed_run  # resumed, not duplicated
-    assert newest.info.status == "FINISHED" and newest.data.params["epochs"] == "4"
-    assert snapshot(project) != before
 
 
 def test_a_damaged_mirror_is_refused_and_nothing_bad_enters_the_cache(project, tmp_path):

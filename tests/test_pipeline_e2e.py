@@ -169,6 +169,26 @@ def test_second_repro_runs_nothing(project):
     assert len(all_runs(project)) == 1
 
 
+def test_the_readmes_dvc_commands_show_the_metrics_and_the_stage_graph(project):
+    """`dvc metrics show` and `dvc dag`, as the README gives them."""
+    evaluation = json.loads((project / "metrics" / "eval.json").read_text())
+    metrics = json.loads(run(project, "dvc", "metrics", "show", "--json").stdout)
+    shown = metrics[""]["data"]  # the workspace's
+    assert shown["metrics/eval.json"]["data"]["test_accuracy"] == evaluation["test_accuracy"]
+    assert shown["metrics/train.json"]["data"]["epochs"] == 2
+    assert set(shown["metrics/mlflow_run.json"]["data"]) == {"run_id", "experiment", "model_uri"}
+    table = run(project, "dvc", "metrics", "show").stdout
+    assert "metrics/eval.json" in table and "test_accuracy" in table
+    dag = run(project, "dvc", "dag", "--dot").stdout
+    for upstream, downstream in [
+        ("download", "train"),
+        ("train", "evaluate"),
+        ("evaluate", "plot"),
+        ("plot", "register"),
+    ]:
+        assert f'"{upstream}" -> "{downstream}"' in dag, dag
+
+
 def test_changing_a_plot_param_reruns_only_plot(project):
     before = (project / "plots" / "accuracy.png").read_bytes()
     update_params(project, {"plots": {"dpi": 60}})

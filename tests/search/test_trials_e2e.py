@@ -66,9 +66,9 @@ def test_one_worker_runs_each_trial_as_an_experiment_and_a_run_and_picks_the_bes
     prepared_project, tmp_path
 ):
     project = committed(copy_project(prepared_project, tmp_path / "one"))
-    done = search(project, "--study", "one", "--trials", "3", "--seed", "1", *QUICK)
+    done = search(project, "--study", "one", "--trials", "2", "--seed", "1", *QUICK)  # two: a best to pick
     shown = shown_experiments(project)
-    names = ["one-0", "one-1", "one-2"]
+    names = ["one-0", "one-1"]
     assert set(names) <= set(shown), sorted(shown)
     for name in names:
         evaluation = shown[name]["eval"]
@@ -82,7 +82,7 @@ def test_one_worker_runs_each_trial_as_an_experiment_and_a_run_and_picks_the_bes
 
     client = mlflow_client(project)
     trials, (summary,) = trial_runs(client, "one")
-    assert sorted(r.data.tags["search.trial"] for r in trials) == ["0", "1", "2"]
+    assert sorted(r.data.tags["search.trial"] for r in trials) == ["0", "1"]
     for trial in trials:
         assert trial.info.status == "FINISHED" and trial.info.run_name == f"one-{trial.data.tags['search.trial']}"
         assert trial.data.tags["mlflow.parentRunId"] == summary.info.run_id
@@ -242,7 +242,8 @@ def test_two_workers_in_two_clones_share_one_study_and_a_third_clone_sees_every_
         for clone in clones:
             run(tmp_path, "git", "clone", "-q", str(origin), str(clone))
         env = environment(MLFLOW_TRACKING_URI=tracking_uri)
-        args = ["--study", "shared", "--trials", "2", "--storage", databases["optuna"], "--push", "origin", *QUICK]
+        # One trial each: two trials, one per clone, prove the study shared as well as more would.
+        args = ["--study", "shared", "--trials", "1", "--storage", databases["optuna"], "--push", "origin", *QUICK]
         workers = [
             subprocess.Popen(
                 [sys.executable, "search.py", *args],
@@ -260,19 +261,20 @@ def test_two_workers_in_two_clones_share_one_study_and_a_third_clone_sees_every_
         import optuna
 
         study = optuna.load_study(study_name="shared", storage=databases["optuna"])
-        assert sorted(t.number for t in study.trials) == [0, 1, 2, 3]
+        assert sorted(t.number for t in study.trials) == [0, 1]
         assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
         local = [set(run(clone, "dvc", "exp", "list", "--name-only", env=env).stdout.split()) for clone in clones[:2]]
-        assert not local[0] & local[1] and local[0] | local[1] == {f"shared-{n}" for n in range(4)}  # each ran once
+        assert local[0] and local[1] and not local[0] & local[1]  # one each: neither ran the other's trial
+        assert local[0] | local[1] == {"shared-0", "shared-1"}
 
         from mlflow.tracking import MlflowClient
 
         trials, summaries = trial_runs(MlflowClient(tracking_uri), "shared")
-        assert sorted(r.data.tags["search.trial"] for r in trials) == ["0", "1", "2", "3"]
+        assert sorted(r.data.tags["search.trial"] for r in trials) == ["0", "1"]
         assert {r.info.status for r in trials} == {"FINISHED"} and len(summaries) == 1
 
         third = clones[2]
         run(third, "dvc", "exp", "pull", "-A", "origin", env=env)  # as the README says
         shown = shown_experiments(third, env)
-        assert {f"shared-{n}" for n in range(4)} <= set(shown)
-        assert all(shown[f"shared-{n}"]["eval"]["val_accuracy"] > 0 for n in range(4))
+        assert {"shared-0", "shared-1"} <= set(shown)
+        assert all(shown[f"shared-{n}"]["eval"]["val_accuracy"] > 0 for n in range(2))

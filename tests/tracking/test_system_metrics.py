@@ -5,6 +5,8 @@ import threading
 import time
 import types
 
+import pytest
+
 from mnist_pipeline.tracking import runs, store, system_metrics
 
 
@@ -102,9 +104,33 @@ def test_gpus_are_sampled_in_mlflows_names_and_what_a_gpu_cannot_report_is_left_
     assert gpus["system/gpu_0_power_usage_watts"] == 350.0 and gpus["system/gpu_0_power_usage_percentage"] == 50.0
 
 
-def test_missing_gpu_metrics_are_explained_in_one_line():
-    note = system_metrics.gpu_metrics_skipped()
-    assert note is None or (note.startswith("GPU metrics skipped: ") and "\n" not in note)
+def _nvml(init_error: str | None):
+    """A stand-in for nvidia-ml-py whose nvmlInit fails with `init_error`, or starts."""
+    nvml = types.ModuleType("pynvml")
+
+    class NVMLError(Exception):
+        pass
+
+    def init():
+        if init_error:
+            raise NVMLError(init_error)
+
+    nvml.NVMLError, nvml.nvmlInit = NVMLError, init
+    return nvml
+
+
+@pytest.mark.parametrize(
+    "nvml, note",
+    [
+        (None, "GPU metrics skipped: nvidia-ml-py is not installed (pip install -r requirements.txt)"),
+        (_nvml("Driver Not Loaded"), "GPU metrics skipped: NVML cannot start (Driver Not Loaded)"),
+        (_nvml(None), None),
+    ],
+    ids=["no-nvidia-ml-py", "no-driver", "a-driver"],
+)
+def test_missing_gpu_metrics_are_explained_in_one_line(monkeypatch, nvml, note):
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)  # None: the import fails, as without the package
+    assert system_metrics.gpu_metrics_skipped() == note
 
 
 def test_a_run_shorter_than_any_sampling_interval_has_system_metrics(local_store, monkeypatch):
