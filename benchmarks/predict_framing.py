@@ -319,7 +319,7 @@ def clean_glyphs(args, previous) -> dict:
         **{f"accuracy_{framing}": float((predicted == truth).mean()) for framing, predicted in found.items()},
         "misread_after": [
             f"{name} read as {predicted}"
-            for name, predicted, digit in zip(names, found["after"], truth)
+            for name, predicted, digit in zip(names, found["after"], truth, strict=True)
             if predicted != digit
         ],
     }

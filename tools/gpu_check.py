@@ -51,7 +51,8 @@ def same_loss_on_gpu_and_cpu(split) -> bool:
     gpu_loss = F.cross_entropy(gpu_model(images.to(DEVICE)), labels.to(DEVICE))
     gpu_loss.backward()
     grad_gap = max(
-        (a.grad - b.grad.cpu()).abs().max().item() for a, b in zip(cpu_model.parameters(), gpu_model.parameters())
+        (a.grad - b.grad.cpu()).abs().max().item()
+        for a, b in zip(cpu_model.parameters(), gpu_model.parameters(), strict=True)
     )
     return check(
         "same loss (within 1e-4) and gradients (within 1e-3) as the CPU",
@@ -111,7 +112,9 @@ def main() -> int:
     configure_determinism(True, torch.device("cuda"))
     first, _, model_a = one_run(train_split, test_split)
     second, _, model_b = one_run(train_split, test_split)
-    same = all(torch.equal(a, b) for a, b in zip(model_a.state_dict().values(), model_b.state_dict().values()))
+    same = all(
+        torch.equal(a, b) for a, b in zip(model_a.state_dict().values(), model_b.state_dict().values(), strict=True)
+    )
     results.append(
         check(
             "deterministic: two runs bit-identical",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from itertools import pairwise
 from typing import Any
 
 import torch
@@ -113,7 +114,7 @@ class CompactCNN(nn.Module):
         channels = (config.in_channels, *widths)
         self.stages = nn.ModuleList()
         side = config.image_size
-        for stage, (c_in, c_out) in enumerate(zip(channels, channels[1:])):
+        for stage, (c_in, c_out) in enumerate(pairwise(channels)):
             stride = 2 if stage == 0 and self.strided_stem else 1
             pool = stage < len(widths) - 1 and stride == 1  # every stage halves the image but the last
             self.stages.append(

@@ -169,4 +169,4 @@ def gather_shards(rows: torch.Tensor, ranks: Ranks, total: int) -> torch.Tensor:
     padded[: len(rows)] = rows
     parts = [torch.empty_like(padded) for _ in sizes]
     dist.all_gather(parts, padded)
-    return torch.cat([part[:size] for part, size in zip(parts, sizes)])
+    return torch.cat([part[:size] for part, size in zip(parts, sizes, strict=True)])
