@@ -35,7 +35,7 @@ from torch.nn import functional as F
 from mnist_pipeline import training
 from mnist_pipeline.compute import distributed
 from mnist_pipeline.compute.device import resolve_device
-from mnist_pipeline.compute.distributed import Ranks
+from mnist_pipeline.compute.distributed import SINGLE_PROCESS, Ranks
 from mnist_pipeline.config import TrainConfig
 from mnist_pipeline.data import load_split
 from mnist_pipeline.training import compute_for, prepare, train
@@ -121,7 +121,7 @@ def project_loop(
     on_epoch_end=None,
     precision: str = "fp32",
     compile: bool = False,
-    ranks: Ranks = Ranks(),
+    ranks: Ranks = SINGLE_PROCESS,
     kernels: str = "auto",
 ) -> dict:
     """This project's loop through its library, at the same hyperparameters (params.yaml's defaults).

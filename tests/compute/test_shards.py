@@ -24,10 +24,11 @@ def _split(n: int, seed: int) -> Split:
 
 
 TRAIN, TEST = _split(300, 0), _split(130, 1)
+NO_AUGMENT = AugmentConfig()
 
 
 def _train(
-    threads: int, architecture: str = "reference", augment: AugmentConfig = AugmentConfig(), **settings
+    threads: int, architecture: str = "reference", augment: AugmentConfig = NO_AUGMENT, **settings
 ) -> tuple[list, dict[str, torch.Tensor]]:
     """Two epochs on `threads` threads, torch itself on one (as the train stage runs); the history and the state."""
     before = torch.get_num_threads()

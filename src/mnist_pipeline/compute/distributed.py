@@ -42,6 +42,9 @@ class Ranks:
         return self.world_size > 1
 
 
+SINGLE_PROCESS = Ranks()  # frozen, so one instance serves every default argument
+
+
 def current() -> Ranks:
     """This process's ranks, from the variables torchrun sets (none: a single process)."""
     env = os.environ

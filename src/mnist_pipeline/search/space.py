@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from mnist_pipeline.config import SECTIONS, ConfigError, TrainConfig, parse_config, read_yaml
 
@@ -53,7 +53,7 @@ class Grid:
     values: tuple[Any, ...]
 
 
-Entry = Union[Range, Choices, Grid]
+Entry = Range | Choices | Grid
 
 
 @dataclass(frozen=True)

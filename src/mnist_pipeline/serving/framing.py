@@ -13,6 +13,7 @@ import io
 import math
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -107,13 +108,7 @@ def read_image(source: str | Path | bytes, name: str | None = None) -> Image.Ima
     resolution once, never as floats. Any error of the decoder is an UnreadableImage, in one line.
     """
     name = name or str(source)
-    try:
-        stream = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else open(source, "rb")
-    except FileNotFoundError:
-        raise PipelineError(f"{name}: no such file") from None
-    except OSError as exc:
-        raise UnreadableImage(f"{name}: not a readable image ({exc.strerror or exc})") from None
-    with stream:
+    with _opened(source, name) as stream:
         try:
             return _decoded(stream, name)
         except PipelineError:
@@ -127,6 +122,18 @@ def read_image(source: str | Path | bytes, name: str | None = None) -> Image.Ima
             raise UnreadableImage(f"{name}: not a readable image ({_unidentified(stream)})") from None
         except Exception as exc:  # whatever a decoder raises: SyntaxError for a broken PNG, and more
             raise UnreadableImage(f"{name}: not a readable image ({_one_line(exc)})") from None
+
+
+def _opened(source: str | Path | bytes, name: str) -> BinaryIO:
+    """`source` as a binary stream (its bytes, or the file opened); a file that cannot be opened: one line."""
+    if isinstance(source, (bytes, bytearray)):
+        return io.BytesIO(source)
+    try:
+        return open(source, "rb")
+    except FileNotFoundError:
+        raise PipelineError(f"{name}: no such file") from None
+    except OSError as exc:
+        raise UnreadableImage(f"{name}: not a readable image ({exc.strerror or exc})") from None
 
 
 def _decoded(stream, name: str) -> Image.Image:
