@@ -80,6 +80,7 @@ class ReferenceCNN(nn.Module):
             for layer in (self.conv1, self.conv2, self.fc):
                 bound = 1 / math.sqrt(layer.weight[0].numel())  # fan_in: the inputs of one output
                 layer.weight.copy_(uniform_init(tuple(layer.weight.shape), bound))
+                assert layer.bias is not None  # built with a bias (the default)
                 layer.bias.copy_(uniform_init(tuple(layer.bias.shape), bound))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

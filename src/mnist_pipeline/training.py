@@ -219,7 +219,7 @@ class Steps:
 
     @classmethod
     def of(cls, setup: Setup, config: TrainConfig, compute: Compute = Compute()) -> Steps:
-        forward = wrap(setup.model, compute.ranks)
+        forward: Callable[[torch.Tensor], torch.Tensor] = wrap(setup.model, compute.ranks)
         forward_of: Callable[[nn.Module], Callable[[torch.Tensor], torch.Tensor]] = _as_it_is
         if config.compile:
             forward, forward_of = torch.compile(forward), torch.compile
@@ -288,10 +288,12 @@ def train_one_epoch(
     for step in range(step_count):
         index = shard(order[step * batch_size : (step + 1) * batch_size], ranks)
         if own is not None:
+            assert sharded is not None and workers is not None  # Steps.of shards the project's kernels' steps
             loss = sharded.gradients(
                 workers, index, lambda _, part: own.gradients(images_of(part), split.labels[part], label_smoothing)
             )
         elif sharded is not None:
+            assert workers is not None  # Steps.of makes shards only with their workers
             loss = sharded.gradients(
                 workers, index, sharded.autograd_part(part_loss, dropout_seeds[step] if dropout_seeds else None)
             )

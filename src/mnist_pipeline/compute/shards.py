@@ -156,7 +156,7 @@ class ShardedModel:
         def compute(number: int, part: torch.Tensor) -> tuple[torch.Tensor, Sequence[torch.Tensor]]:
             if dropout_seeds is not None:
                 for module in self.replicas[number].modules():
-                    if isinstance(module, SeededDropout):
+                    if isinstance(module, SeededDropout) and module.generator is not None:
                         module.generator.manual_seed(int(dropout_seeds[number]))
             loss = part_loss(self.forwards[number], part)
             return loss.detach(), torch.autograd.grad(loss, self.parameters)

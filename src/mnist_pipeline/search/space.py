@@ -67,8 +67,11 @@ class SearchSpace:
         return all(isinstance(entry, Grid) for entry in self.entries.values())
 
     def grid(self) -> dict[str, list[Any]]:
-        """Optuna's GridSampler's search space."""
-        return {name: list(entry.values) for name, entry in self.entries.items()}
+        """Optuna's GridSampler's search space, of a grid search (`is_grid`)."""
+        grids = {name: entry for name, entry in self.entries.items() if isinstance(entry, Grid)}
+        if len(grids) < len(self.entries):
+            raise ValueError("not a grid search: it has ranges or choices to sample")
+        return {name: list(grid.values) for name, grid in grids.items()}
 
     def suggest(self, trial) -> dict[str, Any]:
         """One value per entry, asked of an Optuna trial."""

@@ -88,7 +88,7 @@ class NotOneDigit(PipelineError):
     """The image holds no digit, or more than one."""
 
 
-def load_digit(source: str | Path | bytes, name: str | None = None) -> np.ndarray:
+def load_digit(source: str | Path | bytes | bytearray, name: str | None = None) -> np.ndarray:
     """The digit in an image file (a path, or its bytes), framed as MNIST frames its digits: (28, 28) uint8.
 
     Errors name the file as `name`, else as its path.
@@ -97,7 +97,7 @@ def load_digit(source: str | Path | bytes, name: str | None = None) -> np.ndarra
     return frame_digit(read_image(source, name), name=name)
 
 
-def read_image(source: str | Path | bytes, name: str | None = None) -> Image.Image:
+def read_image(source: str | Path | bytes | bytearray, name: str | None = None) -> Image.Image:
     """Decode a PNG or JPEG file (a path, or its bytes) at no more than about WORKING_SIDE pixels a side, upright as
     its EXIF says.
 
@@ -114,9 +114,8 @@ def read_image(source: str | Path | bytes, name: str | None = None) -> Image.Ima
         except PipelineError:
             raise
         except Image.DecompressionBombError:  # more than Pillow's own limit (179 Mpx), refused in Image.open
-            raise UnreadableImage(
-                f"{name}: too many pixels (more than {2 * Image.MAX_IMAGE_PIXELS:,}); scale the image down"
-            ) from None
+            refused = 2 * Image.MAX_IMAGE_PIXELS  # type: ignore[operator]  # never None here: None turns the check off
+            raise UnreadableImage(f"{name}: too many pixels (more than {refused:,}); scale the image down") from None
         except Image.UnidentifiedImageError:
             # Pillow's own words name a path, or an in-memory buffer's address: say it the same way for both.
             raise UnreadableImage(f"{name}: not a readable image ({_unidentified(stream)})") from None
@@ -124,7 +123,7 @@ def read_image(source: str | Path | bytes, name: str | None = None) -> Image.Ima
             raise UnreadableImage(f"{name}: not a readable image ({_one_line(exc)})") from None
 
 
-def _opened(source: str | Path | bytes, name: str) -> BinaryIO:
+def _opened(source: str | Path | bytes | bytearray, name: str) -> BinaryIO:
     """`source` as a binary stream (its bytes, or the file opened); a file that cannot be opened: one line."""
     if isinstance(source, (bytes, bytearray)):
         return io.BytesIO(source)
@@ -140,7 +139,7 @@ def _decoded(stream, name: str) -> Image.Image:
     if stream.seek(0, io.SEEK_END) == 0:
         raise UnreadableImage(f"{name}: not a readable image (the file is empty)")
     stream.seek(0)
-    image = Image.open(stream, formats=FORMATS)
+    image: Image.Image = Image.open(stream, formats=FORMATS)  # an ImageFile until it is reduced
     width, height = image.size
     is_jpeg = image.format in ("JPEG", "MPO")  # MPO: a phone's JPEG with a second picture inside
     scans = _jpeg_scans(stream) if is_jpeg else 0
