@@ -21,6 +21,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -44,7 +45,7 @@ def main() -> None:
     check_data(args.data)
     train_split = load_split(args.data, True, MEAN, STD)
     test_split = load_split(args.data, False, MEAN, STD)
-    runs = {}
+    runs: dict[str, dict[str, Any]] = {}  # by kernels: the setup, its config and each round's figures
     for kernels in ("torch", "auto"):  # same seed: same initial weights and the same shuffles
         config = TrainConfig(seed=args.seed, kernels=kernels)
         setup = prepare(config, CPU, len(train_split))

@@ -69,7 +69,7 @@ def old_load_png(path: str | Path) -> np.ndarray:
 
     image = Image.open(path).convert("L")
     if image.size != (28, 28):
-        image = image.resize((28, 28), Image.LANCZOS)
+        image = image.resize((28, 28), Image.Resampling.LANCZOS)
     pixels = np.asarray(image, dtype=np.uint8)
     return 255 - pixels if pixels.mean() > 127 else pixels
 
@@ -86,6 +86,7 @@ def previous_load_digit():
     folder = Path(tempfile.mkdtemp())
     (folder / "previous_images.py").write_text(source)
     spec = importlib.util.spec_from_file_location("previous_images", folder / "previous_images.py")
+    assert spec is not None and spec.loader is not None  # a .py file's spec, with its source loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.load_digit
@@ -171,7 +172,7 @@ def save_figure(
     titles = ("as given", "seen before", "seen after", "MNIST's framing")
     for column, number in enumerate(chosen):
         item = items[number]
-        given = Image.open(item.path)
+        given: Image.Image = Image.open(item.path)
         if given.mode == "RGBA":  # show transparency as a checkerboard would: over mid-grey
             backdrop = Image.new("RGBA", given.size, (128, 128, 128, 255))
             given = Image.alpha_composite(backdrop, given)
@@ -252,7 +253,7 @@ def measure_fonts(args, previous) -> dict:
     fonts = np.array([item.font for item in items])
     strokes = np.array([item.stroke for item in items])
     wrong = np.flatnonzero(predictions["after"] != truth)
-    confusions = defaultdict(int)
+    confusions: defaultdict[str, int] = defaultdict(int)
     for number in wrong:
         confusions[f"{truth[number]} read as {predictions['after'][number]}"] += 1
     return {
@@ -297,7 +298,7 @@ def clean_glyphs(args, previous) -> dict:
 
     from font_digits import FONTS, render_glyph
 
-    images, truth, names = [], [], []
+    images, digits, names = [], [], []
     with tempfile.TemporaryDirectory() as folder:
         for font_file in FONTS:
             for digit in range(10):
@@ -307,9 +308,9 @@ def clean_glyphs(args, previous) -> dict:
                 path = Path(folder) / f"{Path(font_file).stem}_{digit}.png"
                 Image.fromarray(canvas).save(path)
                 images.append(path)
-                truth.append(digit)
+                digits.append(digit)
                 names.append(f"{Path(font_file).stem} {digit}")
-        truth = np.array(truth)
+        truth = np.array(digits)
         found = {}
         for framing, loader in (("previous", previous), ("after", load_digit)):
             framed, _, _ = frame_all(images, loader)
@@ -319,7 +320,7 @@ def clean_glyphs(args, previous) -> dict:
         **{f"accuracy_{framing}": float((predicted == truth).mean()) for framing, predicted in found.items()},
         "misread_after": [
             f"{name} read as {predicted}"
-            for name, predicted, digit in zip(names, found["after"], truth)
+            for name, predicted, digit in zip(names, found["after"], truth, strict=True)
             if predicted != digit
         ],
     }

@@ -116,9 +116,8 @@ def start(arguments: list[str], code: Path = REPO_ROOT) -> tuple[subprocess.Pope
             return process, port
         except OSError:
             if process.poll() is not None:
-                sys.exit(
-                    f"error: predict.py --serve {' '.join(arguments)} exited: {process.stderr.read().decode()[-2000:]}"
-                )
+                _, stderr = process.communicate()
+                sys.exit(f"error: predict.py --serve {' '.join(arguments)} exited: {stderr.decode()[-2000:]}")
             if time.monotonic() > deadline:
                 process.kill()
                 sys.exit("error: the server did not answer within 3 minutes")
@@ -260,9 +259,9 @@ def main() -> None:
     for label, models in results.items():
         for model, rows in models.items():
             for name, row in rows.items():
-                code = f"{label:8s} " if args.before else ""
+                revision = f"{label:8s} " if args.before else ""
                 lines.append(
-                    f"{code}{model:24s} {name:15s} {row['answers_per_second']:7.1f} answers/s   median "
+                    f"{revision}{model:24s} {name:15s} {row['answers_per_second']:7.1f} answers/s   median "
                     f"{row['median_ms']:7.2f} ms   p99 {row['p99_ms']:7.2f} ms   ({row['requests']} requests)"
                 )
     lines.append("framing and the checkpoint's model for the 28x28 PNG in one process, by torch threads:")

@@ -206,7 +206,7 @@ def main() -> None:
         idle = memory.now()
         print(f"server idle: {idle:.0f} MB resident")
         for hostile, data in files:
-            row = measured(memory, idle, lambda: [post(port, *form(data, hostile.name))])
+            row = measured(memory, idle, lambda data=data, name=hostile.name: [post(port, *form(data, name))])
             rows[hostile.name] = {"why": hostile.why, "bytes": len(data), "expected": hostile.status, **row}
         parts = (many_parts_body(), "multipart/form-data; boundary=b")
         rows["400,000 empty form fields"] = {

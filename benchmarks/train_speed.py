@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -35,7 +36,7 @@ from torch.nn import functional as F
 from mnist_pipeline import training
 from mnist_pipeline.compute import distributed
 from mnist_pipeline.compute.device import resolve_device
-from mnist_pipeline.compute.distributed import Ranks
+from mnist_pipeline.compute.distributed import SINGLE_PROCESS, Ranks
 from mnist_pipeline.config import TrainConfig
 from mnist_pipeline.data import load_split
 from mnist_pipeline.training import compute_for, prepare, train
@@ -78,13 +79,12 @@ def tutorial_loop(root: Path, epochs: int, seed: int, device: torch.device) -> d
     torch.manual_seed(seed)
     transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))])
     # On CUDA the tutorial loads with one worker process into pinned memory; on the CPU, in the main process.
-    loader_kwargs = {"num_workers": 1, "pin_memory": True} if device.type == "cuda" else {}
+    loader_kwargs: dict[str, Any] = {"num_workers": 1, "pin_memory": True} if device.type == "cuda" else {}
     train_loader = torch.utils.data.DataLoader(
         datasets.MNIST(root, train=True, transform=transform), batch_size=64, shuffle=True, **loader_kwargs
     )
-    test_loader = torch.utils.data.DataLoader(
-        datasets.MNIST(root, train=False, transform=transform), batch_size=1000, **loader_kwargs
-    )
+    test_set = datasets.MNIST(root, train=False, transform=transform)
+    test_loader = torch.utils.data.DataLoader(test_set, batch_size=1000, **loader_kwargs)
     model = TutorialNet().to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.5)
     train_seconds = test_seconds = 0.0
@@ -109,7 +109,7 @@ def tutorial_loop(root: Path, epochs: int, seed: int, device: torch.device) -> d
                 data, target = data.to(device), target.to(device)
                 correct += model(data).argmax(dim=1).eq(target).sum().item()
         test_seconds += time.perf_counter() - started
-        accuracies.append(correct / len(test_loader.dataset))
+        accuracies.append(correct / len(test_set))
     return {"train_seconds": train_seconds, "test_seconds": test_seconds, "accuracies": accuracies}
 
 
@@ -121,7 +121,7 @@ def project_loop(
     on_epoch_end=None,
     precision: str = "fp32",
     compile: bool = False,
-    ranks: Ranks = Ranks(),
+    ranks: Ranks = SINGLE_PROCESS,
     kernels: str = "auto",
 ) -> dict:
     """This project's loop through its library, at the same hyperparameters (params.yaml's defaults).
@@ -339,15 +339,19 @@ def main() -> None:
         "project_kernels": runs[0]["project"]["kernels"],
         "epochs": args.epochs,
         "seeds": args.seeds,
-        "tutorial_images_per_second": round(tutorial_rate) if timed_tutorial else None,
-        "tutorial_images_per_second_with_tests": round(tutorial_total_rate) if timed_tutorial else None,
+        "tutorial_images_per_second": round(tutorial_rate) if tutorial_rate is not None else None,
+        "tutorial_images_per_second_with_tests": round(tutorial_total_rate)
+        if tutorial_total_rate is not None
+        else None,
         "project_processes": nproc,
         "project_images_per_second": round(project_train_rate),
         "project_images_per_second_with_tests": round(project_rate),
         "project_single_process_images_per_second_with_tests": round(single_rate) if single_rate else None,
         "project_training_seconds_mean": round(mean([r["project"]["seconds"] for r in runs]), 2),
-        "speedup_training_only": round(project_train_rate / tutorial_rate, 2) if timed_tutorial else None,
-        "speedup_vs_tutorial_with_tests": round(project_rate / tutorial_total_rate, 2) if timed_tutorial else None,
+        "speedup_training_only": round(project_train_rate / tutorial_rate, 2) if tutorial_rate is not None else None,
+        "speedup_vs_tutorial_with_tests": round(project_rate / tutorial_total_rate, 2)
+        if tutorial_total_rate is not None
+        else None,
         "tutorial_final_accuracy_mean": mean([r["tutorial"]["accuracies"][-1] for r in runs])
         if timed_tutorial
         else None,

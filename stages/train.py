@@ -58,7 +58,7 @@ def main() -> None:
     # The training, in its one MLflow run: a checkpoint and a batch of metrics after every epoch.
     log_run = (
         runs.training_log(experiment_id, config, setup.history, compute.threads, on_gpu=device.type == "cuda")
-        if main_rank
+        if experiment_id is not None  # the main rank
         else contextlib.nullcontext(runs.QuietLog())
     )
     with log_run as log:

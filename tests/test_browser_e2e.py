@@ -250,7 +250,7 @@ def test_predict_command_classifies_pngs_with_the_champion_and_a_checkpoint(proj
     champion = run(project, sys.executable, "predict.py", *paths)
     lines = champion.stdout.strip().splitlines()
     assert [int(line.split(": ")[1].split()[0]) for line in lines] == expected
-    assert all(line.startswith(f"{p}: ") and line.endswith("%)") for line, p in zip(lines, paths))
+    assert all(line.startswith(f"{p}: ") and line.endswith("%)") for line, p in zip(lines, paths, strict=True))
 
     from_checkpoint = run(project, sys.executable, "predict.py", "--checkpoint", "models/model.pt", *paths)
     lines = from_checkpoint.stdout.strip().splitlines()

@@ -1,4 +1,5 @@
 import math
+from itertools import pairwise
 
 import pytest
 import torch
@@ -66,7 +67,9 @@ def test_same_seed_gives_bit_identical_weights():
     first, _, h1 = _run(config, _toy_split())
     second, _, h2 = _run(config, _toy_split())
     assert h1 == h2
-    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True)
+    )
 
 
 def test_other_seed_gives_other_weights():
@@ -161,7 +164,7 @@ def test_each_optimizer_builds_and_takes_a_step(name, optimizer_class):
     split = _toy_split(n=16)
     torch.nn.functional.cross_entropy(model(split.images), split.labels).backward()
     optimizer.step()
-    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
 def _lrs(schedule_name, epochs=4, steps=10, lr=0.1):
@@ -190,13 +193,13 @@ def test_onecycle_warms_up_to_lr_then_anneals_as_the_readme_says():
     assert max(rates) == pytest.approx(0.1)
     assert peak == pytest.approx(0.25 * len(rates), abs=1)
     assert rates[0] == pytest.approx(0.1 / 25) and rates[-1] == pytest.approx(0.1 / 25 / 1e4)
-    assert all(a <= b for a, b in zip(rates[:peak], rates[1 : peak + 1]))
+    assert all(a <= b for a, b in pairwise(rates[: peak + 1]))
 
 
 def test_cosine_decays_from_lr_towards_zero():
     _, rates = _lrs("cosine")
     assert rates[0] == pytest.approx(0.1)
-    assert all(a >= b for a, b in zip(rates, rates[1:]))
+    assert all(a >= b for a, b in pairwise(rates))
     assert rates[len(rates) // 2] == pytest.approx(0.05, rel=0.05) and rates[-1] < 0.001
 
 
@@ -262,7 +265,7 @@ def test_the_fast_path_computes_what_the_plain_loop_computes():
             optimizer.step()
             losses.append(loss.item())
         assert losses[1] == pytest.approx(losses[0], rel=1e-5)
-    for a, b in zip(plain.parameters(), fast.parameters()):
+    for a, b in zip(plain.parameters(), fast.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-6)
 
 

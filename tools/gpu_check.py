@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.nn import functional as F
@@ -47,12 +48,10 @@ def same_loss_on_gpu_and_cpu(split) -> bool:
     gpu_model.load_state_dict(cpu_model.state_dict())
     images, labels = split.images[:256], split.labels[:256]
     cpu_loss = F.cross_entropy(cpu_model(images), labels)
-    cpu_loss.backward()
+    cpu_grads = torch.autograd.grad(cpu_loss, list(cpu_model.parameters()))
     gpu_loss = F.cross_entropy(gpu_model(images.to(DEVICE)), labels.to(DEVICE))
-    gpu_loss.backward()
-    grad_gap = max(
-        (a.grad - b.grad.cpu()).abs().max().item() for a, b in zip(cpu_model.parameters(), gpu_model.parameters())
-    )
+    gpu_grads = torch.autograd.grad(gpu_loss, list(gpu_model.parameters()))
+    grad_gap = max((a - b.cpu()).abs().max().item() for a, b in zip(cpu_grads, gpu_grads, strict=True))
     return check(
         "same loss (within 1e-4) and gradients (within 1e-3) as the CPU",
         abs(cpu_loss.item() - gpu_loss.item()) < 1e-4 and grad_gap < 1e-3,
@@ -62,9 +61,12 @@ def same_loss_on_gpu_and_cpu(split) -> bool:
 
 def one_run(train_split, test_split, **overrides):
     augment = overrides.pop("augment", AugmentConfig())
-    config = TrainConfig(
-        **{"epochs": 1, "seed": 1, **{k: float(v) if k in FLOATS else v for k, v in overrides.items()}}
-    )
+    settings: dict[str, Any] = {
+        "epochs": 1,
+        "seed": 1,
+        **{k: float(v) if k in FLOATS else v for k, v in overrides.items()},
+    }
+    config = TrainConfig(**settings)
     setup = prepare(config, DEVICE, len(train_split))
     sync()
     started = time.perf_counter()
@@ -111,7 +113,9 @@ def main() -> int:
     configure_determinism(True, torch.device("cuda"))
     first, _, model_a = one_run(train_split, test_split)
     second, _, model_b = one_run(train_split, test_split)
-    same = all(torch.equal(a, b) for a, b in zip(model_a.state_dict().values(), model_b.state_dict().values()))
+    same = all(
+        torch.equal(a, b) for a, b in zip(model_a.state_dict().values(), model_b.state_dict().values(), strict=True)
+    )
     results.append(
         check(
             "deterministic: two runs bit-identical",

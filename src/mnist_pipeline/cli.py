@@ -101,7 +101,7 @@ def _index_is_stale(path: str | Path) -> bool:
     staged = _git("ls-files", "-s", "--", str(path))  # b"100644 <blob> 0\tparams.yaml"
     content = _git("hash-object", "--", str(path))
     diff = _git("diff", "--quiet", "--", str(path))  # exit status 0: git sees no change
-    if None in (staged, content, diff) or not staged.stdout or content.returncode != 0:
+    if staged is None or content is None or diff is None or not staged.stdout or content.returncode != 0:
         return False
     return staged.stdout.split()[1] != content.stdout.strip() and diff.returncode == 0
 

@@ -10,6 +10,7 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -179,7 +180,7 @@ def _type_name(tp) -> str:
 def _check_value(key: str, value: Any, f: dataclasses.Field, hints: dict) -> Any:
     """Return `value` converted to the field's type, or raise ConfigError naming `key`."""
     tp = hints[f.name]
-    spec = f.metadata or {}
+    spec: Mapping[str, Any] = f.metadata or {}
     auto = spec.get("auto", False)
     if auto and value == "auto":
         return value

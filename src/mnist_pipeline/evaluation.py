@@ -104,7 +104,7 @@ def score(
     chunks = in_chunks(
         len(split), batch_size, workers, lambda part: kernels.score(split.images[part], split.labels[part])
     )
-    return Scores(*(torch.cat(columns) for columns in zip(*chunks)))
+    return Scores(*(torch.cat(columns) for columns in zip(*chunks, strict=True)))
 
 
 def metrics(scores: Scores, labels: torch.Tensor, num_classes: int = 10) -> EvalResult:

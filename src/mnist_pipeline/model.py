@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from itertools import pairwise
 from typing import Any
 
 import torch
@@ -79,6 +80,7 @@ class ReferenceCNN(nn.Module):
             for layer in (self.conv1, self.conv2, self.fc):
                 bound = 1 / math.sqrt(layer.weight[0].numel())  # fan_in: the inputs of one output
                 layer.weight.copy_(uniform_init(tuple(layer.weight.shape), bound))
+                assert layer.bias is not None  # built with a bias (the default)
                 layer.bias.copy_(uniform_init(tuple(layer.bias.shape), bound))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -113,7 +115,7 @@ class CompactCNN(nn.Module):
         channels = (config.in_channels, *widths)
         self.stages = nn.ModuleList()
         side = config.image_size
-        for stage, (c_in, c_out) in enumerate(zip(channels, channels[1:])):
+        for stage, (c_in, c_out) in enumerate(pairwise(channels)):
             stride = 2 if stage == 0 and self.strided_stem else 1
             pool = stage < len(widths) - 1 and stride == 1  # every stage halves the image but the last
             self.stages.append(

@@ -15,7 +15,7 @@ from torch.nn import functional as F
 from mnist_pipeline.checkpoint import restore_training
 from mnist_pipeline.compute import kernels, threads
 from mnist_pipeline.compute.device import place_model, use_threads
-from mnist_pipeline.compute.distributed import Ranks, gather_shards, mean_across_ranks, shard, wrap
+from mnist_pipeline.compute.distributed import SINGLE_PROCESS, Ranks, gather_shards, mean_across_ranks, shard, wrap
 from mnist_pipeline.compute.kernels import SGD as KernelSGD
 from mnist_pipeline.compute.kernels import Adam as KernelAdam
 from mnist_pipeline.compute.kernels import ReferenceKernels
@@ -137,13 +137,13 @@ class Augmentation:
 class Compute:
     """Where a training computes: its processes (several under torchrun) and, on a CPU, the shards' threads."""
 
-    ranks: Ranks = Ranks()
+    ranks: Ranks = SINGLE_PROCESS
     workers: Workers | None = None  # None: no shards (a GPU, several processes)
     threads: int = 1
     line: str = ""  # the train stage's line on it: what the results depend on
 
 
-def compute_for(config: TrainConfig, device: torch.device, ranks: Ranks = Ranks()) -> Compute:
+def compute_for(config: TrainConfig, device: torch.device, ranks: Ranks = SINGLE_PROCESS) -> Compute:
     """The threads a training computes on (mnist_pipeline.compute.threads), set before torch's first parallel work.
 
     Sharded, torch itself runs on one thread and the workers run the shards side by side.
@@ -219,7 +219,7 @@ class Steps:
 
     @classmethod
     def of(cls, setup: Setup, config: TrainConfig, compute: Compute = Compute()) -> Steps:
-        forward = wrap(setup.model, compute.ranks)
+        forward: Callable[[torch.Tensor], torch.Tensor] = wrap(setup.model, compute.ranks)
         forward_of: Callable[[nn.Module], Callable[[torch.Tensor], torch.Tensor]] = _as_it_is
         if config.compile:
             forward, forward_of = torch.compile(forward), torch.compile
@@ -288,10 +288,12 @@ def train_one_epoch(
     for step in range(step_count):
         index = shard(order[step * batch_size : (step + 1) * batch_size], ranks)
         if own is not None:
+            assert sharded is not None and workers is not None  # Steps.of shards the project's kernels' steps
             loss = sharded.gradients(
                 workers, index, lambda _, part: own.gradients(images_of(part), split.labels[part], label_smoothing)
             )
         elif sharded is not None:
+            assert workers is not None  # Steps.of makes shards only with their workers
             loss = sharded.gradients(
                 workers, index, sharded.autograd_part(part_loss, dropout_seeds[step] if dropout_seeds else None)
             )
@@ -316,7 +318,7 @@ def evaluate_across_ranks(
     model: nn.Module, split: Split, precision: str = "fp32", steps: Steps | None = None
 ) -> EvalResult:
     """The per-epoch test; under several processes each rank predicts its share and all get the whole result."""
-    ranks = steps.compute.ranks if steps is not None else Ranks()
+    ranks = steps.compute.ranks if steps is not None else SINGLE_PROCESS
     if not ranks.distributed:
         return evaluate(
             model,

@@ -24,10 +24,11 @@ def _split(n: int, seed: int) -> Split:
 
 
 TRAIN, TEST = _split(300, 0), _split(130, 1)
+NO_AUGMENT = AugmentConfig()
 
 
 def _train(
-    threads: int, architecture: str = "reference", augment: AugmentConfig = AugmentConfig(), **settings
+    threads: int, architecture: str = "reference", augment: AugmentConfig = NO_AUGMENT, **settings
 ) -> tuple[list, dict[str, torch.Tensor]]:
     """Two epochs on `threads` threads, torch itself on one (as the train stage runs); the history and the state."""
     before = torch.get_num_threads()
@@ -100,7 +101,7 @@ def test_two_shards_compute_the_whole_batch_gradient():
     whole = torch.nn.functional.cross_entropy(model(TRAIN.images[index]), TRAIN.labels[index])
     whole.backward()
     assert loss.item() == pytest.approx(whole.item(), rel=1e-6)
-    for sharded_grad, parameter in zip(sharded_grads, model.parameters()):
+    for sharded_grad, parameter in zip(sharded_grads, model.parameters(), strict=True):
         torch.testing.assert_close(sharded_grad, parameter.grad, rtol=1e-4, atol=1e-6)
 
 
@@ -110,7 +111,9 @@ def test_batch_norm_keeps_the_mean_of_the_shards_running_statistics():
     before = copy.deepcopy(model)
     sharded = ShardedModel(model, 2)
     assert all(replica is not model for replica in sharded.replicas)
-    assert all(a is b for replica in sharded.replicas for a, b in zip(replica.parameters(), model.parameters()))
+    assert all(
+        a is b for replica in sharded.replicas for a, b in zip(replica.parameters(), model.parameters(), strict=True)
+    )
 
     def part_loss(forward, part):
         return forward(TRAIN.images[part]).sum()

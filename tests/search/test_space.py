@@ -119,3 +119,8 @@ def test_errors_in_another_space_file_name_that_file(tmp_path, monkeypatch, text
     with pytest.raises(SearchSpaceError) as caught:
         load_space("other.yaml")
     assert str(caught.value).startswith(f"other.yaml: {message}")
+
+
+def test_only_a_grid_search_has_a_grid():
+    with pytest.raises(ValueError, match="not a grid search"):
+        parse_space({"model": ["reference", "compact"]}).grid()

@@ -450,10 +450,10 @@ def test_every_error_of_a_decoder_is_one_line():
 @requires_mnist_mirror()
 def test_mnist_test_digits_pass_through_unchanged(tmp_path):
     digits, _ = mnist_test_digits()
-    assert all(np.array_equal(frame_digit(Image.fromarray(digit)), digit) for digit in digits)
-    for number, digit in enumerate(digits[:50]):  # through PNG files, as predict.py reads them
-        Image.fromarray(digit).save(tmp_path / f"{number}.png")
-        assert np.array_equal(load_digit(tmp_path / f"{number}.png"), digit)
+    assert all(np.array_equal(frame_digit(Image.fromarray(pixels)), pixels) for pixels in digits)
+    for number, pixels in enumerate(digits[:50]):  # through PNG files, as predict.py reads them
+        Image.fromarray(pixels).save(tmp_path / f"{number}.png")
+        assert np.array_equal(load_digit(tmp_path / f"{number}.png"), pixels)
     rgb = Image.fromarray(digits[0]).convert("RGB")
     assert np.array_equal(frame_digit(rgb), digits[0])
     assert np.array_equal(frame_digit(Image.fromarray(digits[0]).convert("RGBA")), digits[0])

@@ -87,7 +87,7 @@ def render_glyph(font_file: str, digit: int, stroke: float | None = None) -> tup
 
     size = GLYPH_HEIGHT * SUPERSAMPLING
     font = ImageFont.truetype(str(FONT_FOLDER / font_file), size)
-    left, top, right, bottom = font.getbbox(str(digit))
+    left, top, right, bottom = map(int, font.getbbox(str(digit)))  # FreeType's whole pixels, typed as floats
     margin = size // 4  # room to thicken
     canvas = Image.new("L", (right - left + 2 * margin, bottom - top + 2 * margin), 0)
     ImageDraw.Draw(canvas).text((margin - left, margin - top), str(digit), font=font, fill=255)

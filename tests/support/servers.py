@@ -42,8 +42,8 @@ def server(
     What it prints goes to `output` (stdout and stderr together) when given, else nowhere.
     """
     port = free_port()
-    log = open(output, "wb") if output else subprocess.DEVNULL
-    try:
+    # Our copy of the log file closes once the child has started: the child holds its own.
+    with open(output, "wb") if output else contextlib.nullcontext(subprocess.DEVNULL) as log:
         process = subprocess.Popen(
             [*command, "--port", str(port)],
             cwd=cwd,
@@ -52,9 +52,6 @@ def server(
             stderr=subprocess.STDOUT if output else log,
             start_new_session=True,
         )
-    finally:
-        if output:
-            log.close()  # the child holds its own copy
     try:
         deadline = time.monotonic() + 180
         while True:

@@ -18,7 +18,7 @@ def test_the_same_seed_writes_the_same_files(tmp_path):
     first = write_user_digits(digits, labels, tmp_path / "a", seed=3, count=12, max_side=256)
     second = write_user_digits(digits, labels, tmp_path / "b", seed=3, count=12, max_side=256)
     assert [item.path.name for item in first] == [item.path.name for item in second]
-    assert all(a.path.read_bytes() == b.path.read_bytes() for a, b in zip(first, second))
+    assert all(a.path.read_bytes() == b.path.read_bytes() for a, b in zip(first, second, strict=True))
     other = write_user_digits(digits, labels, tmp_path / "c", seed=4, count=12, max_side=256)
     assert [a.path.read_bytes() for a in first] != [c.path.read_bytes() for c in other]
 

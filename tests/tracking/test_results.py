@@ -79,7 +79,9 @@ def test_a_transient_store_error_is_not_taken_for_a_missing_run(local_store, mon
             r"\(database is locked\); nothing logged; run `dvc repro` again$",
         ):
             results.log_results("exp-w", run_id, metrics={"eval_accuracy": 0.9})
-        with pytest.raises(store.TrackingError, match=rf"cannot read run {run_id} "):
-            with runs.training_run(experiment_id, {}, resume_run_id=run_id):
-                pass  # a resume must not quietly become a new run
+        with (
+            pytest.raises(store.TrackingError, match=rf"cannot read run {run_id} "),
+            runs.training_run(experiment_id, {}, resume_run_id=run_id),
+        ):
+            pass  # a resume must not quietly become a new run
     assert not results.log_results("exp-w", "0" * 32, metrics={"eval_accuracy": 0.9})  # really missing: False

@@ -32,7 +32,8 @@ def place_model(model: nn.Module, device: torch.device) -> nn.Module:
     faster on a 2-core CPU (a one-off measurement, not kept: docs/performance.md). One-channel MNIST images are NCHW and NHWC at once, so the
     data needs no conversion. Results differ from NCHW only in rounding.
     """
-    return model.to(device=device, memory_format=torch.channels_last)
+    # torch's stubs give Module.to a device or a memory_format; at run time it takes both in one call.
+    return model.to(device=device, memory_format=torch.channels_last)  # type: ignore[call-overload]  # see above
 
 
 def configure_determinism(enabled: bool, device: torch.device) -> str:

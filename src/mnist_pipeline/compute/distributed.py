@@ -42,6 +42,9 @@ class Ranks:
         return self.world_size > 1
 
 
+SINGLE_PROCESS = Ranks()  # frozen, so one instance serves every default argument
+
+
 def current() -> Ranks:
     """This process's ranks, from the variables torchrun sets (none: a single process)."""
     env = os.environ
@@ -169,4 +172,4 @@ def gather_shards(rows: torch.Tensor, ranks: Ranks, total: int) -> torch.Tensor:
     padded[: len(rows)] = rows
     parts = [torch.empty_like(padded) for _ in sizes]
     dist.all_gather(parts, padded)
-    return torch.cat([part[:size] for part, size in zip(parts, sizes)])
+    return torch.cat([part[:size] for part, size in zip(parts, sizes, strict=True)])

@@ -136,7 +136,7 @@ class ShardedModel:
             total = total + loss
             torch._foreach_add_(grads, list(part_grads))
         torch._foreach_div_(grads, float(len(index)))
-        for parameter, grad in zip(self.parameters, grads):
+        for parameter, grad in zip(self.parameters, grads, strict=True):
             parameter.grad = grad
         if self.copies:
             self._merge_buffers(len(pieces))
@@ -156,7 +156,7 @@ class ShardedModel:
         def compute(number: int, part: torch.Tensor) -> tuple[torch.Tensor, Sequence[torch.Tensor]]:
             if dropout_seeds is not None:
                 for module in self.replicas[number].modules():
-                    if isinstance(module, SeededDropout):
+                    if isinstance(module, SeededDropout) and module.generator is not None:
                         module.generator.manual_seed(int(dropout_seeds[number]))
             loss = part_loss(self.forwards[number], part)
             return loss.detach(), torch.autograd.grad(loss, self.parameters)
@@ -179,7 +179,7 @@ class ShardedModel:
 def _replica(model: nn.Module) -> nn.Module:
     """A copy of `model` with its own buffers and dropout generators, sharing `model`'s parameters."""
     replica = copy.deepcopy(model)
-    for original, copied in zip(model.modules(), replica.modules()):
+    for original, copied in zip(model.modules(), replica.modules(), strict=True):
         for name, parameter in original.named_parameters(recurse=False):
             setattr(copied, name, parameter)
         if isinstance(copied, SeededDropout):

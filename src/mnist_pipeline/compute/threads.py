@@ -43,9 +43,9 @@ def choose(setting: int | str, cores: int, shards: int | None = None) -> ThreadC
     config, read on another machine, stays valid.
     """
     core_count = f"{cores} {plural('core', cores)}"
-    if setting != "auto" and setting > cores:
-        raise ConfigError(f"threads: got {setting}; this machine has {core_count}, so at most {cores} (or auto)")
     if setting != "auto":
+        if int(setting) > cores:
+            raise ConfigError(f"threads: got {setting}; this machine has {core_count}, so at most {cores} (or auto)")
         return ThreadChoice(int(setting), f"threads: {setting} in params.yaml, {core_count}")
     if shards is None:
         return ThreadChoice(cores, f"threads: auto, {core_count}")

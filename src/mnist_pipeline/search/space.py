@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from mnist_pipeline.config import SECTIONS, ConfigError, TrainConfig, parse_config, read_yaml
 
@@ -53,7 +53,7 @@ class Grid:
     values: tuple[Any, ...]
 
 
-Entry = Union[Range, Choices, Grid]
+Entry = Range | Choices | Grid
 
 
 @dataclass(frozen=True)
@@ -67,8 +67,11 @@ class SearchSpace:
         return all(isinstance(entry, Grid) for entry in self.entries.values())
 
     def grid(self) -> dict[str, list[Any]]:
-        """Optuna's GridSampler's search space."""
-        return {name: list(entry.values) for name, entry in self.entries.items()}
+        """Optuna's GridSampler's search space, of a grid search (`is_grid`)."""
+        grids = {name: entry for name, entry in self.entries.items() if isinstance(entry, Grid)}
+        if len(grids) < len(self.entries):
+            raise ValueError("not a grid search: it has ranges or choices to sample")
+        return {name: list(grid.values) for name, grid in grids.items()}
 
     def suggest(self, trial) -> dict[str, Any]:
         """One value per entry, asked of an Optuna trial."""

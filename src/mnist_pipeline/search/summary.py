@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from mnist_pipeline.tracking.store import (
     STORE_ERRORS,
@@ -83,7 +85,9 @@ def log_summary(client: MlflowClient, run_id: str, study, best_experiment: str |
         client.log_batch(run_id, params=params)
     with warnings.catch_warnings(), tempfile.TemporaryDirectory() as folder:
         warnings.simplefilter("ignore")  # optuna's matplotlib plots are marked experimental
-        pictures = [("optimization_history.png", optuna.visualization.matplotlib.plot_optimization_history)]
+        pictures: list[tuple[str, Callable[[optuna.Study], Any]]] = [
+            ("optimization_history.png", optuna.visualization.matplotlib.plot_optimization_history)
+        ]
         if len(complete) >= 2 and best.params:
             pictures.append(("param_importances.png", optuna.visualization.matplotlib.plot_param_importances))
         for name, draw in pictures:

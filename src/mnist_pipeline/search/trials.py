@@ -258,7 +258,7 @@ def run_search(options: SearchOptions, root: Path, config) -> list[str]:
     from mnist_pipeline.tracking import store
     from mnist_pipeline.tracking.runs import PARENT_ENV, STUDY_ENV, TRIAL_ENV
 
-    def storage_failure(exc: BaseException) -> BaseException | None:
+    def storage_failure(exc: BaseException | None) -> BaseException | None:
         """The storage's error behind `exc`, if one is: SQLAlchemy's, whose message says what failed, rather than
         Optuna's StorageInternalError around it (a generic message). When the storage fails while Optuna records a
         trial's end, its optimize loop (5.0.0) raises an UnboundLocalError on top: the chain is searched."""
@@ -292,7 +292,7 @@ def run_search(options: SearchOptions, root: Path, config) -> list[str]:
         )
         any_finished = any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
     except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
-        raise storage_error(options.storage, storage_failure(exc)) from None
+        raise storage_error(options.storage, storage_failure(exc) or exc) from None
     if not any_finished:
         leftovers = existing_names(root, options.study)
         if leftovers:

@@ -82,5 +82,5 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         model_uri = args.model or f"models:/{load_config().tracking.registered_model}@{CHAMPION_ALIAS}"
         probabilities = probabilities_from_mlflow(pixels, model_uri)
-    for path, row in zip(args.images, probabilities):
+    for path, row in zip(args.images, probabilities, strict=True):
         print(f"{path}: {int(row.argmax())} ({float(row.max()):.1%})")

@@ -13,6 +13,7 @@ import io
 import math
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -87,7 +88,7 @@ class NotOneDigit(PipelineError):
     """The image holds no digit, or more than one."""
 
 
-def load_digit(source: str | Path | bytes, name: str | None = None) -> np.ndarray:
+def load_digit(source: str | Path | bytes | bytearray, name: str | None = None) -> np.ndarray:
     """The digit in an image file (a path, or its bytes), framed as MNIST frames its digits: (28, 28) uint8.
 
     Errors name the file as `name`, else as its path.
@@ -96,7 +97,7 @@ def load_digit(source: str | Path | bytes, name: str | None = None) -> np.ndarra
     return frame_digit(read_image(source, name), name=name)
 
 
-def read_image(source: str | Path | bytes, name: str | None = None) -> Image.Image:
+def read_image(source: str | Path | bytes | bytearray, name: str | None = None) -> Image.Image:
     """Decode a PNG or JPEG file (a path, or its bytes) at no more than about WORKING_SIDE pixels a side, upright as
     its EXIF says.
 
@@ -107,21 +108,14 @@ def read_image(source: str | Path | bytes, name: str | None = None) -> Image.Ima
     resolution once, never as floats. Any error of the decoder is an UnreadableImage, in one line.
     """
     name = name or str(source)
-    try:
-        stream = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else open(source, "rb")
-    except FileNotFoundError:
-        raise PipelineError(f"{name}: no such file") from None
-    except OSError as exc:
-        raise UnreadableImage(f"{name}: not a readable image ({exc.strerror or exc})") from None
-    with stream:
+    with _opened(source, name) as stream:
         try:
             return _decoded(stream, name)
         except PipelineError:
             raise
         except Image.DecompressionBombError:  # more than Pillow's own limit (179 Mpx), refused in Image.open
-            raise UnreadableImage(
-                f"{name}: too many pixels (more than {2 * Image.MAX_IMAGE_PIXELS:,}); scale the image down"
-            ) from None
+            refused = 2 * Image.MAX_IMAGE_PIXELS  # type: ignore[operator]  # never None here: None turns the check off
+            raise UnreadableImage(f"{name}: too many pixels (more than {refused:,}); scale the image down") from None
         except Image.UnidentifiedImageError:
             # Pillow's own words name a path, or an in-memory buffer's address: say it the same way for both.
             raise UnreadableImage(f"{name}: not a readable image ({_unidentified(stream)})") from None
@@ -129,11 +123,23 @@ def read_image(source: str | Path | bytes, name: str | None = None) -> Image.Ima
             raise UnreadableImage(f"{name}: not a readable image ({_one_line(exc)})") from None
 
 
+def _opened(source: str | Path | bytes | bytearray, name: str) -> BinaryIO:
+    """`source` as a binary stream (its bytes, or the file opened); a file that cannot be opened: one line."""
+    if isinstance(source, (bytes, bytearray)):
+        return io.BytesIO(source)
+    try:
+        return open(source, "rb")
+    except FileNotFoundError:
+        raise PipelineError(f"{name}: no such file") from None
+    except OSError as exc:
+        raise UnreadableImage(f"{name}: not a readable image ({exc.strerror or exc})") from None
+
+
 def _decoded(stream, name: str) -> Image.Image:
     if stream.seek(0, io.SEEK_END) == 0:
         raise UnreadableImage(f"{name}: not a readable image (the file is empty)")
     stream.seek(0)
-    image = Image.open(stream, formats=FORMATS)
+    image: Image.Image = Image.open(stream, formats=FORMATS)  # an ImageFile until it is reduced
     width, height = image.size
     is_jpeg = image.format in ("JPEG", "MPO")  # MPO: a phone's JPEG with a second picture inside
     scans = _jpeg_scans(stream) if is_jpeg else 0

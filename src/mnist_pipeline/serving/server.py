@@ -243,7 +243,7 @@ def checkpoint_model(checkpoint_path: str) -> FixedModel:
     )
 
 
-def answer(answerer: Answerer, data: bytes, name: str) -> dict[str, Any]:
+def answer(answerer: Answerer, data: bytes | bytearray, name: str) -> dict[str, Any]:
     """What the model says of the image in `data`: the digit, the ten probabilities, the 28x28 pixels it saw, the model."""
     pixels = load_digit(data, name=name)
     probabilities = answerer.probabilities(pixels[None])[0]
@@ -314,7 +314,7 @@ def image_part(body: bytes | bytearray, content_type: str) -> tuple[str, bytearr
         },
     )
     try:
-        parser.write(body)
+        parser.write(body)  # type: ignore[arg-type]  # it slices any bytes-like; bytes(body) would copy the upload
         parser.finalize()
     except UploadError:
         raise
@@ -431,6 +431,14 @@ async def drain(chunks, limit: int = DRAIN_BYTES) -> None:
             return
 
 
+@dataclass
+class _Uploads:
+    """An app's uploads: the bodies held now, and the decoders' limiter (made in the event loop, by the first upload)."""
+
+    held: int = 0
+    decoding: anyio.CapacityLimiter | None = None
+
+
 def create_app(
     model,
     max_upload_bytes: int = MAX_UPLOAD_BYTES,
@@ -457,7 +465,7 @@ def create_app(
     # No /docs or /redoc: FastAPI's pages for them load scripts from a CDN, and this page loads nothing from outside.
     app = FastAPI(title="MNIST digit", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.mount("/static", StaticFiles(directory=WEB), name="static")
-    uploads = {"held": 0, "decoding": None}  # bodies held now; the decoders' limiter, made in the event loop
+    uploads = _Uploads()
 
     def error(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status)
@@ -493,9 +501,9 @@ def create_app(
             if int(declared) > DRAIN_BYTES:  # not worth reading: a client that does not wait may see a reset
                 return error(413, too_large_message(max_upload_bytes))
             return await refuse(413, too_large_message(max_upload_bytes))
-        if uploads["held"] >= max_uploads:
+        if uploads.held >= max_uploads:
             return await refuse(503, busy_message())
-        uploads["held"] += 1
+        uploads.held += 1
         try:
             body = bytearray()
             async for chunk in chunks:  # a body without a declared size (chunked) is counted as it arrives
@@ -503,9 +511,9 @@ def create_app(
                 if len(body) > max_upload_bytes:
                     body.clear()  # freed while the rest is drained
                     return await refuse(413, too_large_message(max_upload_bytes))
-            if uploads["decoding"] is None:
-                uploads["decoding"] = anyio.CapacityLimiter(decoders)
-            decoding, acquired = uploads["decoding"], False
+            if uploads.decoding is None:
+                uploads.decoding = anyio.CapacityLimiter(decoders)
+            decoding, acquired = uploads.decoding, False
             with anyio.move_on_after(queue_seconds):
                 await decoding.acquire()
                 acquired = True
@@ -525,7 +533,7 @@ def create_app(
         except NotOneDigit as exc:
             return error(422, str(exc))
         finally:
-            uploads["held"] -= 1
+            uploads.held -= 1
 
     return Guarded(app, names)
 
@@ -618,6 +626,7 @@ def serve(host: str, port: int, checkpoint: str | None = None, mlflow_ui: str | 
     # thread, waiting for a core, makes the slowest answers several times slower (benchmarks/serve.py,
     # "answer_ms_by_torch_threads"). Answers to requests that arrive together still run side by side.
     use_threads(1)
+    model: FixedModel | FollowedAlias
     if checkpoint:
         model = checkpoint_model(checkpoint)
     else:

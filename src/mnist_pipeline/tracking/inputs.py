@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mnist_pipeline.tracking.store import mlflow  # first: it sets MLflow's environment before MLflow loads
 
@@ -11,6 +12,9 @@ from mlflow.data.dataset_source import DatasetSource
 
 from mnist_pipeline.tracking import lineage
 from mnist_pipeline.tracking.system_metrics import gpu_metrics_skipped
+
+if TYPE_CHECKING:
+    from mlflow.data.dataset import Dataset
 
 
 def log_data_inputs(data_dir: str, digest: lineage.DataDigest, slices: dict[str, int | None]) -> None:
@@ -24,7 +28,10 @@ def log_data_inputs(data_dir: str, digest: lineage.DataDigest, slices: dict[str,
 
     folder = Path(data_dir).as_posix()
     files = lineage.split_files(data_dir)
-    datasets, contexts, tags = [], [], []
+    # As log_inputs types them: a list of each, any entry of which may be None.
+    datasets: list[Dataset | None] = []
+    contexts: list[str | None] = []
+    tags: list[dict[str, str] | None] = []
     for context, limit in slices.items():
         if context == "validation":
             name, split, images = f"mnist-training[-{limit}:]", "training", f"last {limit} of the training split"
@@ -32,7 +39,8 @@ def log_data_inputs(data_dir: str, digest: lineage.DataDigest, slices: dict[str,
             name = f"mnist-{context}" + (f"[:{limit}]" if limit is not None else "")
             split, images = context, "all" if limit is None else f"first {limit}"
         source = FilesSource(folder, tuple(f"{folder}/{name_}" for name_ in files[split]))
-        datasets.append(MetaDataset(source, name=name, digest=digest.md5))
+        # MLflow's own MetaDataset leaves out `profile`, which Dataset marks abstract without being an ABC.
+        datasets.append(MetaDataset(source, name=name, digest=digest.md5))  # type: ignore[abstract]  # see above
         contexts.append(context)
         tags.append({"images": images, "digest_from": digest.origin})
     mlflow.log_inputs(datasets=datasets, contexts=contexts, tags_list=tags)

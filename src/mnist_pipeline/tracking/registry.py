@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 # first: it sets MLflow's environment before MLflow loads
 from mnist_pipeline.tracking.store import (
@@ -18,6 +19,9 @@ from mnist_pipeline.tracking.store import (
 
 # isort: split
 from mnist_pipeline.config import CHAMPION_ALIAS
+
+if TYPE_CHECKING:
+    from mlflow.entities.model_registry import ModelVersion
 
 REGISTERED_VERSION_TAG = "evaluate.registered_version"  # <name>/<version> when its evaluation registered it
 FULL_TEST_SET = "mnist-test"  # the test split's dataset name when no data.max_test_images slices it
@@ -98,7 +102,8 @@ def promote_if_best(
     try:
         # The champion first: a run that does not beat it (most runs) reads nothing more.
         champion = champion_version(client, model_name, metric, known)
-        defended = champion is not None and champion.test_set == scored_on
+        # The champion, when it was scored on the same test set as this run: then this run must beat it.
+        defender = champion if champion is not None and champion.test_set == scored_on else None
         # This run's own version, given the alias by a promotion that failed before it settled (no tag yet):
         # the settling is finished below, against every version.
         unsettled = (
@@ -106,11 +111,11 @@ def promote_if_best(
             and champion.run_id == run_id
             and run.data.tags.get(REGISTERED_VERSION_TAG) != f"{model_name}/{champion.number}"
         )
-        if defended and score <= champion.score and not unsettled:
+        if defender is not None and score <= defender.score and not unsettled:
             return Promotion(
                 False,
-                f"the {CHAMPION_ALIAS} stays: version {champion.number}, {metric} "
-                f"{champion.score:.4f} against this run's {score:.4f}",
+                f"the {CHAMPION_ALIAS} stays: version {defender.number}, {metric} "
+                f"{defender.score:.4f} against this run's {score:.4f}",
             )
         versions = read()
     except STORE_ERRORS as exc:
@@ -120,15 +125,16 @@ def promote_if_best(
         ) from None
     mine = [v.number for v in versions.values() if v.run_id == run_id]  # from an earlier try that failed half-way
     best = best_version(versions, scored_on)
-    if not mine and defended and best is not None and score <= best.score:  # the alias moved by hand below the best
+    # The alias moved by hand below the best version: this run must beat the best.
+    if not mine and defender is not None and best is not None and score <= best.score:
         return Promotion(
             False,
-            f"the {CHAMPION_ALIAS} stays: version {champion.number}; this run's {metric} "
+            f"the {CHAMPION_ALIAS} stays: version {defender.number}; this run's {metric} "
             f"{score:.4f} does not beat version {best.number}'s {best.score:.4f}",
         )
     version, winner = _register_and_settle(client, uri, run_id, model_uri, model_name, scored_on, mine, read)
     replaced = ""
-    if champion is not None and not defended:
+    if champion is not None and defender is None:
         was = champion.test_set[0] if champion.test_set else "an unknown test set"
         replaced = f"; version {champion.number} was scored on {was}"
     if winner.number != version:
@@ -165,7 +171,8 @@ def champion_version(client: MlflowClient, model_name: str, metric: str, known: 
 
 def read_versions(client: MlflowClient, model_name: str, metric: str, known: dict[str, Version]) -> dict[str, Version]:
     """Every registered version of the model, by number, with its run's score; `known` holds (and gets) those read before."""
-    found, page = [], None
+    found: list[ModelVersion] = []
+    page = None
     while True:
         batch = client.search_model_versions(f"name = '{model_name}'", page_token=page)
         found += batch

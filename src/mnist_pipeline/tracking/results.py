@@ -32,7 +32,9 @@ def evaluation_metrics(evaluation: EvaluationReport, eval_run: EvaluationRun | N
     which is absent where evaluate did not run (a fresh clone's committed eval.json)."""
     metrics = {"eval_accuracy": evaluation.test_accuracy, "eval_loss": evaluation.test_loss}
     if evaluation.val_accuracy is not None:  # what searches and model selection score on
-        metrics.update({"val_accuracy": evaluation.val_accuracy, "val_loss": evaluation.val_loss})
+        metrics["val_accuracy"] = evaluation.val_accuracy
+    if evaluation.val_loss is not None:
+        metrics["val_loss"] = evaluation.val_loss
     metrics.update(
         {f"eval_accuracy_digit_{digit}": accuracy for digit, accuracy in evaluation.per_class_accuracy.items()}
     )

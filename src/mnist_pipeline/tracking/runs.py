@@ -187,7 +187,9 @@ def record_threads(threads: int, first_epoch: int) -> None:
     Call it once per start: it reads the earlier starts off the run as the start found it.
     """
     this_start = f"{threads} from epoch {first_epoch}"
-    earlier = mlflow.active_run().data.tags.get(THREADS_TAG)
+    run = mlflow.active_run()
+    assert run is not None, "record_threads tags the active run: call it inside training_run"
+    earlier = run.data.tags.get(THREADS_TAG)
     mlflow.set_tag(THREADS_TAG, f"{earlier}, {this_start}" if earlier else this_start)
 
 

@@ -108,7 +108,9 @@ def _lock_timeout(uri: str) -> float:
     """Seconds SQLite waits for another writer's lock: the URI's ?timeout=, else the driver's 5 s."""
     if not uri.startswith("sqlite:"):
         return 0.0
-    return float(sqlalchemy.engine.make_url(uri).query.get("timeout", 5.0))
+    # One value (SQLAlchemy's driver refuses ?timeout=1&timeout=2 too).
+    (timeout,) = sqlalchemy.engine.make_url(uri).normalized_query.get("timeout", ("5",))
+    return float(timeout)
 
 
 def _check_sqlite_store(uri: str) -> None:

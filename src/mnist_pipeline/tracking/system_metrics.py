@@ -13,6 +13,7 @@ UI's system-metric charts and searches find them. Imports psutil; a sampler impo
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -51,23 +52,17 @@ def _gpu_sample(index: int, handle: Any) -> dict[str, float]:
     import pynvml
 
     sample = {}
-    try:
+    with contextlib.suppress(pynvml.NVMLError):
         memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
         sample[f"gpu_{index}_memory_usage_percentage"] = memory.used / memory.total * 100
         sample[f"gpu_{index}_memory_usage_megabytes"] = memory.used / 1e6
-    except pynvml.NVMLError:
-        pass
-    try:
+    with contextlib.suppress(pynvml.NVMLError):
         sample[f"gpu_{index}_utilization_percentage"] = float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
-    except pynvml.NVMLError:
-        pass
-    try:
+    with contextlib.suppress(pynvml.NVMLError):  # many GPUs report no power draw (NOT_SUPPORTED)
         milliwatts = pynvml.nvmlDeviceGetPowerUsage(handle)
         sample[f"gpu_{index}_power_usage_watts"] = milliwatts / 1000
         limit = pynvml.nvmlDeviceGetEnforcedPowerLimit(handle)
         sample[f"gpu_{index}_power_usage_percentage"] = milliwatts / limit * 100
-    except pynvml.NVMLError:  # many GPUs report no power draw (NOT_SUPPORTED)
-        pass
     return sample
 
 
