@@ -83,7 +83,7 @@ def test_first_repro_runs_every_stage_and_writes_every_output(project, prepared_
 
 
 def test_the_evaluate_stage_runs_without_mlflow(prepared_project, tmp_path):
-    """The plot stage reports the evaluation to MLflow: importing MLflow in evaluate would double its time."""
+    """The register stage reports the evaluation to MLflow: importing MLflow in evaluate would double its time."""
     project = copy_project(prepared_project, tmp_path / "project")
     # The package first, as in a stage: its quick exit is the first exit handler, so the probe's runs before it.
     probe = (

@@ -71,7 +71,7 @@ class PathsConfig:
 
 @dataclass(frozen=True)
 class PlotsConfig:
-    """How the PNG plots look; changing these reruns only the plot stage."""
+    """How the PNG plots look; changing these reruns the plot stage and register, which logs the PNGs."""
 
     dpi: int = field(default=100, metadata=_spec(low=20, high=600))
     width: float = field(default=6.0, metadata=_spec(low=1.0, high=40.0))
