@@ -1,0 +1,1 @@
+"""The MNIST pipeline: the core modules here, the subsystems in compute/, tracking/, serving/ and search/."""
