@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,9 @@ DOCS = sorted((REPO_ROOT / "docs").glob("*.md"))
 PAGES = [README, *DOCS]
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")  # [text](target)
 MENTIONED_PATH = re.compile(r"(?<![\w/.])((?:benchmarks|src|stages|tests|docs)/[\w./*-]*\w)")  # `tests/test_*.py` too
+RETIRED = re.compile(
+    r"`? \(?(?:retired; )?as committed in ([0-9a-f]{7,40})\b"
+)  # right after a path no longer in the tree
 
 
 def section(text: str, heading: str) -> str:
@@ -65,8 +69,18 @@ def test_every_relative_link_points_to_an_existing_file_and_heading(page):
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(REPO_ROOT)))
 def test_every_file_the_text_names_exists(page):
-    for path in MENTIONED_PATH.findall(page.read_text()):
-        assert list(REPO_ROOT.glob(path)), f"{page.name} names {path}, which does not exist"
+    """A path exists in the tree, or the text says which commit holds it (a retired result) and that commit does."""
+    text = page.read_text()
+    for found in MENTIONED_PATH.finditer(text):
+        path = found.group(1)
+        if list(REPO_ROOT.glob(path)):
+            continue
+        retired = RETIRED.match(text, found.end())
+        assert retired, f"{page.name} names {path}, which does not exist (nor says 'as committed in <commit>')"
+        shown = subprocess.run(["git", "cat-file", "-e", f"{retired.group(1)}:{path}"], cwd=REPO_ROOT, check=False)
+        assert shown.returncode == 0, (
+            f"{page.name} names {path} as committed in {retired.group(1)}, which has no such file"
+        )
 
 
 def test_each_block_a_benchmark_rewrites_has_its_two_markers():
