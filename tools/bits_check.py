@@ -31,7 +31,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # what the benchmarks share
-from common import RESULTS, code_version, copy_repository, environment, machine, timed  # noqa: E402
+from common import RESULTS, code_version, copy_repository, environment, machine, timed
 
 RESULT = RESULTS / "bits_check.json"
 BUSY = [sys.executable, "-c", "while True: pass"]

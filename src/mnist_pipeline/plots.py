@@ -8,12 +8,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display on servers or in CI
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
-from mnist_pipeline.config import PlotsConfig  # noqa: E402
-from mnist_pipeline.files import atomic_path  # noqa: E402
-from mnist_pipeline.records import EpochResult, Mistake  # noqa: E402
+from mnist_pipeline.config import PlotsConfig
+from mnist_pipeline.files import atomic_path
+from mnist_pipeline.records import EpochResult, Mistake
 
 
 def _figure(config: PlotsConfig) -> tuple[Figure, plt.Axes]:

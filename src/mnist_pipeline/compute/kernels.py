@@ -318,7 +318,7 @@ class SGD(torch.optim.Optimizer):
         super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
 
     @torch.no_grad()
-    def step(self, closure=None):  # noqa: D102 (torch's signature)
+    def step(self, closure=None):  # torch's signature
         lib = load()
         for group in self.param_groups:
             for parameter in group["params"]:
@@ -367,7 +367,7 @@ class Adam(torch.optim.Optimizer):
         )
 
     @torch.no_grad()
-    def step(self, closure=None):  # noqa: D102 (torch's signature)
+    def step(self, closure=None):  # torch's signature
         lib = load()
         for group in self.param_groups:
             beta1, beta2 = group["betas"]

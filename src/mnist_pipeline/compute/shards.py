@@ -67,7 +67,7 @@ class Workers:
                     return
                 try:
                     results[number] = function(item)
-                except BaseException as exc:  # noqa: BLE001 (re-raised below, in the calling thread)
+                except BaseException as exc:  # re-raised below, in the calling thread
                     errors[number] = exc
 
         helpers = self._inboxes[: len(items) - 1]
