@@ -1,19 +1,18 @@
-"""What framing buys predict.py: accuracy on digits as people bring them, handwritten and printed, before and after.
+"""How often predict.py's framing gives the right digit on digits as people bring them, handwritten and printed.
 
 Handwritten: a seeded set of MNIST test digits redrawn as people bring them
 (`user_digits`: off-centre on canvases of 64 to 3000 pixels, half inverted,
-noise, specks, small turns, RGBA with a transparent background, JPEG),
-classified with a checkpoint through predict.py's --checkpoint path three
-times: framed the oldest way (the whole image resized to 28x28, inverted when
-its mean is bright; `old_load_png` below keeps that code), framed by
-`images.py` as it was before issue 27 (PREVIOUS_FRAMING, read from git), and
-framed by today's `images.load_digit`. Also the same digits as MNIST stores
-them: the ceiling.
+noise, specks, small turns, RGBA with a transparent background, JPEG), framed
+by today's `framing.load_digit` and classified with a checkpoint through
+predict.py's --checkpoint path; and the same digits as MNIST stores them,
+classified with the same checkpoint: the ceiling.
 
 Printed: a seeded set of font glyphs of various weights placed the same way
-(`font_digits`), framed by PREVIOUS_FRAMING and by today's code.
+(`font_digits`), framed and classified the same way. Printed digits have no
+MNIST framing; what no framing can add to is each font's ten glyphs at their
+designed weight on a plain canvas, measured too.
 
-Also measures MNIST's pen (images.pen_width over the training digits: the
+Also measures MNIST's pen (framing.pen_width over the training digits: the
 MNIST_PEN constant) and the pen width, in canvas pixels, that gives a digit
 drawn on the page of `predict.py --serve` that pen. Prints the figures and
 writes benchmarks/results/predict_framing.json.
@@ -21,15 +20,15 @@ writes benchmarks/results/predict_framing.json.
     .venv/bin/python benchmarks/predict_framing.py                       # 2000 + 2000 images, several minutes
     .venv/bin/python benchmarks/predict_framing.py --figure docs/predict_framing.png
 
-Needs the pipeline's data, a trained checkpoint (`dvc repro`) and git.
+Needs the pipeline's data and a trained checkpoint (`dvc repro`). Earlier framings (the whole image resized,
+and images.py before issue 27) were measured against today's in benchmarks/results/predict_framing.json as
+committed in 1cfb98a; they are no longer run.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,7 +39,7 @@ import numpy as np
 
 from mnist_pipeline.data import IDX_LABELS_MAGIC, raw_images, read_idx
 from mnist_pipeline.errors import PipelineError
-from mnist_pipeline.serving.classifier import probabilities_from_checkpoint
+from mnist_pipeline.serving.classifier import checkpoint_classifier
 from mnist_pipeline.serving.framing import MNIST_PEN, load_digit, pen_width
 
 from common import REPO_ROOT  # first: it puts the tests' data generators (font_digits, user_digits) on the path
@@ -49,7 +48,6 @@ from user_digits import write_user_digits
 
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "predict_framing.json"
 TURN_BINS = ((0, 3), (3, 6), (6, 11))  # |turn| in degrees; the set turns by up to 10
-PREVIOUS_FRAMING = "3fcf34c"  # the last commit before issue 27 changed images.py (close digits, the pen)
 # The font set kept aside: while the framing was tuned, sets of seeds 1 and 2 were looked at, never this one.
 FONT_SEED = 27
 # The page's canvas (src/mnist_pipeline/serving/web/index.html) and the strokes of a 1, a 7 and a 4 drawn across most
@@ -61,35 +59,6 @@ CANVAS_STROKES = {
     4: [[(170, 40), (60, 170), (215, 170)], [(175, 110), (175, 240)]],
 }
 CANVAS_PENS = range(8, 49, 2)  # pen widths tried, canvas pixels
-
-
-def old_load_png(path: str | Path) -> np.ndarray:
-    """predict.py's framing before images.py (commit b585fb0): the whole image resized, inverted by its mean."""
-    from PIL import Image
-
-    image = Image.open(path).convert("L")
-    if image.size != (28, 28):
-        image = image.resize((28, 28), Image.Resampling.LANCZOS)
-    pixels = np.asarray(image, dtype=np.uint8)
-    return 255 - pixels if pixels.mean() > 127 else pixels
-
-
-def previous_load_digit():
-    """images.load_digit as it was at PREVIOUS_FRAMING, read from git into a module of its own."""
-    source = subprocess.run(
-        ["git", "show", f"{PREVIOUS_FRAMING}:src/mnist_pipeline/serving/framing.py"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    folder = Path(tempfile.mkdtemp())
-    (folder / "previous_images.py").write_text(source)
-    spec = importlib.util.spec_from_file_location("previous_images", folder / "previous_images.py")
-    assert spec is not None and spec.loader is not None  # a .py file's spec, with its source loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.load_digit
 
 
 def mnist_pen(digits: np.ndarray) -> dict:
@@ -129,13 +98,14 @@ def canvas_pen() -> dict:
     return {"canvas_side": CANVAS_SIDE, "mnist_pen": MNIST_PEN, "pen_by_width": measured, "chosen_width": chosen}
 
 
-def frame_all(paths: list[Path], loader) -> tuple[np.ndarray, list[str], float]:
-    """Each image framed by `loader`; an image it refuses becomes a blank frame (a wrong answer) and its error; seconds."""
+def frame_all(paths: list[Path]) -> tuple[np.ndarray, list[str], float]:
+    """Each image framed by load_digit; an image it refuses becomes a blank frame (a wrong answer) and its error;
+    seconds."""
     started = time.perf_counter()
     framed, errors = [], []
     for path in paths:
         try:
-            framed.append(loader(path))
+            framed.append(load_digit(path))
         except PipelineError as exc:
             framed.append(np.zeros((28, 28), dtype=np.uint8))
             errors.append(str(exc))
@@ -145,14 +115,13 @@ def frame_all(paths: list[Path], loader) -> tuple[np.ndarray, list[str], float]:
 def save_figure(
     figure_path: Path,
     items,
+    framed: np.ndarray,
     originals: np.ndarray,
-    old: np.ndarray,
-    new: np.ndarray,
-    old_predictions: np.ndarray,
-    new_predictions: np.ndarray,
+    predictions: np.ndarray,
+    ceiling_predictions: np.ndarray,
     shown: int = 8,
 ) -> None:
-    """A grid: the image as given, what the model saw before (old framing), after, and MNIST's own framing."""
+    """A grid: the image as given, what the model sees (framed by load_digit), and MNIST's own framing."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -168,8 +137,8 @@ def save_figure(
             chosen.append(number)
         if len(chosen) == shown:
             break
-    figure, axes = plt.subplots(4, len(chosen), figsize=(1.6 * len(chosen), 7.2))
-    titles = ("as given", "seen before", "seen after", "MNIST's framing")
+    figure, axes = plt.subplots(3, len(chosen), figsize=(1.6 * len(chosen), 5.6))
+    titles = ("as given", "what the model sees", "MNIST's framing")
     for column, number in enumerate(chosen):
         item = items[number]
         given: Image.Image = Image.open(item.path)
@@ -180,9 +149,8 @@ def save_figure(
         axes[0, column].set_title(f"{given.width}x{given.height}\n{', '.join(item.kinds) or 'plain'}", fontsize=7)
         for row, (pixels, label) in enumerate(
             (
-                (old[number], f"-> {old_predictions[number]}"),
-                (new[number], f"-> {new_predictions[number]}"),
-                (originals[number], f"label {item.label}"),
+                (framed[number], f"-> {predictions[number]}"),
+                (originals[number], f"label {item.label}, -> {ceiling_predictions[number]}"),
             ),
             start=1,
         ):
@@ -220,79 +188,64 @@ STROKE_BINS = ((0, 0.06), (0.06, 0.1), (0.1, 0.15), (0.15, 0.2), (0.2, 1))  # dr
 
 
 def accuracy_rows(groups: dict, truth: np.ndarray, predictions: dict) -> dict:
-    """{group: {"images": n, "accuracy_<framing>": ...}} for index arrays `groups` and predictions by framing."""
+    """{group: {"images": n, "<column>": accuracy, ...}} for index arrays `groups` and predictions by column."""
     return {
         name: {
             "images": int(len(numbers)),
             **{
-                f"accuracy_{framing}": float((predicted[numbers] == truth[numbers]).mean()) if len(numbers) else None
-                for framing, predicted in predictions.items()
+                column: float((predicted[numbers] == truth[numbers]).mean()) if len(numbers) else None
+                for column, predicted in predictions.items()
             },
         }
         for name, numbers in groups.items()
     }
 
 
-def measure_fonts(args, previous) -> dict:
-    """Printed digits (font_digits) framed before issue 27 and now: accuracies overall and by style, weight, font."""
+def measure_fonts(args, classify) -> dict:
+    """Printed digits (font_digits) framed by load_digit: accuracies overall and by style, weight, stroke, font."""
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()
         items = write_font_digits(folder, seed=args.font_seed, count=args.font_count)
         written_s = time.perf_counter() - started
-        paths = [item.path for item in items]
-        before, before_errors, before_s = frame_all(paths, previous)
-        after, after_errors, after_s = frame_all(paths, load_digit)
+        framed, errors, framed_s = frame_all([item.path for item in items])
     truth = np.array([item.label for item in items])
-    predictions = {
-        "previous": probabilities_from_checkpoint(before, args.checkpoint).argmax(axis=1),
-        "after": probabilities_from_checkpoint(after, args.checkpoint).argmax(axis=1),
-    }
+    predicted = classify(framed).argmax(axis=1)
+    columns = {"accuracy": predicted}
     style_of = {font: style for style, fonts in FONT_STYLES.items() for font in fonts}
     styles = np.array([style_of[item.font] for item in items])
     weights = np.array([item.weight for item in items])
     fonts = np.array([item.font for item in items])
     strokes = np.array([item.stroke for item in items])
-    wrong = np.flatnonzero(predictions["after"] != truth)
     confusions: defaultdict[str, int] = defaultdict(int)
-    for number in wrong:
-        confusions[f"{truth[number]} read as {predictions['after'][number]}"] += 1
+    for number in np.flatnonzero(predicted != truth):
+        confusions[f"{truth[number]} read as {predicted[number]}"] += 1
     return {
         "images": len(items),
         "seed": args.font_seed,
         "fonts": len(set(fonts)),
-        "accuracy_previous": float((predictions["previous"] == truth).mean()),
-        "accuracy_after": float((predictions["after"] == truth).mean()),
-        "refused_previous": before_errors,
-        "refused_after": after_errors,
-        "by_style": accuracy_rows(
-            {style: np.flatnonzero(styles == style) for style in FONT_STYLES}, truth, predictions
-        ),
-        "sans_and_mono": accuracy_rows({"sans and mono": np.flatnonzero(styles != "serif")}, truth, predictions)[
+        "accuracy": float((predicted == truth).mean()),
+        "refused": errors,
+        "by_style": accuracy_rows({style: np.flatnonzero(styles == style) for style in FONT_STYLES}, truth, columns),
+        "sans_and_mono": accuracy_rows({"sans and mono": np.flatnonzero(styles != "serif")}, truth, columns)[
             "sans and mono"
         ],
         "by_weight": accuracy_rows(
             {weight: np.flatnonzero(weights == weight) for weight in ("designed", "thinned", "thickened")},
             truth,
-            predictions,
+            columns,
         ),
         "by_stroke": accuracy_rows(
             {f"[{low}, {high})": np.flatnonzero((strokes >= low) & (strokes < high)) for low, high in STROKE_BINS},
             truth,
-            predictions,
+            columns,
         ),
-        "by_font": accuracy_rows(
-            {font: np.flatnonzero(fonts == font) for font in sorted(set(fonts))}, truth, predictions
-        ),
-        "confusions_after": dict(sorted(confusions.items(), key=lambda item: -item[1])[:10]),
-        "seconds": {
-            "write_images": round(written_s, 1),
-            "frame_previous": round(before_s, 1),
-            "frame_after": round(after_s, 1),
-        },
+        "by_font": accuracy_rows({font: np.flatnonzero(fonts == font) for font in sorted(set(fonts))}, truth, columns),
+        "confusions": dict(sorted(confusions.items(), key=lambda item: -item[1])[:10]),
+        "seconds": {"write_images": round(written_s, 1), "frame": round(framed_s, 1)},
     }
 
 
-def clean_glyphs(args, previous) -> dict:
+def clean_glyphs(classify) -> dict:
     """Each font's ten digits at their designed weight, dark on a plain light canvas: what no framing can add to."""
     from PIL import Image
 
@@ -310,18 +263,16 @@ def clean_glyphs(args, previous) -> dict:
                 images.append(path)
                 digits.append(digit)
                 names.append(f"{Path(font_file).stem} {digit}")
-        truth = np.array(digits)
-        found = {}
-        for framing, loader in (("previous", previous), ("after", load_digit)):
-            framed, _, _ = frame_all(images, loader)
-            found[framing] = probabilities_from_checkpoint(framed, args.checkpoint).argmax(axis=1)
+        framed, _, _ = frame_all(images)
+    truth = np.array(digits)
+    predicted = classify(framed).argmax(axis=1)
     return {
         "images": len(images),
-        **{f"accuracy_{framing}": float((predicted == truth).mean()) for framing, predicted in found.items()},
-        "misread_after": [
-            f"{name} read as {predicted}"
-            for name, predicted, digit in zip(names, found["after"], truth, strict=True)
-            if predicted != digit
+        "accuracy": float((predicted == truth).mean()),
+        "misread": [
+            f"{name} read as {answer}"
+            for name, answer, digit in zip(names, predicted, truth, strict=True)
+            if answer != digit
         ],
     }
 
@@ -334,31 +285,26 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=18)
     parser.add_argument("--font-count", type=int, default=2000)
     parser.add_argument("--font-seed", type=int, default=FONT_SEED)
-    parser.add_argument("--figure", help="also draw a before/after figure to this PNG")
+    parser.add_argument("--figure", help="also draw a figure: the image as given, what the model sees, MNIST's framing")
     parser.add_argument("--output", default=str(RESULTS))
     args = parser.parse_args()
 
-    previous = previous_load_digit()
+    classify, checkpoint_md5 = checkpoint_classifier(args.checkpoint)
     digits = raw_images(args.data, train=False)
     labels = read_idx(Path(args.data) / "t10k-labels-idx1-ubyte.gz", IDX_LABELS_MAGIC)
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()
         items = write_user_digits(digits, labels, folder, seed=args.seed, count=args.count)
         written_s = time.perf_counter() - started
-        paths = [item.path for item in items]
-        old, old_errors, old_s = frame_all(paths, old_load_png)
-        before, before_errors, before_s = frame_all(paths, previous)
-        new, new_errors, new_s = frame_all(paths, load_digit)
+        framed, errors, framed_s = frame_all([item.path for item in items])
         originals = digits[[item.mnist_index for item in items]]
         truth = np.array([item.label for item in items])
-        old_predictions = probabilities_from_checkpoint(old, args.checkpoint).argmax(axis=1)
-        previous_predictions = probabilities_from_checkpoint(before, args.checkpoint).argmax(axis=1)
-        new_predictions = probabilities_from_checkpoint(new, args.checkpoint).argmax(axis=1)
-        ceiling_predictions = probabilities_from_checkpoint(originals, args.checkpoint).argmax(axis=1)
+        predictions = classify(framed).argmax(axis=1)
+        ceiling_predictions = classify(originals).argmax(axis=1)
         if args.figure:
-            save_figure(Path(args.figure), items, originals, old, new, old_predictions, new_predictions)
-    fonts = measure_fonts(args, previous)
-    fonts["clean_glyphs"] = clean_glyphs(args, previous)
+            save_figure(Path(args.figure), items, framed, originals, predictions, ceiling_predictions)
+    fonts = measure_fonts(args, classify)
+    fonts["clean_glyphs"] = clean_glyphs(classify)
 
     by_kind = defaultdict(list)
     for number, item in enumerate(items):
@@ -366,96 +312,66 @@ def main() -> None:
             by_kind[kind].append(number)
     turns = np.abs([item.turn_degrees for item in items])
     by_turn = {f"[{low}, {high}) degrees": np.flatnonzero((turns >= low) & (turns < high)) for low, high in TURN_BINS}
+    columns = {"accuracy": predictions, "accuracy_on_mnist_framing": ceiling_predictions}
     result = {
         "checkpoint": str(args.checkpoint),
+        "checkpoint_md5": checkpoint_md5,
         "images": len(items),
         "seed": args.seed,
-        "previous_framing": PREVIOUS_FRAMING,
-        "accuracy_before": float((old_predictions == truth).mean()),
-        "accuracy_previous": float((previous_predictions == truth).mean()),
-        "accuracy_after": float((new_predictions == truth).mean()),
+        "accuracy": float((predictions == truth).mean()),
         "accuracy_on_mnist_framing": float((ceiling_predictions == truth).mean()),
-        "agreement_after_with_mnist_framing": float((new_predictions == ceiling_predictions).mean()),
-        "refused_previous": before_errors,
-        "refused_after": new_errors,
-        "by_kind": {
-            kind: {
-                "images": len(numbers),
-                "accuracy_before": float((old_predictions[numbers] == truth[numbers]).mean()),
-                "accuracy_previous": float((previous_predictions[numbers] == truth[numbers]).mean()),
-                "accuracy_after": float((new_predictions[numbers] == truth[numbers]).mean()),
-                "accuracy_on_mnist_framing": float((ceiling_predictions[numbers] == truth[numbers]).mean()),
-            }
-            for kind, numbers in sorted(by_kind.items())
-        },
-        "by_turn": {
-            turn: {
-                "images": len(numbers),
-                "accuracy_after": float((new_predictions[numbers] == truth[numbers]).mean()),
-                "accuracy_on_mnist_framing": float((ceiling_predictions[numbers] == truth[numbers]).mean()),
-            }
-            for turn, numbers in by_turn.items()
-        },
+        "agreement_with_mnist_framing": float((predictions == ceiling_predictions).mean()),
+        "refused": errors,
+        "by_kind": accuracy_rows(
+            {kind: np.array(numbers) for kind, numbers in sorted(by_kind.items())}, truth, columns
+        ),
+        "by_turn": accuracy_rows(by_turn, truth, columns),
         "fonts": fonts,
         "mnist_pen": mnist_pen(raw_images(args.data, train=True)),
         "canvas_pen": canvas_pen(),
         "seconds": {
             "write_images": round(written_s, 1),
-            "frame_before": round(old_s, 1),
-            "frame_previous": round(before_s, 1),
-            "frame_after": round(new_s, 1),
+            "frame": round(framed_s, 1),
+            "frame_ms_per_image": round(1000 * framed_s / len(items), 1),
         },
         "command": "benchmarks/predict_framing.py " + " ".join(sys.argv[1:]),
     }
     print(f"{len(items)} handwritten images (MNIST redrawn, seed {args.seed}), checkpoint {args.checkpoint}")
-    print(f"accuracy, whole image resized, mean-inverted:  {result['accuracy_before']:.2%}")
-    print(f"accuracy, images.py at {PREVIOUS_FRAMING}:             {result['accuracy_previous']:.2%}")
-    print(f"accuracy, images.load_digit now:               {result['accuracy_after']:.2%}")
     print(
-        f"the same digits as MNIST frames them:          {result['accuracy_on_mnist_framing']:.2%}"
-        f" (now agrees with it on {result['agreement_after_with_mnist_framing']:.2%})"
+        f"accuracy framed by load_digit: {result['accuracy']:.2%}; the same digits as MNIST frames them: "
+        f"{result['accuracy_on_mnist_framing']:.2%} (agreement {result['agreement_with_mnist_framing']:.2%})"
     )
-    for kind, row in result["by_kind"].items():
-        if not row["images"]:  # a kind the sample drew none of (a small --count)
-            continue
-        print(
-            f"  {kind:9s} {row['images']:5d} images: {row['accuracy_before']:7.2%} -> {row['accuracy_previous']:7.2%}"
-            f" -> {row['accuracy_after']:7.2%} (MNIST's framing: {row['accuracy_on_mnist_framing']:.2%})"
-        )
-    for turn, row in result["by_turn"].items():
-        if not row["images"]:
-            continue
-        print(
-            f"  turned {turn:16s} {row['images']:5d} images: now {row['accuracy_after']:7.2%}"
-            f" (MNIST's framing: {row['accuracy_on_mnist_framing']:.2%})"
-        )
+    for group in ("by_kind", "by_turn"):
+        for name, row in result[group].items():
+            if not row["images"]:  # a kind the sample drew none of (a small --count)
+                continue
+            print(
+                f"  {name:16s} {row['images']:5d} images: {row['accuracy']:7.2%}"
+                f" (MNIST's framing: {row['accuracy_on_mnist_framing']:.2%})"
+            )
     print(
-        f"{fonts['images']} printed images ({fonts['fonts']} fonts, seed {fonts['seed']}): "
-        f"{fonts['accuracy_previous']:.2%} at {PREVIOUS_FRAMING} -> {fonts['accuracy_after']:.2%} now; "
-        f"refused {len(fonts['refused_previous'])} -> {len(fonts['refused_after'])}"
+        f"{fonts['images']} printed images ({fonts['fonts']} fonts, seed {fonts['seed']}): {fonts['accuracy']:.2%}; "
+        f"refused {len(fonts['refused'])}"
     )
     for group in ("by_style", "by_weight", "by_stroke"):
         for name, row in fonts[group].items():
-            if not row["images"]:
-                continue
-            print(
-                f"  {name:12s} {row['images']:5d} images: {row['accuracy_previous']:7.2%} -> {row['accuracy_after']:7.2%}"
-            )
+            if row["images"]:
+                print(f"  {name:13s} {row['images']:5d} images: {row['accuracy']:7.2%}")
     row = fonts["sans_and_mono"]
-    print(f"  sans and mono {row['images']:4d} images: {row['accuracy_previous']:7.2%} -> {row['accuracy_after']:7.2%}")
-    print(f"  commonest misreadings now: {fonts['confusions_after']}")
+    print(f"  sans and mono {row['images']:5d} images: {row['accuracy']:7.2%}")
+    print(f"  commonest misreadings: {fonts['confusions']}")
     clean = fonts["clean_glyphs"]
     print(
-        f"  the {clean['images']} glyphs clean, designed weight: {clean['accuracy_previous']:.2%} -> "
-        f"{clean['accuracy_after']:.2%}; misread now: {clean['misread_after']}"
+        f"  the {clean['images']} glyphs clean, designed weight: {clean['accuracy']:.2%}; misread: {clean['misread']}"
     )
     print(f"MNIST's pen (training digits): {result['mnist_pen']}")
     print(
         f"canvas pen: {result['canvas_pen']['chosen_width']} px on {CANVAS_SIDE} px draws MNIST's pen "
         f"({result['canvas_pen']['pen_by_width']})"
     )
-    if new_errors:
-        print(f"refused now: {len(new_errors)}: {new_errors[:3]}")
+    print(f"framing: {result['seconds']['frame_ms_per_image']} ms an image")
+    if errors:
+        print(f"refused: {len(errors)}: {errors[:3]}")
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
 
