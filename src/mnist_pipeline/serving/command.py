@@ -1,5 +1,5 @@
 """Classify images of digits (PNG or JPEG, any size) with the registered champion model or a checkpoint;
-`--serve` starts the page (serve.py)."""
+`--serve` starts the page (server.py)."""
 
 from __future__ import annotations
 

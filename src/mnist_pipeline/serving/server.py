@@ -1,6 +1,6 @@
 """`predict.py --serve`: a local page to draw or drop a digit on and see what the model answers, and POST /predict.
 
-The page and the API frame images with images.load_digit, as predict.py does, and say the same one-line
+The page and the API frame images with framing.load_digit, as predict.py does, and say the same one-line
 errors. The answering model is a training checkpoint (no MLflow) or the registry's champion, followed:
 a thread asks the registry every ALIAS_CHECK_SECONDS where the alias points, and a new version answers
 once it is loaded. Safe by default: loopback only, uploads read into memory up to MAX_UPLOAD_BYTES and
