@@ -68,3 +68,16 @@ def test_a_broken_file_is_one_line_and_exit_status_2_without_a_traceback(tmp_pat
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.startswith(f"error: {broken}: not a readable image (broken PNG file (chunk b'")
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+
+
+def test_serve_listens_where_the_readme_says_by_default(monkeypatch):
+    """`python predict.py --serve` is the champion at http://127.0.0.1:8000/ (the README's line): this machine only,
+    port 8000. The server itself is driven end to end in test_server_e2e.py, on free ports."""
+    from mnist_pipeline.serving import server
+
+    started = []
+    monkeypatch.setattr(server, "serve", lambda *args, **kwargs: started.append((args, kwargs)))
+    main(["--serve"])
+    assert started == [(("127.0.0.1", 8000), {"checkpoint": None, "mlflow_ui": None})]
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert "python predict.py --serve " in readme and "the champion, at http://127.0.0.1:8000/" in readme
