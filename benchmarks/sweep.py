@@ -14,8 +14,8 @@ In fresh copies of this repository it measures, in one run on the same machine:
 
 Ratios only: absolute times on a shared machine say little.
 
-    .venv/bin/python benchmarks/sweep.py --baseline aa0a3e1                 # about 10 minutes on 2 quiet cores
-    .venv/bin/python benchmarks/sweep.py --baseline aa0a3e1 --update-docs   # and write the figures into docs/performance.md
+    .venv/bin/python benchmarks/sweep.py --baseline dd4c82d                 # about 10 minutes on 2 quiet cores
+    .venv/bin/python benchmarks/sweep.py --baseline dd4c82d --update-docs   # and write the figures into docs/performance.md
     .venv/bin/python benchmarks/sweep.py --report --update-docs             # the docs block from the saved JSON
 
 Writes benchmarks/results/sweep.json. Needs the MNIST files: MNIST_MIRROR, or ../shared/data/mnist.
