@@ -17,9 +17,8 @@ DOCS = sorted((REPO_ROOT / "docs").glob("*.md"))
 PAGES = [README, *DOCS]
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")  # [text](target)
 MENTIONED_PATH = re.compile(r"(?<![\w/.])((?:benchmarks|src|stages|tests|docs)/[\w./*-]*\w)")  # `tests/test_*.py` too
-RETIRED = re.compile(
-    r"`? \(?(?:retired; )?as committed in ([0-9a-f]{7,40})\b"
-)  # right after a path no longer in the tree
+# Right after a path no longer in the tree: the commit that still holds it (a retired result file).
+RETIRED = re.compile(r"`? \(?(?:retired; )?as committed in ([0-9a-f]{7,40})\b")
 
 
 def section(text: str, heading: str) -> str:
