@@ -30,13 +30,13 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from common import DATA, MIRROR, REPO_ROOT, RESULTS, code_version, machine, publish
+from servers import free_port, multipart  # tests/support, as the tests build their bodies
 
 RESULT = RESULTS / "serve.json"
 DOC = REPO_ROOT / "docs" / "serve.md"
@@ -61,27 +61,6 @@ def images(data: Path) -> dict[str, bytes]:
     large = io.BytesIO()
     Image.fromarray(np.clip(paper, 0, 255).astype(np.uint8)).save(large, format="JPEG", quality=90)
     return {"28x28 PNG": small.getvalue(), "2000x2000 JPEG": large.getvalue()}
-
-
-def form(data: bytes, name: str) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    body = (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
-            "Content-Type: application/octet-stream\r\n\r\n"
-        ).encode()
-        + data
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-    return body, f"multipart/form-data; boundary={boundary}"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def code_at(revision: str, folder: Path) -> Path:
@@ -128,7 +107,7 @@ def timed_requests(port: int, data: bytes, name: str, count: int, warmup: int) -
     """Seconds of each of `count` POST /predict, one after another on one connection, after `warmup` untimed ones."""
     import socket
 
-    body, content_type = form(data, name)
+    body, content_type = multipart(data, name)
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     connection.connect()
     # http.client writes the headers and the body apart; without TCP_NODELAY (which browsers and curl set),

@@ -27,38 +27,17 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from common import REPO_ROOT, RESULTS, code_version, machine, publish
 from hostile_images import HOSTILE_FILES, flat_png, many_parts_body, noisy_png
+from servers import free_port, multipart  # tests/support, as the tests build their bodies
 
 RESULT = RESULTS / "serve_hostile.json"
 DOC = REPO_ROOT / "docs" / "serve.md"
 MARK = "<!-- serve-hostile-results -->"
 GOAL_MB, GOAL_SECONDS = 400, 2.0
-
-
-def form(data: bytes, name: str) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    body = (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
-            "Content-Type: application/octet-stream\r\n\r\n"
-        ).encode()
-        + data
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-    return body, f"multipart/form-data; boundary={boundary}"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def start(checkpoint: str) -> tuple[subprocess.Popen, int]:
@@ -199,14 +178,14 @@ def main() -> None:
     memory = Memory(process.pid)
     rows: dict[str, dict] = {}
     try:
-        digit = form(flat_png(28, 28), "warm-up.png")
+        digit = multipart(flat_png(28, 28), "warm-up.png")
         for _ in range(5):  # framing, the model and the thread pool loaded: what a server that has answered holds
             post(port, *digit)
         time.sleep(1)
         idle = memory.now()
         print(f"server idle: {idle:.0f} MB resident")
         for hostile, data in files:
-            row = measured(memory, idle, lambda data=data, name=hostile.name: [post(port, *form(data, name))])
+            row = measured(memory, idle, lambda data=data, name=hostile.name: [post(port, *multipart(data, name))])
             rows[hostile.name] = {"why": hostile.why, "bytes": len(data), "expected": hostile.status, **row}
         parts = (many_parts_body(), "multipart/form-data; boundary=b")
         rows["400,000 empty form fields"] = {
@@ -215,14 +194,14 @@ def main() -> None:
             "expected": 400,
             **measured(memory, idle, lambda: [post(port, *parts)]),
         }
-        twenty = form(bytes(20 * 2**20), "photo.jpg")
+        twenty = multipart(bytes(20 * 2**20), "photo.jpg")
         rows["20 MB, as urllib sends it"] = {
             "why": "no wait for 100 Continue, Connection: close",
             "bytes": len(twenty[0]),
             "expected": 413,
             **measured(memory, idle, lambda: [post_as_urllib(port, *twenty)]),
         }
-        costly = [form(data, hostile.name) for hostile, data in files if hostile.status == 422]
+        costly = [multipart(data, hostile.name) for hostile, data in files if hostile.status == 422]
         rows[f"{len(costly)} largest accepted at once"] = {
             "why": "the 16 Mpx files above, together",
             "bytes": sum(len(body) for body, _ in costly),
@@ -236,7 +215,7 @@ def main() -> None:
             "expected": "422 or 503",
             **measured(memory, idle, lambda: burst(port, twice)),
         }
-        noisy = form(noisy_png(), "noisy-4000.png")
+        noisy = multipart(noisy_png(), "noisy-4000.png")
         rows["8 x a 5 MB 16 Mpx PNG at once"] = {
             "why": "the largest body and image accepted, as many as are held at once",
             "bytes": len(noisy[0]) * 8,
