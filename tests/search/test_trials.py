@@ -89,28 +89,11 @@ def test_the_report_names_the_best_trial_by_validation_and_how_to_bring_it_back(
 
 
 def test_experiments_are_found_by_name_among_dvc_s_refs(tmp_path):
-    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
-    subprocess.run(
-        [
-            "git",
-            "-C",
-            str(tmp_path),
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "commit",
-            "-q",
-            "--allow-empty",
-            "-m",
-            "base",
-        ],
-        check=True,
-    )
+    repository = _repository(tmp_path / "repository")
     for name in ("s-0", "s-12", "other-1", "s-x"):
-        subprocess.run(["git", "-C", str(tmp_path), "update-ref", f"refs/exps/ab/cdef/{name}", "HEAD"], check=True)
-    assert experiment_ref(tmp_path, "s-12") == "refs/exps/ab/cdef/s-12" and experiment_ref(tmp_path, "s-3") is None
-    assert existing_names(tmp_path, "s") == ["s-0", "s-12"]
+        subprocess.run(["git", "-C", str(repository), "update-ref", f"refs/exps/ab/cdef/{name}", "HEAD"], check=True)
+    assert experiment_ref(repository, "s-12") == "refs/exps/ab/cdef/s-12" and experiment_ref(repository, "s-3") is None
+    assert existing_names(repository, "s") == ["s-0", "s-12"]
 
 
 def _repository(folder: Path) -> Path:
