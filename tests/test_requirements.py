@@ -2,21 +2,8 @@
 
 from packaging.requirements import Requirement
 
+from check_platforms import requirements_on  # tools/: the markers as check_platforms.py applies them
 from conftest import REPO_ROOT
-
-MACOS = {
-    "platform_system": "Darwin",
-    "sys_platform": "darwin",
-    "platform_machine": "arm64",
-    "os_name": "posix",
-    "python_version": "3.11",
-    "python_full_version": "3.11.7",
-    "implementation_name": "cpython",
-    "platform_python_implementation": "CPython",
-    "platform_release": "",
-    "platform_version": "",
-    "extra": "",
-}
 
 
 def _pins() -> list[Requirement]:
@@ -33,7 +20,7 @@ def test_cuda_and_triton_wheels_are_pinned_for_linux_only():
 
 
 def test_on_macos_the_lock_keeps_everything_else():
-    kept = {p.name for p in _pins() if p.marker is None or p.marker.evaluate(MACOS)}
+    kept = {p.name for p in requirements_on("macosx_14_0_arm64")}
     assert {"torch", "torchvision", "dvc", "mlflow", "nvidia-ml-py"} <= kept
     assert not any(
         name.startswith(("cuda-", "triton")) or (name.startswith("nvidia-") and name != "nvidia-ml-py") for name in kept

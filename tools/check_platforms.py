@@ -36,8 +36,8 @@ MARKERS = {
 }
 
 
-def pins_for(platform: str) -> list[str]:
-    """The lock's pins whose markers hold on `platform` (Python 3.11), markers dropped."""
+def requirements_on(platform: str) -> list[Requirement]:
+    """The lock's requirements whose markers hold on `platform` (Python 3.11)."""
     environment = {
         "python_version": "3.11",
         "python_full_version": "3.11.7",
@@ -48,13 +48,14 @@ def pins_for(platform: str) -> list[str]:
         "extra": "",
         **MARKERS[platform],
     }
-    pins = []
-    for line in LOCK.read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            requirement = Requirement(line)
-            if requirement.marker is None or requirement.marker.evaluate(environment):
-                pins.append(f"{requirement.name}{requirement.specifier}")
-    return pins
+    lines = [line for line in LOCK.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    requirements = [Requirement(line) for line in lines]
+    return [r for r in requirements if r.marker is None or r.marker.evaluate(environment)]
+
+
+def pins_for(platform: str) -> list[str]:
+    """The lock's pins that hold on `platform`, markers dropped: what pip is asked for there."""
+    return [f"{requirement.name}{requirement.specifier}" for requirement in requirements_on(platform)]
 
 
 def check(platform: str, wheels: Path) -> bool:
