@@ -7,6 +7,7 @@ train stage sets it up with mnist_pipeline.training's prepare and compute_for).
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import platform
@@ -14,6 +15,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -110,6 +112,42 @@ def copy_repository(destination: Path, revision: str | None = None) -> Path:
     for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "benchmark baseline"]):
         subprocess.run(command, cwd=destination, env=environment(), check=True, capture_output=True)
     return destination
+
+
+def start_server(arguments: list[str], code: Path = REPO_ROOT) -> tuple[subprocess.Popen, int]:
+    """predict.py --serve with `arguments` and the code in `code`, started in the repository (its params, store and
+    checkpoint) on a free port; (process, port) once it answers. Its stderr goes to a temporary file, read if it
+    exits early: a pipe nobody reads while it serves could fill and stall it."""
+    from servers import free_port  # tests/support, on the path once this module is imported
+
+    port = free_port()
+    # The server keeps its own handle on the (unlinked) file; this one is only read while waiting for it.
+    with tempfile.TemporaryFile() as errors:
+        process = subprocess.Popen(
+            [sys.executable, str(code / "predict.py"), "--serve", "--port", str(port), *arguments],
+            cwd=REPO_ROOT,
+            env={**os.environ, "PYTHONPATH": str(code / "src")},
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                connection.request("GET", "/model")
+                connection.getresponse().read()
+                return process, port
+            except OSError:
+                if process.poll() is not None:
+                    errors.seek(0)
+                    sys.exit(
+                        f"error: predict.py --serve {' '.join(arguments)} exited: {errors.read().decode()[-2000:]}"
+                    )
+                if time.monotonic() > deadline:
+                    process.kill()
+                    sys.exit("error: the server did not answer within 3 minutes")
+                time.sleep(0.3)
 
 
 def timed(command: list[str], cwd: Path, env: dict[str, str]) -> float:

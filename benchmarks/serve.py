@@ -35,8 +35,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from common import DATA, MIRROR, REPO_ROOT, RESULTS, code_version, machine, publish
-from servers import free_port, multipart  # tests/support, as the tests build their bodies
+from common import DATA, MIRROR, REPO_ROOT, RESULTS, code_version, machine, publish, start_server
+from servers import multipart  # tests/support, as the tests build their bodies
 
 RESULT = RESULTS / "serve.json"
 DOC = REPO_ROOT / "docs" / "serve.md"
@@ -71,36 +71,6 @@ def code_at(revision: str, folder: Path) -> Path:
     folder.mkdir(parents=True)
     subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
     return folder
-
-
-def start(arguments: list[str], code: Path = REPO_ROOT) -> tuple[subprocess.Popen, int]:
-    """predict.py --serve with `arguments` and the code in `code`, started in the repository (its params, store and
-    checkpoint) on a free port; (process, port) once it answers."""
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(code / "src")}
-    process = subprocess.Popen(
-        [sys.executable, str(code / "predict.py"), "--serve", "--port", str(port), *arguments],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            connection.request("GET", "/model")
-            connection.getresponse().read()
-            return process, port
-        except OSError:
-            if process.poll() is not None:
-                _, stderr = process.communicate()
-                sys.exit(f"error: predict.py --serve {' '.join(arguments)} exited: {stderr.decode()[-2000:]}")
-            if time.monotonic() > deadline:
-                process.kill()
-                sys.exit("error: the server did not answer within 3 minutes")
-            time.sleep(0.3)
 
 
 def timed_requests(port: int, data: bytes, name: str, count: int, warmup: int) -> list[float]:
@@ -207,7 +177,7 @@ def main() -> None:
         share = len(codes) // (2 if args.before else 1)
         for model, arguments in (("champion (MLflow model)", []), ("checkpoint", ["--checkpoint", args.checkpoint])):
             for label, code in codes:
-                process, port = start(arguments, code)
+                process, port = start_server(arguments, code)
                 try:
                     for name, data in requests.items():
                         count = max(1, counts[name] // share)

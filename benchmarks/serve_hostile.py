@@ -21,7 +21,6 @@ import argparse
 import http.client
 import json
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -30,38 +29,14 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from common import REPO_ROOT, RESULTS, code_version, machine, publish
+from common import REPO_ROOT, RESULTS, code_version, machine, publish, start_server
 from hostile_images import HOSTILE_FILES, flat_png, many_parts_body, noisy_png
-from servers import free_port, multipart  # tests/support, as the tests build their bodies
+from servers import multipart  # tests/support, as the tests build their bodies
 
 RESULT = RESULTS / "serve_hostile.json"
 DOC = REPO_ROOT / "docs" / "serve.md"
 MARK = "<!-- serve-hostile-results -->"
 GOAL_MB, GOAL_SECONDS = 400, 2.0
-
-
-def start(checkpoint: str) -> tuple[subprocess.Popen, int]:
-    """predict.py --serve --checkpoint, started in the repository on a free port; (process, port) once it answers."""
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")}
-    process = subprocess.Popen(
-        [sys.executable, "predict.py", "--serve", "--checkpoint", checkpoint, "--port", str(port)],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            get(port, "/model")
-            return process, port
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                sys.exit(f"error: predict.py --serve --checkpoint {checkpoint} did not start (exit {process.poll()})")
-            time.sleep(0.3)
 
 
 def get(port: int, path: str) -> float:
@@ -174,7 +149,7 @@ def main() -> None:
     files = [(hostile, hostile.make()) for hostile in HOSTILE_FILES]
     load_before = load_average()
     print(f"load average before: {load_before:.2f}")
-    process, port = start(args.checkpoint)
+    process, port = start_server(["--checkpoint", args.checkpoint])
     memory = Memory(process.pid)
     rows: dict[str, dict] = {}
     try:
