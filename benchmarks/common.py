@@ -11,7 +11,6 @@ import http.client
 import json
 import os
 import platform
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -76,15 +75,9 @@ def check_data(folder: Path) -> None:
 
 def environment(**extra: str) -> dict[str, str]:
     """A user's shell: the venv's tools first, the local MNIST mirror, no DVC or MLflow variables of ours."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.setdefault("MNIST_MIRROR", str(MIRROR))
-    env["DVC_NO_ANALYTICS"] = "1"
-    for role in ("AUTHOR", "COMMITTER"):
-        env[f"GIT_{role}_NAME"] = "benchmark"
-        env[f"GIT_{role}_EMAIL"] = "benchmark@example.invalid"
-    env.update(extra)
-    return env
+    from clone import user_environment  # tests/support, on the path once this module is imported
+
+    return user_environment(MIRROR, "benchmark", "benchmark@example.invalid", **extra)
 
 
 def copy_repository(destination: Path, revision: str | None = None) -> Path:
@@ -97,18 +90,9 @@ def copy_repository(destination: Path, revision: str | None = None) -> Path:
         archive = subprocess.run(["git", "archive", revision], cwd=REPO_ROOT, capture_output=True, check=True).stdout
         subprocess.run(["tar", "-x", "-C", str(destination)], input=archive, check=True)
     else:
-        listed = subprocess.run(
-            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        for name in filter(None, listed.split("\0")):
-            source = REPO_ROOT / name
-            if source.is_file():
-                (destination / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(source, destination / name)
+        from clone import copy_files  # tests/support, on the path once this module is imported
+
+        copy_files(destination)
     for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "benchmark baseline"]):
         subprocess.run(command, cwd=destination, env=environment(), check=True, capture_output=True)
     return destination

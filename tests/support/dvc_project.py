@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
-import shutil
 import sqlite3
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import MNIST_MIRROR, REPO_ROOT
+from clone import copy_files, user_environment
+from conftest import MNIST_MIRROR
 
 # Two epochs on 2,000 training images, scored on the whole test set: only whole-test-set runs may become
 # the registry's champion (tracking.promote_if_best), and the end-to-end tests look at the champion.
@@ -27,15 +25,7 @@ SMALL = {"epochs": 2, "device": "cpu", "data": {"max_train_images": 2000, "max_t
 
 def environment(**overrides: str) -> dict[str, str]:
     """The environment of a user's shell: the venv on PATH, the local MNIST mirror, no leftovers of ours."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["MNIST_MIRROR"] = str(MNIST_MIRROR)
-    env["DVC_NO_ANALYTICS"] = "1"
-    for role in ("AUTHOR", "COMMITTER"):
-        env[f"GIT_{role}_NAME"] = "pipeline tests"
-        env[f"GIT_{role}_EMAIL"] = "tests@example.invalid"
-    env.update(overrides)
-    return env
+    return user_environment(MNIST_MIRROR, "pipeline tests", "tests@example.invalid", **overrides)
 
 
 def run(
@@ -67,18 +57,7 @@ def update_params(project: Path, changes: dict) -> None:
 def make_project(destination: Path, params: dict | None = SMALL) -> Path:
     """A git repository holding this repository's files as a fresh clone would (ignored files left out), with
     `params` over params.yaml (the test slice; None: the repository's own, as committed)."""
-    tracked = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    for name in filter(None, tracked.stdout.split("\0")):
-        source = REPO_ROOT / name
-        if source.is_file():
-            (destination / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, destination / name)
+    copy_files(destination)
     if params:
         update_params(destination, params)
     run(destination, "git", "init", "-q")
