@@ -189,18 +189,10 @@ def post_image(
     import json
     import uuid
 
-    boundary = uuid.uuid4().hex
-    body = (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{name}"\r\n'
-            f"Content-Type: application/octet-stream\r\n\r\n"
-        ).encode()
-        + data
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
+    body, content_type = multipart(data, name, field, boundary=uuid.uuid4().hex)
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     try:
-        headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+        headers = {"Content-Type": content_type}
         if chunked:  # no Content-Length: the server has to count what arrives
             connection.request(
                 "POST",
