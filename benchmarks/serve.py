@@ -37,6 +37,7 @@ from PIL import Image
 
 from common import DATA, MIRROR, REPO_ROOT, RESULTS, code_version, machine, publish, start_server
 from servers import multipart  # tests/support, as the tests build their bodies
+from user_digits import photo_of
 
 RESULT = RESULTS / "serve.json"
 DOC = REPO_ROOT / "docs" / "serve.md"
@@ -51,16 +52,7 @@ def images(data: Path) -> dict[str, bytes]:
     digit = raw_images(data, train=False)[0]
     small = io.BytesIO()
     Image.fromarray(digit).save(small, format="PNG")
-    rows, cols = np.flatnonzero(digit.any(axis=1)), np.flatnonzero(digit.any(axis=0))
-    ink = Image.fromarray(digit[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]).resize(
-        (700, 1100), Image.Resampling.BICUBIC
-    )
-    paper = np.full((2000, 2000), 215.0)
-    paper[450:1550, 600:1300] -= np.asarray(ink, dtype=np.float64) * 0.75
-    paper += np.random.default_rng(0).normal(0, 4, paper.shape)
-    large = io.BytesIO()
-    Image.fromarray(np.clip(paper, 0, 255).astype(np.uint8)).save(large, format="JPEG", quality=90)
-    return {"28x28 PNG": small.getvalue(), "2000x2000 JPEG": large.getvalue()}
+    return {"28x28 PNG": small.getvalue(), "2000x2000 JPEG": photo_of(digit, size=(2000, 2000), at=(450, 600))}
 
 
 def code_at(revision: str, folder: Path) -> Path:

@@ -29,6 +29,7 @@ from mnist_pipeline.serving.server import MAX_UPLOAD_BYTES
 from conftest import MNIST_MIRROR, REPO_ROOT, prerequisite, requires_mnist_mirror
 from dvc_project import copy_project, environment, mlflow_client, run
 from servers import listening_addresses, post_image, server
+from user_digits import photo_of
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = REPO_ROOT / "test-artifacts"
@@ -169,18 +170,6 @@ def encoded(image: Image.Image, format: str, **options) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=format, **options)
     return buffer.getvalue()
-
-
-def photo_of(digit: np.ndarray) -> bytes:
-    """A 3000x2000 JPEG of a digit written dark on light paper, off-centre, with sensor noise: a phone photo."""
-    rows, cols = np.flatnonzero(digit.any(axis=1)), np.flatnonzero(digit.any(axis=0))
-    ink = Image.fromarray(digit[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]).resize(
-        (700, 1100), Image.Resampling.BICUBIC
-    )
-    paper = np.full((2000, 3000), 215.0)
-    paper[500:1600, 1700:2400] -= np.asarray(ink, dtype=np.float64) * 0.75
-    paper += np.random.default_rng(0).normal(0, 4, paper.shape)
-    return encoded(Image.fromarray(np.clip(paper, 0, 255).astype(np.uint8)), "JPEG", quality=90)
 
 
 def test_digits_drawn_with_the_mouse_are_answered_with_the_champion(project, champion_server):

@@ -1,4 +1,4 @@
-"""MNIST digits redrawn the way people bring digits: a seeded set for measuring `images.frame_digit`.
+"""MNIST digits redrawn the way people bring digits: a seeded set for measuring `framing.frame_digit`.
 
 Each MNIST digit is enlarged, turned a little, placed off-centre on a larger
 canvas of one of several sizes, in either polarity, on a grey or coloured
@@ -125,3 +125,20 @@ def draw_user_digit(
         kinds.append("jpeg")
         return image, tuple(kinds), "jpg", turn
     return image, tuple(kinds), "png", turn
+
+
+def photo_of(digit: np.ndarray, size: tuple[int, int] = (3000, 2000), at: tuple[int, int] = (500, 1700)) -> bytes:
+    """A JPEG phone photo of `digit`: written dark on light paper of `size` (width, height), its ink 700x1100
+    pixels with its top left corner at `at` (row, column), with sensor noise."""
+    import io
+
+    rows, cols = np.flatnonzero(digit.any(axis=1)), np.flatnonzero(digit.any(axis=0))
+    ink = Image.fromarray(digit[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]).resize(
+        (700, 1100), Image.Resampling.BICUBIC
+    )
+    paper = np.full((size[1], size[0]), 215.0)
+    paper[at[0] : at[0] + 1100, at[1] : at[1] + 700] -= np.asarray(ink, dtype=np.float64) * 0.75
+    paper += np.random.default_rng(0).normal(0, 4, paper.shape)
+    photo = io.BytesIO()
+    Image.fromarray(np.clip(paper, 0, 255).astype(np.uint8)).save(photo, format="JPEG", quality=90)
+    return photo.getvalue()
